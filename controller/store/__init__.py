@@ -1,0 +1,50 @@
+"""The etcd store: objects, statuses, events and watches. Public face of the package::
+
+    from controller.store import Store, ApplyResult, Change, WatchEvent, ConflictError, ...
+
+Errors (tree in ``controller.store.errors``)::
+
+    StoreError
+    ├── ConflictError(kind, name, expected, actual)
+    ├── TooLargeError(kind, name, size, limit)
+    ├── PartialApplyError(written, not_written, cause, uncertain)
+    ├── NotFoundError(kind, name)
+    ├── StoreUnavailable
+    └── RevisionCompacted(revision)
+"""
+
+from controller.store.apply import ApplyResult, Change
+from controller.store.codec import EVENTS, ROOT, SPECS, STATUS, kind_prefix, spec_key, status_key
+from controller.store.errors import (
+    ConflictError,
+    NotFoundError,
+    PartialApplyError,
+    RevisionCompacted,
+    StoreError,
+    StoreUnavailable,
+    TooLargeError,
+)
+from controller.store.store import Selector, Store
+from controller.store.watch import WatchEvent
+
+__all__ = [
+    "EVENTS",
+    "ROOT",
+    "SPECS",
+    "STATUS",
+    "ApplyResult",
+    "Change",
+    "ConflictError",
+    "NotFoundError",
+    "PartialApplyError",
+    "RevisionCompacted",
+    "Selector",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "TooLargeError",
+    "WatchEvent",
+    "kind_prefix",
+    "spec_key",
+    "status_key",
+]

@@ -1,0 +1,333 @@
+"""``Store``: virtplane objects, statuses and events in etcd, written compare-and-swap.
+
+Key layout and encoding: ``controller.store.codec``. ``apply``: ``controller.store.apply``.
+Watches: ``controller.store.watch``. Errors: ``controller.store.errors`` (tree in its docstring).
+
+Public API (all coroutines unless noted)::
+
+    Store.connect(endpoints, *, max_txn_ops=16384, max_request_bytes=32 MiB, timeout=10.0,
+                  event_ttl=3600, clock=utcnow) -> Store          (classmethod; StoreUnavailable)
+    close();  async with store: ...
+    revision() -> int;  compact(revision)
+    get(kind, name) -> Resource | None
+    list(kind, selector=None) -> (list[Resource], revision)        selector: anything with .matches
+    apply(objects, *, correlation_id, source=None, dry_run=False, prune=False) -> ApplyResult
+    delete(kind, name, *, correlation_id, resource_version=None) -> Resource | None
+    add_finalizer(kind, name, finalizer) -> Resource
+    remove_finalizer(kind, name, finalizer) -> Resource | None     (None: it was deleted)
+    get_status(kind, name) -> (StatusBase | None, mod_revision)   ((None, 0) if never written)
+    list_status(kind) -> dict[name, StatusBase]
+    put_status(kind, name, status, expected_revision) -> new status mod_revision
+    emit_event(event) -> Event;  list_events(involved=None, correlation_id=None, limit=500)
+    watch(prefixes, start_revision, *, known=None) -> AsyncGenerator[WatchEvent]   (not a coroutine)
+
+Metadata rules: uid (uuid4), creationTimestamp and generation 1 are set on create; generation grows
+only when spec changes; resourceVersion is the spec key's mod_revision; every write records its
+correlation id; ``apply --source`` is kept in metadata.source (what prune matches). Deleting an object
+with finalizers only sets deletionTimestamp; removing its last finalizer then deletes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Protocol
+from uuid import uuid4
+
+from controller.etcd_server import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS
+from controller.store import codec
+from controller.store._etcd import EtcdKV, compare_exists, compare_mod, op_delete, op_get, op_put
+from controller.store.apply import ApplyResult, Limits, apply_objects
+from controller.store.errors import ConflictError, NotFoundError, StoreError
+from controller.store.watch import WatchEvent, watch_prefixes
+from specs.event import Event, EventMeta
+from specs.meta import Resource, StatusBase
+
+DEFAULT_EVENT_TTL = 3600
+FINALIZER_RETRIES = 10
+
+
+class Selector(Protocol):
+    def matches(self, labels: Mapping[str, str]) -> bool: ...
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """Open with ``await Store.connect([endpoint])``; close with ``await store.close()`` (or
+    ``async with``). ``max_txn_ops`` / ``max_request_bytes`` must not exceed the etcd server's
+    ``--max-txn-ops`` / ``--max-request-bytes`` (defaults: the embedded etcd's)."""
+
+    def __init__(
+        self,
+        kv: EtcdKV,
+        *,
+        max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        event_ttl: int = DEFAULT_EVENT_TTL,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        if max_txn_ops < 2:
+            raise ValueError("max_txn_ops must be at least 2 (a deletion takes two operations)")
+        self.kv = kv
+        self.limits = Limits(max_txn_ops, max_request_bytes)
+        self.event_ttl = event_ttl
+        self.clock = clock
+        self._lease: tuple[int, float] | None = None  # (lease id, reuse until loop time)
+        self._lease_lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(
+        cls,
+        endpoints: Sequence[str],
+        *,
+        max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        timeout: float = 10.0,
+        event_ttl: int = DEFAULT_EVENT_TTL,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> Store:
+        """Connect and check etcd answers (StoreUnavailable if not)."""
+        kv = EtcdKV(endpoints, timeout=timeout)
+        try:
+            await kv.revision()
+        except BaseException:
+            await kv.close()
+            raise
+        return cls(kv, max_txn_ops=max_txn_ops, max_request_bytes=max_request_bytes,
+                   event_ttl=event_ttl, clock=clock)
+
+    async def close(self) -> None:
+        await self.kv.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def revision(self) -> int:
+        """The current etcd revision."""
+        return await self.kv.revision()
+
+    async def compact(self, revision: int) -> None:
+        """Drop history before ``revision`` (maintenance; watches re-list when they hit it)."""
+        await self.kv.compact(revision)
+
+    # -- specs ------------------------------------------------------------------------------------
+
+    async def get(self, kind: str, name: str) -> Resource | None:
+        resp = await self.kv.range(codec.spec_key(kind, name))
+        if not resp.kvs:
+            return None
+        return codec.decode_resource(resp.kvs[0].value, resp.kvs[0].mod_revision)
+
+    async def list(self, kind: str, selector: Selector | None = None) -> tuple[builtins.list[Resource], int]:
+        """Objects of ``kind`` (by name) matching ``selector``, and the revision they were read at."""
+        kvs, revision = await self.kv.range_prefix(codec.kind_prefix(kind))
+        items = [codec.decode_resource(kv.value, kv.mod_revision) for kv in kvs]
+        if selector is not None:
+            items = [r for r in items if selector.matches(r.metadata.labels)]
+        return items, revision
+
+    async def apply(
+        self,
+        objects: Sequence[Resource],
+        *,
+        correlation_id: str,
+        source: str | None = None,
+        dry_run: bool = False,
+        prune: bool = False,
+    ) -> ApplyResult:
+        """Create or update ``objects`` atomically (see ``controller.store.apply``)."""
+        return await apply_objects(
+            self.kv, self.limits, objects, correlation_id=correlation_id, source=source,
+            dry_run=dry_run, prune=prune, now=self.clock(),
+        )
+
+    async def delete(
+        self, kind: str, name: str, *, correlation_id: str, resource_version: int | str | None = None
+    ) -> Resource | None:
+        """Delete, or with finalizers mark deletionTimestamp. Returns the object as marked (or as it
+        was when deleted); None if it did not exist. ConflictError on a resource_version mismatch."""
+        key = codec.spec_key(kind, name)
+        resp = await self.kv.range(key)
+        if not resp.kvs:
+            if resource_version is not None:
+                raise ConflictError(kind, name, int(resource_version), 0)
+            return None
+        current = codec.decode_resource(resp.kvs[0].value, resp.kvs[0].mod_revision)
+        actual = resp.kvs[0].mod_revision
+        if resource_version is not None and int(resource_version) != actual:
+            raise ConflictError(kind, name, int(resource_version), actual, "resourceVersion precondition")
+        if not current.metadata.finalizers:
+            await self._txn(kind, name, actual, [op_delete(key), op_delete(codec.status_key(kind, name))])
+            return current
+        if current.metadata.deletionTimestamp is not None:
+            return current
+        return await self._put_meta(
+            current, actual, deletionTimestamp=self.clock(), correlationId=correlation_id
+        )
+
+    async def add_finalizer(self, kind: str, name: str, finalizer: str) -> Resource:
+        """Add ``finalizer`` (no-op if present). Retries lost compare-and-swaps; spec and generation
+        are untouched. StoreError if the object is already being deleted."""
+        for _ in range(FINALIZER_RETRIES):
+            current, actual = await self._require(kind, name)
+            if finalizer in current.metadata.finalizers:
+                return current
+            if current.metadata.deletionTimestamp is not None:
+                raise StoreError(f"{kind}/{name} is being deleted; finalizer {finalizer!r} cannot be added")
+            added = (*current.metadata.finalizers, finalizer)
+            try:
+                return await self._put_meta(current, actual, finalizers=added)
+            except ConflictError:
+                continue
+        raise ConflictError(kind, name, actual, None, f"gave up after {FINALIZER_RETRIES} tries")
+
+    async def remove_finalizer(self, kind: str, name: str, finalizer: str) -> Resource | None:
+        """Remove ``finalizer``; if it was the last and deletionTimestamp is set, delete the object
+        (spec and status) and return None."""
+        for _ in range(FINALIZER_RETRIES):
+            current, actual = await self._require(kind, name)
+            if finalizer not in current.metadata.finalizers:
+                return current
+            rest = tuple(f for f in current.metadata.finalizers if f != finalizer)
+            try:
+                if not rest and current.metadata.deletionTimestamp is not None:
+                    ops = [op_delete(codec.spec_key(kind, name)), op_delete(codec.status_key(kind, name))]
+                    await self._txn(kind, name, actual, ops)
+                    return None
+                return await self._put_meta(current, actual, finalizers=rest)
+            except ConflictError:
+                continue
+        raise ConflictError(kind, name, actual, None, f"gave up after {FINALIZER_RETRIES} tries")
+
+    async def _require(self, kind: str, name: str) -> tuple[Resource, int]:
+        resp = await self.kv.range(codec.spec_key(kind, name))
+        if not resp.kvs:
+            raise NotFoundError(kind, name)
+        return codec.decode_resource(resp.kvs[0].value, resp.kvs[0].mod_revision), resp.kvs[0].mod_revision
+
+    async def _put_meta(self, current: Resource, expected: int, **changes: Any) -> Resource:
+        meta = current.metadata.model_copy(update={**changes, "resourceVersion": None})
+        updated = current.model_copy(update={"metadata": meta})
+        key = codec.spec_key(current.kind, current.metadata.name)
+        revision = await self._txn(current.kind, current.metadata.name, expected,
+                                   [op_put(key, codec.encode_resource(updated))])
+        stamped = meta.model_copy(update={"resourceVersion": str(revision)})
+        return updated.model_copy(update={"metadata": stamped})
+
+    async def _txn(self, kind: str, name: str, expected: int, ops: builtins.list[Any]) -> int:
+        key = codec.spec_key(kind, name)
+        resp = await self.kv.txn([compare_mod(key, expected)], ops, [op_get(key)])
+        if not resp.succeeded:
+            kvs = resp.responses[0].response_range.kvs
+            raise ConflictError(kind, name, expected, kvs[0].mod_revision if kvs else 0)
+        return int(resp.header.revision)
+
+    # -- status -----------------------------------------------------------------------------------
+
+    async def get_status(self, kind: str, name: str) -> tuple[StatusBase | None, int]:
+        """(status, mod_revision of the status key); (None, 0) when no status was written yet."""
+        resp = await self.kv.range(codec.status_key(kind, name))
+        if not resp.kvs:
+            return None, 0
+        return codec.decode_status(kind, resp.kvs[0].value), int(resp.kvs[0].mod_revision)
+
+    async def list_status(self, kind: str) -> dict[str, StatusBase]:
+        kvs, _ = await self.kv.range_prefix(codec.kind_prefix(kind, "status"))
+        prefix = len(codec.kind_prefix(kind, "status"))
+        return {bytes(kv.key)[prefix:].decode(): codec.decode_status(kind, kv.value) for kv in kvs}
+
+    async def put_status(self, kind: str, name: str, status: StatusBase, expected_revision: int) -> int:
+        """Write status if its key is still at ``expected_revision`` (0: no status yet) and the object
+        exists. Returns the new status revision. Spec, generation and resourceVersion are untouched."""
+        skey, okey = codec.status_key(kind, name), codec.spec_key(kind, name)
+        resp = await self.kv.txn(
+            [compare_mod(skey, expected_revision), compare_exists(okey)],
+            [op_put(skey, codec.encode_status(status))],
+            [op_get(skey), op_get(okey)],
+        )
+        if resp.succeeded:
+            return int(resp.header.revision)
+        if not resp.responses[1].response_range.kvs:
+            raise NotFoundError(kind, name)
+        kvs = resp.responses[0].response_range.kvs
+        raise ConflictError(kind, name, expected_revision, kvs[0].mod_revision if kvs else 0, "status")
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def emit_event(self, event: Event) -> Event:
+        """Store ``event`` under /virtplane/events/<time>-<id> on a shared lease (it expires after
+        event_ttl .. 1.1 * event_ttl). Sets metadata name/uid and missing timestamps."""
+        now = self.clock()
+        uid = str(uuid4())
+        name = codec.event_name(now, uid)
+        stored = event.model_copy(update={
+            "metadata": EventMeta(name=name, uid=uid),
+            "firstTimestamp": event.firstTimestamp or now,
+            "lastTimestamp": event.lastTimestamp or now,
+        })
+        key, value = (codec.EVENTS + name).encode(), codec.encode_event(stored)
+        for attempt in (1, 2):
+            lease = await self._event_lease(renew=attempt == 2)
+            try:
+                await self.kv.txn([], [op_put(key, value, lease)])
+                return stored
+            except StoreError as exc:
+                if attempt == 2 or "lease not found" not in str(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _event_lease(self, *, renew: bool) -> int:
+        """One lease per interval (event_ttl / 10) for all events, not one per event."""
+        loop = asyncio.get_running_loop()
+        async with self._lease_lock:
+            if self._lease is None or renew or loop.time() >= self._lease[1]:
+                interval = max(1, self.event_ttl // 10)
+                lease_id = await self.kv.lease_grant(self.event_ttl + interval)
+                self._lease = (lease_id, loop.time() + interval)
+            return self._lease[0]
+
+    async def list_events(
+        self,
+        involved: tuple[str, str] | None = None,
+        correlation_id: str | None = None,
+        limit: int = 500,
+    ) -> builtins.list[Event]:
+        """The newest ``limit`` matching events, oldest first."""
+        found: builtins.list[Event] = []
+        start, end = codec.EVENTS.encode(), codec.EVENTS[:-1].encode() + b"0"
+        while len(found) < limit:
+            resp = await self.kv.range(start, end, limit=1000, descend=True)
+            for kv in resp.kvs:
+                event = codec.decode_event(kv.value)
+                obj = event.involvedObject
+                if involved is not None and (obj.kind, obj.name) != involved:
+                    continue
+                if correlation_id is not None and event.correlationId != correlation_id:
+                    continue
+                found.append(event)
+                if len(found) >= limit:
+                    break
+            if not resp.more or not resp.kvs:
+                break
+            end = bytes(resp.kvs[-1].key)
+        return found[::-1]
+
+    # -- watch ------------------------------------------------------------------------------------
+
+    def watch(
+        self, prefixes: Sequence[str], start_revision: int, *, known: Mapping[str, int] | None = None
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Changes under ``prefixes`` from ``start_revision`` on; see ``controller.store.watch``."""
+        return watch_prefixes(self.kv, prefixes, start_revision, known=known)
+
