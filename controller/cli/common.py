@@ -1,0 +1,95 @@
+"""What every CLI command shares: the client, error reporting and exit codes.
+
+Exit codes: 0 ok; 1 `diff` found differences (kubectl's contract) or `wait` timed out; 2 bad input
+(nothing was written); 3 conflict with a concurrent writer; 4 server unreachable or failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import NoReturn
+
+import typer
+
+from controller.cli.output import err
+from controller.client import ApiError, Client, Conflict, Invalid, NotFound, ServerUnreachable, Unauthorized
+from controller.config import ConfigMissing
+from controller.manifest import ManifestError, ManifestObject
+from specs.kinds import KindInfo, UnknownKind, resolve_kind
+
+EXIT_DIFFERS = 1
+EXIT_INVALID = 2
+EXIT_CONFLICT = 3
+EXIT_SERVER = 4
+
+
+class Globals:
+    server: str | None = None
+    token: str | None = None
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def client() -> Client:
+    try:
+        return Client.from_config(Globals.server, Globals.token)
+    except ConfigMissing as e:
+        fail(str(e), EXIT_SERVER)
+
+
+def kind_info(text: str) -> KindInfo:
+    try:
+        return resolve_kind(text)
+    except UnknownKind as e:
+        fail(str(e), EXIT_INVALID)
+
+
+def split_ref(ref: str, name: str | None = None) -> tuple[KindInfo, str | None]:
+    """`vm/web`, or `vm web`, or just `vm`."""
+    if "/" in ref:
+        kind_text, _, ref_name = ref.partition("/")
+        return kind_info(kind_text), ref_name
+    return kind_info(ref), name
+
+
+@contextlib.contextmanager
+def reporting(objects: list[ManifestObject] | None = None) -> Iterator[None]:
+    """Turn every expected failure into a clear message and its exit code."""
+    try:
+        yield
+    except ManifestError as e:
+        for problem in e.problems:
+            err.print(f"[red]{problem}[/]")
+        fail(f"{len(e.problems)} problem(s) in the input; nothing was written", EXIT_INVALID)
+    except Invalid as e:
+        for p in e.details.get("problems", []):
+            where = ""
+            if objects is not None and isinstance(p.get("index"), int) and p["index"] < len(objects):
+                loc = objects[p["index"]].location
+                where = f"{loc.path}:{loc.line}:{loc.column}: "
+            err.print(f"[red]{where}{p.get('field', '')}: {p.get('message', '')}[/]")
+        fail(f"the server rejected the input ({e.message}); nothing was written", EXIT_INVALID)
+    except Conflict as e:
+        fail(f"conflict: {e.message} — someone else changed it; re-read and try again", EXIT_CONFLICT)
+    except NotFound as e:
+        fail(e.message, EXIT_INVALID)
+    except Unauthorized as e:
+        fail(f"{e.message}", EXIT_SERVER)
+    except ApiError as e:
+        extra = ""
+        if e.reason == "TooLarge":
+            code = EXIT_INVALID
+            extra = " (nothing was written)"
+        elif e.reason == "PartialApply":
+            code = EXIT_SERVER
+            extra = (f"\n  written: {', '.join('/'.join(k) for k in e.details.get('written', []))}"
+                     f"\n  NOT written: {', '.join('/'.join(k) for k in e.details.get('notWritten', []))}")
+        else:
+            code = EXIT_SERVER
+        fail(f"{e.message}{extra}", code)
+    except ServerUnreachable as e:
+        fail(str(e), EXIT_SERVER)

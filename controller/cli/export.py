@@ -1,0 +1,95 @@
+"""`export`: specs from the store back to YAML files, keeping comments where a file already exists."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from controller.cli.common import client, kind_info, reporting
+from controller.cli.output import err
+from controller.manifest import load_paths
+from controller.wire import spec_to_wire
+from specs.kinds import KINDS, parse_resource
+
+
+def _yaml() -> YAML:
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def merge_into(target: Any, new: Any) -> Any:
+    """Update a round-trip YAML node in place so that it equals ``new``, keeping comments and key order."""
+    if isinstance(target, CommentedMap) and isinstance(new, dict):
+        for key in [k for k in target if k not in new]:
+            del target[key]
+        for key, value in new.items():
+            if key in target:
+                target[key] = merge_into(target[key], value)
+            else:
+                target[key] = value
+        return target
+    if isinstance(target, CommentedSeq) and isinstance(new, list):
+        del target[len(new):]
+        for i, value in enumerate(new):
+            if i < len(target):
+                target[i] = merge_into(target[i], value)
+            else:
+                target.append(value)
+        return target
+    return new
+
+
+def export(
+    directory: Annotated[Path, typer.Option("-d", "--dir", help="Directory of YAML to write or update.")] = Path("."),
+    kinds: Annotated[list[str] | None, typer.Argument(help="Kinds to export (default: every Git-managed kind).")] = None,
+) -> None:
+    """Write the specs in the store as YAML: update the file that already holds an object (comments kept),
+    or create DIR/<plural>/<name>.yaml."""
+    infos = [kind_info(k) for k in kinds] if kinds else [i for i in KINDS.values() if i.gitops]
+    existing: dict[tuple[str, str], Path] = {}
+    if directory.exists():
+        with reporting():
+            for obj in load_paths([str(directory)]):
+                existing[(obj.resource.kind, obj.resource.metadata.name)] = Path(obj.location.path)
+    wanted: dict[Path, list[dict[str, Any]]] = {}
+    with reporting(), client() as vp:
+        for info in infos:
+            for item in vp.list(info.plural):
+                item.pop("status", None)
+                body = spec_to_wire(parse_resource(_user_part(item)))
+                assert body is not None
+                key = (info.kind, item["metadata"]["name"])
+                path = existing.get(key) or directory / info.plural / f"{key[1]}.yaml"
+                wanted.setdefault(path, []).append(body)
+    yaml = _yaml()
+    written = 0
+    for path, bodies in wanted.items():
+        by_key = {(b["kind"], b["metadata"]["name"]): b for b in bodies}
+        docs: list[Any] = []
+        if path.exists():
+            docs = [d for d in yaml.load_all(path.read_text()) if d is not None]
+            for doc in docs:
+                key = (doc.get("kind"), (doc.get("metadata") or {}).get("name"))
+                if key in by_key:
+                    merge_into(doc, by_key.pop(key))
+        docs += list(by_key.values())
+        buf = io.StringIO()
+        yaml.dump_all(docs, buf)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != buf.getvalue():
+            path.write_text(buf.getvalue())
+            written += 1
+            typer.echo(f"wrote {path}")
+    err.print(f"[dim]{sum(len(b) for b in wanted.values())} object(s) exported; {written} file(s) changed[/]")
+
+
+def _user_part(item: dict[str, Any]) -> dict[str, Any]:
+    meta = item.get("metadata") or {}
+    return {**item, "metadata": {k: meta[k] for k in ("name", "labels", "annotations") if k in meta}}

@@ -1,0 +1,228 @@
+"""`get`, `describe`, `delete`, `events`, `wait`: reading and following the store."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from controller.cli.common import EXIT_DIFFERS, EXIT_INVALID, client, fail, reporting, split_ref
+from controller.cli.output import age, cell, err, out, print_table, table_rows, to_yaml
+from controller.client import NotFound
+from specs.kinds import KindInfo
+
+OutputOption = Annotated[str, typer.Option("-o", "--output", help="table, wide, yaml, json or name.")]
+
+
+def _emit(info: KindInfo, items: list[dict[str, Any]], output: str, *, headers: bool = True) -> None:
+    if output == "json":
+        body = items[0] if len(items) == 1 and not headers else {"items": items}
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+    elif output == "yaml":
+        docs = [to_yaml(i) for i in items]
+        sys.stdout.write("---\n".join(docs))
+    elif output == "name":
+        sys.stdout.write("".join(f"{info.singular}/{i['metadata']['name']}\n" for i in items))
+    elif output in ("table", "wide"):
+        cols, rows = table_rows(info, items, wide=output == "wide")
+        print_table(cols, rows, show_headers=headers)
+    else:
+        fail(f"-o {output}: expected table, wide, yaml, json or name", EXIT_INVALID)
+
+
+def get(
+    kind: Annotated[str, typer.Argument(help="Kind: vm, vms, virtualmachine, host, disk, ... or KIND/NAME.")],
+    name: Annotated[str | None, typer.Argument(help="Object name.")] = None,
+    output: OutputOption = "table",
+    selector: Annotated[str | None, typer.Option("-l", "--selector", help="Label selector, e.g. app=web,tier!=db")] = None,
+    watch: Annotated[bool, typer.Option("-w", "--watch", help="After listing, print changes as they happen.")] = False,
+) -> None:
+    """List objects of a kind, or show one."""
+    info, name = split_ref(kind, name)
+    with reporting(), client() as vp:
+        if name:
+            items = [vp.get(info.plural, name)]
+        else:
+            items = vp.list(info.plural, selector)
+        if items or output not in ("table", "wide") or watch:
+            _emit(info, items, output, headers=not (name and output in ("json",)))
+        else:
+            err.print(f"No {info.plural} found.")
+        if watch:
+            _follow(vp, info, name, output)
+
+
+def _follow(vp: Any, info: KindInfo, name: str | None, output: str) -> None:
+    current: dict[str, dict[str, Any]] = {}
+    try:
+        for event in vp.watch([info.kind]):
+            if name and event["name"] != name:
+                continue
+            if event["type"] == "DELETE" and event["part"] == "spec":
+                current.pop(event["name"], None)
+                sys.stdout.write(f"{info.singular}/{event['name']} deleted\n")
+                sys.stdout.flush()
+                continue
+            try:
+                obj = vp.get(info.plural, event["name"])
+            except Exception:  # deleted between the event and the read
+                continue
+            current[event["name"]] = obj
+            _emit(info, [obj], output, headers=False)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+def describe(
+    ref: Annotated[str, typer.Argument(help="KIND/NAME or KIND")],
+    name: Annotated[str | None, typer.Argument()] = None,
+) -> None:
+    """Spec, status, conditions and recent events of one object."""
+    info, name = split_ref(ref, name)
+    if not name:
+        fail("describe needs KIND/NAME", EXIT_INVALID)
+    with reporting(), client() as vp:
+        obj = vp.get(info.plural, name)
+        events = vp.events(involved=f"{info.kind}/{name}")
+    meta = obj["metadata"]
+    out.print(f"[bold]Name:[/]          {meta['name']}")
+    out.print(f"[bold]Kind:[/]          {info.kind}")
+    for label in ("uid", "generation", "resourceVersion", "creationTimestamp", "deletionTimestamp", "correlationId",
+                  "source"):
+        if meta.get(label) is not None:
+            out.print(f"[bold]{label + ':':<15}[/]{meta[label]}")
+    if meta.get("labels"):
+        out.print(f"[bold]Labels:[/]        {cell(meta['labels'])}")
+    if meta.get("finalizers"):
+        out.print(f"[bold]Finalizers:[/]    {cell(meta['finalizers'])}")
+    out.print("[bold]Spec:[/]")
+    sys.stdout.write(_indent(to_yaml(obj.get("spec") or {})))
+    status = dict(obj.get("status") or {})
+    conditions = status.pop("conditions", [])
+    if status:
+        out.print("[bold]Status:[/]")
+        sys.stdout.write(_indent(to_yaml(status)))
+    out.print("[bold]Conditions:[/]")
+    if conditions:
+        print_table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"],
+                    [[c["type"], c["status"], c.get("reason") or "-", age(c.get("lastTransitionTime")),
+                      c.get("message") or ""] for c in conditions])
+    else:
+        out.print("  <none>")
+    out.print("[bold]Events:[/]")
+    if events:
+        print_table(["LAST SEEN", "TYPE", "REASON", "MESSAGE"],
+                    [[age(e.get("lastTimestamp")), e["type"], e["reason"], e["message"]] for e in events[-20:]])
+    else:
+        out.print("  <none>")
+
+
+def _indent(text: str) -> str:
+    return "".join(f"  {line}\n" for line in text.splitlines())
+
+
+def delete(
+    ref: Annotated[str, typer.Argument(help="KIND/NAME or KIND")],
+    names: Annotated[list[str] | None, typer.Argument(help="Names, when KIND is given alone.")] = None,
+) -> None:
+    """Delete objects (controllers tear down what they created first, via finalizers)."""
+    info, name = split_ref(ref)
+    targets = [name] if name else list(names or [])
+    if not targets:
+        fail("delete needs KIND/NAME or KIND NAME...", EXIT_INVALID)
+    with reporting(), client() as vp:
+        for target in targets:
+            vp.delete(info.plural, target)
+            sys.stdout.write(f"{info.singular}/{target} deleted\n")
+
+
+def events(
+    for_ref: Annotated[str | None, typer.Option("--for", help="Only events of KIND/NAME.")] = None,
+    correlation_id: Annotated[str | None, typer.Option("--correlation-id", help="Only events of one change.")] = None,
+    watch: Annotated[bool, typer.Option("-w", "--watch", help="Keep printing new events.")] = False,
+    output: OutputOption = "table",
+) -> None:
+    """Events, oldest first: what the controllers did and why."""
+    involved = None
+    if for_ref:
+        info, name = split_ref(for_ref)
+        if not name:
+            fail("--for expects KIND/NAME", EXIT_INVALID)
+        involved = f"{info.kind}/{name}"
+    with reporting(), client() as vp:
+        if not watch:
+            items = vp.events(involved=involved, correlation_id=correlation_id)
+            if output == "json":
+                sys.stdout.write(json.dumps({"items": items}, indent=2) + "\n")
+                return
+            _event_rows(items, headers=True)
+            return
+        first = True
+        for item in vp.watch_events(involved=involved, correlation_id=correlation_id):
+            _event_rows([item], headers=first)
+            first = False
+            sys.stdout.flush()
+
+
+def _event_rows(items: list[dict[str, Any]], *, headers: bool) -> None:
+    if not items and headers:
+        err.print("No events found.")
+        return
+    rows = [[age(e.get("lastTimestamp")), e["type"], e["reason"],
+             f"{e['involvedObject']['kind'].lower()}/{e['involvedObject']['name']}",
+             e.get("correlationId") or "-", e["message"]] for e in items]
+    print_table(["LAST SEEN", "TYPE", "REASON", "OBJECT", "CORRELATION", "MESSAGE"], rows, show_headers=headers)
+
+
+def wait(
+    ref: Annotated[str, typer.Argument(help="KIND/NAME, or KIND with --all / -l.")],
+    for_: Annotated[str, typer.Option("--for", help="condition=NAME[=True|False], or delete.")],
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds.")] = 30.0,
+    all_: Annotated[bool, typer.Option("--all", help="Every object of the kind.")] = False,
+    selector: Annotated[str | None, typer.Option("-l", "--selector", help="Objects with these labels.")] = None,
+) -> None:
+    """Wait until objects have a condition (or are gone). Exit 1 on timeout, naming what is missing."""
+    info, name = split_ref(ref)
+    if not name and not (all_ or selector):
+        fail("wait needs KIND/NAME, or KIND with --all or -l", EXIT_INVALID)
+    want_delete = for_ == "delete"
+    cond_type, want = "", "True"
+    if not want_delete:
+        key, _, rest = for_.partition("=")
+        if key != "condition" or not rest:
+            fail(f"--for {for_!r}: expected condition=NAME[=True|False] or delete", EXIT_INVALID)
+        cond_type, _, value = rest.partition("=")
+        want = value or "True"
+
+    def met(obj: dict[str, Any] | None) -> bool:
+        if obj is None:
+            return want_delete
+        conditions = (obj.get("status") or {}).get("conditions", [])
+        return not want_delete and any(c["type"] == cond_type and c["status"] == want for c in conditions)
+
+    deadline = time.monotonic() + timeout
+    pending: list[str] = []
+    with reporting(), client() as vp:
+        while True:
+            if name:
+                try:
+                    objects: dict[str, dict[str, Any] | None] = {name: vp.get(info.plural, name)}
+                except NotFound:
+                    objects = {name: None}
+            else:
+                objects = {o["metadata"]["name"]: o for o in vp.list(info.plural, selector)}
+            pending = sorted(n for n, o in objects.items() if not met(o))
+            if not pending:
+                what = "deleted" if want_delete else f"condition {cond_type}={want}"
+                sys.stdout.write("".join(f"{info.singular}/{n} {what}\n" for n in sorted(objects)))
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    err.print(f"[bold red]timed out[/] after {timeout:g} s waiting for {for_} on: "
+              + ", ".join(f"{info.singular}/{n}" for n in pending))
+    raise typer.Exit(EXIT_DIFFERS)

@@ -1,0 +1,61 @@
+"""The JSON shapes that cross HTTP, shared by the API server and the Python client.
+
+An object on the wire is ``{apiVersion, kind, metadata, spec, status?}``; errors are
+``{"error": {"code", "reason", "message", "details"}}`` like Kubernetes' Status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from specs.meta import Resource, StatusBase
+
+CORRELATION_HEADER = "X-Correlation-Id"
+
+
+def resource_to_wire(resource: Resource, status: StatusBase | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = resource.model_dump(mode="json", exclude_none=True)
+    if status is not None:
+        body["status"] = status.model_dump(mode="json", exclude_none=True)
+    return body
+
+
+def spec_to_wire(resource: Resource | None) -> dict[str, Any] | None:
+    """The user-owned part of an object, as the user would write it (defaults left out)."""
+    if resource is None:
+        return None
+    meta = resource.metadata
+    metadata: dict[str, Any] = {"name": meta.name}
+    if meta.labels:
+        metadata["labels"] = dict(meta.labels)
+    if meta.annotations:
+        metadata["annotations"] = dict(meta.annotations)
+    spec = resource.spec.model_dump(mode="json", exclude_defaults=True) if resource.spec is not None else None
+    return {"apiVersion": resource.apiVersion, "kind": resource.kind, "metadata": metadata, "spec": spec}
+
+
+def error_body(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "reason": reason, "message": message, "details": details}}
+
+
+def validation_problems(error: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+    problems = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(p) for p in item["loc"])
+        problems.append({"field": f"{prefix}{field}", "message": item["msg"]})
+    return problems
+
+
+def strip_server_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A client may send back what it read; the server owns these metadata fields and ignores them."""
+    body = dict(data)
+    body.pop("status", None)
+    meta = dict(body.get("metadata") or {})
+    for key in ("uid", "generation", "creationTimestamp", "deletionTimestamp", "finalizers", "correlationId",
+                "source", "ownerReferences"):
+        meta.pop(key, None)
+    body["metadata"] = meta
+    return body

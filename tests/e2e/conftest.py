@@ -1,0 +1,109 @@
+"""End-to-end fixtures: a real `virtplane server` process on the session etcd, and the real CLI.
+
+- ``server``: one server process for the module (no controllers unless the module asks), its own
+  config file; the keyspace is wiped before each test by ``vp``.
+- ``vp``: run the CLI as a user would: ``vp("apply", "-f", path)`` -> CompletedProcess (never raises).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controller.etcd_server import EmbeddedEtcd, free_port
+
+VIRTPLANE = str(Path(sys.executable).parent / "virtplane")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    data_dir: Path
+    log: Path
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(data_dir: Path, *extra: str, etcd: EmbeddedEtcd | None = None,
+                 env_extra: dict[str, str] | None = None) -> ServerProcess:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "VIRTPLANE_CONFIG": str(data_dir / "config.json"), **(env_extra or {})}
+    env.pop("VIRTPLANE_SERVER", None)
+    env.pop("VIRTPLANE_TOKEN", None)
+    args = [VIRTPLANE, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *extra]
+    if etcd is not None:
+        args += ["--etcd", etcd.endpoint]
+    log = data_dir / "server.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = ServerProcess(url, env, proc, data_dir, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200 and (data_dir / "config.json").exists():
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    raise AssertionError(f"server not ready in 60 s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(etcd: EmbeddedEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = start_server(tmp_path_factory.mktemp("server"), "--no-controllers", etcd=etcd)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def etcdctl_run(endpoint: str, *args: str) -> str:
+    done = subprocess.run(["/usr/bin/etcdctl", f"--endpoints={endpoint}", *args], capture_output=True, text=True,
+                          env={**os.environ, "ETCDCTL_API": "3"}, timeout=30, check=True)
+    return done.stdout
+
+
+def etcd_revision(endpoint: str) -> int:
+    import json
+
+    out = etcdctl_run(endpoint, "endpoint", "status", "-w", "json")
+    return int(json.loads(out)[0]["Status"]["header"]["revision"])
+
+
+Vp = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def vp(server: ServerProcess, etcd: EmbeddedEtcd) -> Vp:
+    etcdctl_run(etcd.endpoint, "del", "--prefix", "/virtplane/")
+
+    def run(*args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([VIRTPLANE, *args], env=server.env, input=input, capture_output=True, text=True,
+                              timeout=timeout, check=False, cwd=REPO)
+
+    return run
