@@ -1,0 +1,70 @@
+"""What is placed on each host: vCPUs, memory, VM count and placement groups, kept incrementally.
+
+Updated the moment a VM is placed (before any await), so concurrent reconciles see each other's
+choices and never double-book a host or break anti-affinity; O(1) per update, so placing 10,000 VMs
+stays linear.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Usage:
+    host: str
+    cpus: int
+    memory: int
+    groups: tuple[str, ...] = ()
+
+
+@dataclass
+class HostTotals:
+    cpus: int = 0
+    memory: int = 0
+    count: int = 0
+    groups: Counter[str] = field(default_factory=Counter)
+
+
+class Allocations:
+    def __init__(self) -> None:
+        self.by_vm: dict[str, Usage] = {}
+        self.by_host: dict[str, HostTotals] = {}
+
+    def set(self, vm: str, usage: Usage) -> None:
+        if self.by_vm.get(vm) == usage:
+            return
+        self.remove(vm)
+        self.by_vm[vm] = usage
+        totals = self.by_host.setdefault(usage.host, HostTotals())
+        totals.cpus += usage.cpus
+        totals.memory += usage.memory
+        totals.count += 1
+        totals.groups.update(usage.groups)
+
+    def remove(self, vm: str) -> None:
+        usage = self.by_vm.pop(vm, None)
+        if usage is None:
+            return
+        totals = self.by_host[usage.host]
+        totals.cpus -= usage.cpus
+        totals.memory -= usage.memory
+        totals.count -= 1
+        totals.groups.subtract(usage.groups)
+        totals.groups += Counter()  # drop zero counts
+
+    def host(self, name: str, *, excluding: str | None = None) -> tuple[int, int, int, frozenset[str]]:
+        """(cpus, memory, vm count, groups) placed on ``name``, leaving out VM ``excluding``."""
+        totals = self.by_host.get(name, HostTotals())
+        cpus, memory, count, groups = totals.cpus, totals.memory, totals.count, Counter(totals.groups)
+        own = self.by_vm.get(excluding) if excluding else None
+        if own is not None and own.host == name:
+            cpus, memory, count = cpus - own.cpus, memory - own.memory, count - 1
+            groups.subtract(own.groups)
+            groups += Counter()
+        return cpus, memory, count, frozenset(groups)
+
+    def host_of(self, vm: str) -> str | None:
+        usage = self.by_vm.get(vm)
+        return usage.host if usage else None

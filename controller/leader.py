@@ -1,0 +1,102 @@
+"""Leader election per cluster with etcd leases.
+
+Each replica holds one lease (TTL ``ttl``) and refreshes it every ``ttl / 4``. It leads a cluster while
+``/virtplane/leases/clusters/<cluster>`` holds its identity under that lease. Safety: a replica stops
+acting ``ttl / 2`` after its last successful refresh — before the lease can expire and anyone else can
+take the key — so two replicas never act on one cluster at once. SIGKILL a leader and the key vanishes
+with its lease; another replica takes over within ``ttl`` (+ one refresh period).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import anyio
+from aetcd import rpc
+
+from controller.store import Store, StoreError
+from controller.store._etcd import compare_mod, op_put
+
+log = logging.getLogger("virtplane.leader")
+
+PREFIX = "/virtplane/leases/clusters/"
+
+
+class Elector:
+    def __init__(self, store: Store, identity: str, *, ttl: int = 10,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.identity = identity
+        self.ttl = ttl
+        self.clock = clock
+        self.wanted: set[str] = set()
+        self.held: set[str] = set()
+        self.lease_id = 0
+        self._valid_until = 0.0
+        self.on_gain: Callable[[str], None] = lambda cluster: None
+
+    def want(self, clusters: set[str]) -> None:
+        self.wanted = set(clusters)
+
+    def leads(self, cluster: str) -> bool:
+        return cluster in self.held and self.clock() < self._valid_until
+
+    async def _refresh(self) -> bool:
+        kv = self.store.kv
+        started = self.clock()
+        if self.lease_id:
+            try:
+                call = kv._lease.LeaseKeepAlive()
+                await call.write(rpc.LeaseKeepAliveRequest(ID=self.lease_id))
+                with anyio.fail_after(kv.timeout):
+                    resp = await call.read()
+                call.cancel()
+                if resp.TTL > 0:
+                    self._valid_until = started + self.ttl / 2
+                    return True
+            except Exception as e:  # connection trouble: treat the lease as lost
+                log.warning("lease refresh failed: %s", e)
+        self.held.clear()
+        self._valid_until = 0.0
+        try:
+            self.lease_id = await kv.lease_grant(self.ttl)
+        except StoreError as e:
+            log.warning("cannot get a lease: %s", e)
+            self.lease_id = 0
+            return False
+        self._valid_until = started + self.ttl / 2
+        return True
+
+    async def _campaign(self) -> None:
+        kv = self.store.kv
+        for cluster in sorted(self.wanted - self.held):
+            key = (PREFIX + cluster).encode()
+            resp = await kv.txn([compare_mod(key, 0)], [op_put(key, self.identity.encode(), self.lease_id)])
+            if resp.succeeded:
+                self.held.add(cluster)
+                log.info("%s now leads cluster %s", self.identity, cluster)
+                self.on_gain(cluster)
+        for cluster in sorted(self.held):
+            got = await kv.range((PREFIX + cluster).encode())
+            if not got.kvs or got.kvs[0].lease != self.lease_id:
+                self.held.discard(cluster)
+                log.warning("%s lost cluster %s", self.identity, cluster)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if await self._refresh():
+                    await self._campaign()
+            except StoreError as e:
+                log.warning("election round failed: %s", e)
+            await anyio.sleep(self.ttl / 4)
+
+    async def resign(self) -> None:
+        if self.lease_id:
+            try:
+                await self.store.kv._call(self.store.kv._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=self.lease_id))
+            except StoreError:
+                pass
+        self.held.clear()

@@ -1,0 +1,237 @@
+"""VirtualMachine controller: observe -> plan (reconcilers.vm) -> execute -> observe -> status.
+
+After executing a plan the domain is observed again and re-planned; a non-empty re-plan is an
+InconsistentResult (a bug): logged loudly, counted, reported as an event, and the key is requeued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from controller.allocations import Usage
+from controller.executor import execute
+from controller.libvirt.errors import TransientError
+from controller.runtime import Runtime
+from controller.workqueue import Result
+from reconcilers.domain import (
+    BlockSource,
+    DiskSource,
+    DomainName,
+    FileSource,
+    HostName,
+    NetworkSource,
+    ObservedDomain,
+)
+from reconcilers.infra import volume_name
+from reconcilers.scheduler import ClusterPolicy, HostView
+from reconcilers.vm import VmDecision, VmInputs, plan_vm
+from reconcilers.vm_domain import ResolvedDisk, ResolvedNetwork
+from specs.cluster import Cluster
+from specs.disk import Disk, DiskStatus
+from specs.host import Host
+from specs.network import Network, NetworkStatus
+from specs.vm import NicStatus, VirtualMachine, VirtualMachineStatus
+
+log = logging.getLogger("virtplane.vm")
+
+FINALIZER = "virtplane.io/domain"
+
+
+def resolve_disks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedDisk]:
+    found = {}
+    for attachment in vm.spec.disks:
+        disk = rt.cache.get("Disk", attachment.disk, Disk)
+        if disk is None:
+            continue
+        status = rt.cache.status["Disk"].get(attachment.disk)
+        path = status.path if isinstance(status, DiskStatus) else None
+        ready = isinstance(status, DiskStatus) and status.phase == "Ready" and path is not None
+        lun = disk.spec.lun
+        if lun is not None:
+            source: DiskSource
+            if lun.blockPath is not None:
+                source = BlockSource(lun.blockPath)
+            else:
+                assert lun.iscsi is not None
+                host, _, port = lun.iscsi.portal.rpartition(":") if ":" in lun.iscsi.portal else (
+                    lun.iscsi.portal, "", "3260")
+                source = NetworkSource("iscsi", host.strip("[]"), f"{lun.iscsi.iqn}/{lun.iscsi.lun}",
+                                       int(port or 3260))
+            found[attachment.disk] = ResolvedDisk(attachment.disk, source, "raw", disk.spec.shareable, True, None)
+            continue
+        found[attachment.disk] = ResolvedDisk(
+            attachment.disk, FileSource(path or f"<pending>/{volume_name(disk)}"),
+            disk.spec.effective_format or "qcow2", disk.spec.shareable, ready, disk.spec.storageDomain,
+        )
+    return found
+
+
+def resolve_networks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedNetwork]:
+    found = {}
+    for nic in vm.spec.nics:
+        net = rt.cache.get("Network", nic.network, Network)
+        if net is None:
+            continue
+        status = rt.cache.status["Network"].get(nic.network)
+        t = net.spec.type
+        if t == "user":
+            found[nic.network] = ResolvedNetwork(nic.network, "user", None, True)
+        elif t == "bridge":
+            found[nic.network] = ResolvedNetwork(nic.network, "bridge", net.spec.bridge, True)
+        else:
+            ready = isinstance(status, NetworkStatus) and status.phase in ("Ready", "Degraded")
+            found[nic.network] = ResolvedNetwork(nic.network, "network", f"vp-{nic.network}", ready)
+    return found
+
+
+def cluster_policy(rt: Runtime, cluster: str) -> ClusterPolicy:
+    obj = rt.cache.get("Cluster", cluster, Cluster)
+    if obj is None:
+        return ClusterPolicy()
+    s = obj.spec.scheduling
+    return ClusterPolicy(policy=s.policy, cpu_overcommit=s.cpuOvercommit, memory_overcommit=s.memoryOvercommit)
+
+
+def host_views(rt: Runtime, cluster: str, exclude_vm: str) -> tuple[HostView, ...]:
+    """Hosts with allocation from what is placed there (not from libvirt), leaving out the VM itself."""
+    views = []
+    for host in rt.cache.all("Host", Host):
+        if host.spec.cluster != cluster:
+            continue
+        name = host.metadata.name
+        runtime = rt.hosts.hosts.get(HostName(name))
+        observed = runtime.observed if runtime else None
+        cpus, memory, count, groups = rt.allocations.host(name, excluding=exclude_vm)
+        views.append(HostView(
+            name=HostName(name), cluster=host.spec.cluster, ready=bool(runtime and runtime.ready),
+            maintenance=host.spec.maintenance, labels=dict(host.metadata.labels),
+            cpus=(observed.cpus or 0) if observed else 0, memory_bytes=(observed.memory_bytes or 0) if observed else 0,
+            allocated_cpus=cpus, allocated_memory_bytes=memory, vm_count=count, groups=groups,
+        ))
+    return tuple(views)
+
+
+def record_placement(rt: Runtime, vm: VirtualMachine, host: str | None) -> None:
+    if host is None:
+        rt.allocations.remove(vm.metadata.name)
+        return
+    groups = tuple(g for g in (vm.spec.placement.affinityGroup, vm.spec.placement.antiAffinityGroup) if g)
+    rt.allocations.set(vm.metadata.name, Usage(host, vm.spec.cpu.cores, vm.spec.memory.size_bytes, groups))
+
+
+def vm_inputs(rt: Runtime, name: str, vm: VirtualMachine | None,
+              domains: Mapping[HostName, ObservedDomain] | None = None) -> VmInputs:
+    status = rt.cache.status["VirtualMachine"].get(name)
+    vm_status = status if isinstance(status, VirtualMachineStatus) else None
+    cluster = vm.spec.cluster if vm is not None else ""
+    unreachable = frozenset(h for h, r in rt.hosts.hosts.items() if not r.ready)
+    return VmInputs(
+        name=name, vm=vm, status=vm_status,
+        disks=resolve_disks(rt, vm) if vm else {}, networks=resolve_networks(rt, vm) if vm else {},
+        hosts=host_views(rt, cluster, name) if vm else (), policy=cluster_policy(rt, cluster),
+        domains=dict(domains) if domains is not None else rt.hosts.locate(name),
+        unreachable=unreachable,
+        domain_types={h: r.domain_type for h, r in rt.hosts.hosts.items()},
+    )
+
+
+async def _refresh(rt: Runtime, name: str, hosts: set[HostName]) -> dict[HostName, ObservedDomain]:
+    """Observe the domain afresh on the hosts that matter, updating the host caches."""
+    for h in hosts:
+        runtime = rt.hosts.hosts.get(h)
+        if runtime is None or not runtime.ready:
+            continue
+        observed = await runtime.conn.observe_domain(DomainName(name))
+        if observed is None:
+            runtime.domains.pop(name, None)
+        else:
+            runtime.domains[name] = observed
+    return rt.hosts.locate(name)
+
+
+async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
+    vm = rt.cache.get("VirtualMachine", name, VirtualMachine)
+    if vm is not None and vm.metadata.deletionTimestamp is None and FINALIZER not in vm.metadata.finalizers:
+        vm = await rt.store.add_finalizer("VirtualMachine", name, FINALIZER)  # type: ignore[assignment]
+    previous = rt.cache.status["VirtualMachine"].get(name)
+    relevant = set(rt.hosts.locate(name))
+    if isinstance(previous, VirtualMachineStatus) and previous.host:
+        relevant.add(HostName(previous.host))
+    domains = await _refresh(rt, name, relevant)
+    decision = plan_vm(vm_inputs(rt, name, vm, domains))
+    if vm is not None and decision.host:
+        record_placement(rt, vm, decision.host)  # before any await: concurrent placements see it
+    if decision.plan and decision.host:
+        relevant.add(decision.host)
+    relevant |= {HostName(h) for a in decision.plan if isinstance(h := getattr(a, "host", None), str)}
+    if decision.plan:
+        result = await execute(decision.plan, rt.hosts.connections())
+        rt.counters["actions"] += len(result.done)
+        done = ", ".join(f"{a.name} {a.target()}" for a in result.done)
+        if vm is not None and result.done:
+            await rt.emit(vm, "PlanExecuted", done, source="vm-controller")
+        domains = await _refresh(rt, name, relevant)
+        if not result.ok:
+            assert result.error is not None and result.failed is not None
+            if vm is not None:
+                await rt.emit(vm, "ActionFailed", f"{result.failed.name} {result.failed.target()}: {result.error}",
+                              warning=True, source="vm-controller")
+            await _write_vm_status(rt, vm, name, decision, domains, error=str(result.error))
+            raise result.error
+        again = plan_vm(vm_inputs(rt, name, vm, domains))
+        if again.plan and not _expected_leftover(decision, again):
+            rt.counters["inconsistent"] += 1
+            leftover = ", ".join(f"{a.name}({a.target()})" for a in again.plan)
+            log.error("InconsistentResult for VirtualMachine/%s: still planned after execution: %s", name, leftover)
+            if vm is not None:
+                await rt.emit(vm, "InconsistentResult", f"still planned after execution: {leftover}",
+                              warning=True, source="vm-controller")
+            await _write_vm_status(rt, vm, name, again, domains)
+            raise TransientError(f"inconsistent result for {name}", retry_after=1.0)
+        decision = again
+    if decision.finished_teardown:
+        rt.allocations.remove(name)
+        if vm is not None and FINALIZER in vm.metadata.finalizers:
+            await rt.store.remove_finalizer("VirtualMachine", name, FINALIZER)
+        return None
+    if vm is not None:
+        await _write_vm_status(rt, vm, name, decision, domains)
+    return None
+
+
+def _expected_leftover(first: VmDecision, again: VmDecision) -> bool:
+    """Teardown waits for a graceful shutdown; an Auto restart's start comes after the stop is seen."""
+    return all(a.name in ("ShutdownDomain", "UndefineDomain", "StartDomain") for a in again.plan) and any(
+        a.name == "ShutdownDomain" for a in first.plan)
+
+
+async def _write_vm_status(rt: Runtime, vm: VirtualMachine | None, name: str, decision: VmDecision,
+                           domains: Mapping[HostName, ObservedDomain], error: str | None = None) -> None:
+    if vm is None:
+        return
+    previous = rt.cache.status["VirtualMachine"].get(name)
+    prev = previous if isinstance(previous, VirtualMachineStatus) else VirtualMachineStatus()
+    d = domains.get(decision.host) if decision.host else None
+    seen = (d.live or d.config) if d else None
+    running = d is not None and d.state == "running"
+    phase = "Running" if running and decision.phase == "Running" else decision.phase
+    conditions = decision.conditions
+    if error:
+        conditions = (*conditions, conditions[0].model_copy(update={
+            "type": "Degraded", "status": "True", "reason": "ActionFailed", "message": error}))
+    status = VirtualMachineStatus(
+        observedGeneration=vm.metadata.generation,
+        phase=phase,
+        conditions=rt.with_times(conditions, prev),
+        correlationId=vm.metadata.correlationId,
+        host=decision.host,
+        uuid=(seen.uuid if seen else None) or prev.uuid,
+        nics=tuple(NicStatus(name=n.name, mac=n.mac) for n in seen.nics if n.mac) if seen else prev.nics,
+        cores=seen.vcpus if seen and running else None,
+        memory=seen.memory_kib * 1024 if seen and running else None,
+        startTime=prev.startTime if running and prev.startTime and prev.phase == "Running" else (
+            rt.clock() if running else None),
+        restartCount=prev.restartCount,
+    )
+    await rt.write_status("VirtualMachine", name, status)

@@ -1,0 +1,221 @@
+"""Every action a plan can hold. Frozen dataclasses named verb+noun; ``impact`` is a class attribute.
+
+The executor in ``controller/`` dispatches on the type; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reconcilers.domain import (
+    DirPoolConfig,
+    DiskDevice,
+    DomainConfig,
+    DomainName,
+    HostName,
+    NetworkConfig,
+    NetworkName,
+    NicDevice,
+    PoolName,
+    VolumeConfig,
+    VolumeName,
+)
+from reconcilers.plan import Action, Impact
+
+# ---------------------------------------------------------------- domains
+
+
+@dataclass(frozen=True)
+class DefineDomain(Action):
+    """Define (or redefine) the persistent config. ``next_boot``: it holds changes a running guest only
+    gets at its next boot (the rest is applied live by the actions that follow)."""
+
+    host: HostName
+    config: DomainConfig
+    next_boot: bool = False
+
+    @property
+    def impact(self) -> Impact:
+        return Impact.NEXT_BOOT if self.next_boot else Impact.NONE
+
+    def target(self) -> str:
+        return f"{self.config.name} on {self.host}"
+
+
+@dataclass(frozen=True)
+class StartDomain(Action):
+    host: HostName
+    domain: DomainName
+    IMPACT = Impact.NONE
+
+    def target(self) -> str:
+        return f"{self.domain} on {self.host}"
+
+
+@dataclass(frozen=True)
+class ShutdownDomain(Action):
+    """Graceful shutdown (ACPI), then destroy after ``timeout_s`` if the guest does not stop."""
+
+    host: HostName
+    domain: DomainName
+    timeout_s: float = 60.0
+    IMPACT = Impact.RESTART
+
+    def target(self) -> str:
+        return f"{self.domain} on {self.host}"
+
+
+@dataclass(frozen=True)
+class DestroyDomain(Action):
+    """Hard power-off."""
+
+    host: HostName
+    domain: DomainName
+    IMPACT = Impact.DESTRUCTIVE
+
+    def target(self) -> str:
+        return f"{self.domain} on {self.host}"
+
+
+@dataclass(frozen=True)
+class UndefineDomain(Action):
+    host: HostName
+    domain: DomainName
+    IMPACT = Impact.DESTRUCTIVE
+
+    def target(self) -> str:
+        return f"{self.domain} on {self.host}"
+
+
+@dataclass(frozen=True)
+class AttachDisk(Action):
+    host: HostName
+    domain: DomainName
+    disk: DiskDevice
+    IMPACT = Impact.LIVE
+
+    def target(self) -> str:
+        return f"{self.disk.target} to {self.domain}"
+
+
+@dataclass(frozen=True)
+class DetachDisk(Action):
+    host: HostName
+    domain: DomainName
+    disk: DiskDevice
+    IMPACT = Impact.LIVE
+
+    def target(self) -> str:
+        return f"{self.disk.target} from {self.domain}"
+
+
+@dataclass(frozen=True)
+class AttachNic(Action):
+    host: HostName
+    domain: DomainName
+    nic: NicDevice
+    IMPACT = Impact.LIVE
+
+    def target(self) -> str:
+        return f"{self.nic.name} to {self.domain}"
+
+
+@dataclass(frozen=True)
+class DetachNic(Action):
+    host: HostName
+    domain: DomainName
+    nic: NicDevice
+    IMPACT = Impact.LIVE
+
+    def target(self) -> str:
+        return f"{self.nic.name} from {self.domain}"
+
+
+@dataclass(frozen=True)
+class SetMemory(Action):
+    """Balloon to ``memory_kib`` (<= max) on the running guest and in the persistent config."""
+
+    host: HostName
+    domain: DomainName
+    memory_kib: int
+    IMPACT = Impact.LIVE
+
+    def target(self) -> str:
+        return f"{self.domain} to {self.memory_kib // 1024} MiB"
+
+
+@dataclass(frozen=True)
+class SetVcpus(Action):
+    host: HostName
+    domain: DomainName
+    vcpus: int
+    IMPACT = Impact.LIVE
+
+    def target(self) -> str:
+        return f"{self.domain} to {self.vcpus}"
+
+
+# ---------------------------------------------------------------- storage and networks
+
+
+@dataclass(frozen=True)
+class EnsurePool(Action):
+    host: HostName
+    pool: DirPoolConfig
+
+    def target(self) -> str:
+        return f"{self.pool.name} ({self.pool.path}) on {self.host}"
+
+
+@dataclass(frozen=True)
+class CreateVolume(Action):
+    host: HostName
+    pool: PoolName
+    volume: VolumeConfig
+    source_path: str | None = None  # full copy / import from this file
+    source_format: str | None = None
+
+    def target(self) -> str:
+        return f"{self.pool}/{self.volume.name} on {self.host}"
+
+
+@dataclass(frozen=True)
+class ResizeVolume(Action):
+    host: HostName
+    pool: PoolName
+    volume: VolumeName
+    capacity_bytes: int
+    IMPACT = Impact.LIVE
+
+    def target(self) -> str:
+        return f"{self.pool}/{self.volume} to {self.capacity_bytes} bytes"
+
+
+@dataclass(frozen=True)
+class DeleteVolume(Action):
+    host: HostName
+    pool: PoolName
+    volume: VolumeName
+    IMPACT = Impact.DESTRUCTIVE
+
+    def target(self) -> str:
+        return f"{self.pool}/{self.volume} on {self.host}"
+
+
+@dataclass(frozen=True)
+class EnsureNetwork(Action):
+    host: HostName
+    network: NetworkConfig
+
+    def target(self) -> str:
+        return f"{self.network.name} on {self.host}"
+
+
+@dataclass(frozen=True)
+class DeleteNetwork(Action):
+    host: HostName
+    network: NetworkName
+    IMPACT = Impact.DESTRUCTIVE
+
+    def target(self) -> str:
+        return f"{self.network} on {self.host}"

@@ -1,0 +1,121 @@
+"""Placement: filters, then weights by cluster policy, then a deterministic tie-break. Pure.
+
+The chosen host goes into the VM's status, never into its spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from reconcilers.domain import HostName
+
+Policy = Literal["EvenlyDistributed", "PowerSaving", "None"]
+
+
+@dataclass(frozen=True)
+class HostView:
+    """One host as the scheduler sees it: capacity from libvirt, allocation from placed VMs."""
+
+    name: HostName
+    cluster: str
+    ready: bool
+    maintenance: bool
+    labels: Mapping[str, str]
+    cpus: int
+    memory_bytes: int
+    allocated_cpus: int = 0
+    allocated_memory_bytes: int = 0
+    vm_count: int = 0
+    groups: frozenset[str] = frozenset()  # anti-affinity / affinity groups of VMs placed here
+    storage_domains: frozenset[str] | None = None  # None: unknown / all
+    networks: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    vm: str
+    cluster: str
+    cpus: int
+    memory_bytes: int
+    allowed_hosts: tuple[str, ...] = ()
+    host_selector: Mapping[str, str] = field(default_factory=dict)
+    affinity_group: str | None = None
+    anti_affinity_group: str | None = None
+    storage_domains: frozenset[str] = frozenset()
+    networks: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ClusterPolicy:
+    policy: Policy = "EvenlyDistributed"
+    cpu_overcommit: float = 4.0
+    memory_overcommit: float = 1.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    host: HostName | None
+    rejected: tuple[tuple[HostName, str], ...] = ()  # (host, why) for every filtered-out host
+
+    def explain(self) -> str:
+        if not self.rejected:
+            return "no hosts in the cluster"
+        return "; ".join(f"{h}: {why}" for h, why in self.rejected)
+
+
+def reject_reason(host: HostView, req: Request, policy: ClusterPolicy, *, moving: bool = False) -> str | None:
+    """Why ``host`` cannot take the VM, or None when it can. ``moving``: the VM already counts elsewhere."""
+    if host.cluster != req.cluster:
+        return f"in cluster {host.cluster!r}, not {req.cluster!r}"
+    if not host.ready:
+        return "not Ready"
+    if host.maintenance:
+        return "in maintenance"
+    if req.allowed_hosts and host.name not in req.allowed_hosts:
+        return "not in placement.allowedHosts"
+    for key, value in req.host_selector.items():
+        if host.labels.get(key) != value:
+            return f"label {key}={value} not present"
+    if req.anti_affinity_group and req.anti_affinity_group in host.groups:
+        return f"runs a VM of anti-affinity group {req.anti_affinity_group!r}"
+    if host.storage_domains is not None and not req.storage_domains <= host.storage_domains:
+        return f"cannot see storage {', '.join(sorted(req.storage_domains - host.storage_domains))}"
+    if host.networks is not None and not req.networks <= host.networks:
+        return f"lacks network {', '.join(sorted(req.networks - host.networks))}"
+    cpu_limit = int(host.cpus * policy.cpu_overcommit)
+    if host.allocated_cpus + req.cpus > cpu_limit:
+        return f"CPU {host.allocated_cpus}+{req.cpus} > {cpu_limit} (overcommit {policy.cpu_overcommit:g})"
+    mem_limit = int(host.memory_bytes * policy.memory_overcommit)
+    if host.allocated_memory_bytes + req.memory_bytes > mem_limit:
+        return f"memory {(host.allocated_memory_bytes + req.memory_bytes) >> 20} MiB > {mem_limit >> 20} MiB"
+    return None
+
+
+def _weight(host: HostView, req: Request, policy: ClusterPolicy) -> tuple[float, ...]:
+    """Smaller is better."""
+    affinity = 0 if req.affinity_group and req.affinity_group in host.groups else 1
+    mem_used = (host.allocated_memory_bytes + req.memory_bytes) / max(host.memory_bytes, 1)
+    cpu_used = (host.allocated_cpus + req.cpus) / max(host.cpus, 1)
+    if policy.policy == "PowerSaving":
+        # Pack: prefer the busiest host that still fits, so others can be emptied and powered off.
+        return (affinity, -mem_used, -cpu_used)
+    if policy.policy == "EvenlyDistributed":
+        return (affinity, mem_used, cpu_used, host.vm_count)
+    return (affinity,)
+
+
+def place(req: Request, hosts: Sequence[HostView], policy: ClusterPolicy) -> Placement:
+    rejected: list[tuple[HostName, str]] = []
+    fits: list[HostView] = []
+    for host in hosts:
+        why = reject_reason(host, req, policy)
+        if why is None:
+            fits.append(host)
+        else:
+            rejected.append((host.name, why))
+    if not fits:
+        return Placement(None, tuple(rejected))
+    best = min(fits, key=lambda h: (*_weight(h, req, policy), h.name))
+    return Placement(best.name, tuple(rejected))

@@ -1,0 +1,271 @@
+"""VirtualMachine planning: (desired, observed, context) -> decision. Pure: no await, no clock, no I/O.
+
+Rules, in order:
+1. Deleted (or being deleted): shut down and undefine our domain on every host; nothing else.
+2. Where: the host in status if the domain is there; else the host where our domain is found; else
+   schedule (filters + weights). Hosts that do not answer are never acted on — and a VM whose host does
+   not answer is Unknown, never restarted elsewhere here (that is HA's job, after fencing).
+3. What: the DomainConfig built from the spec. A running guest gets live changes (disks, NICs, memory
+   and vCPUs within their maxima) as live actions; anything else is a next-boot change that sets
+   RestartRequired, or with updatePolicy Auto, restarts the guest. Nothing reboots a VM silently.
+4. Run state per runStrategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from reconcilers.actions import (
+    AttachDisk,
+    AttachNic,
+    DefineDomain,
+    DetachDisk,
+    DetachNic,
+    SetMemory,
+    SetVcpus,
+    ShutdownDomain,
+    StartDomain,
+    UndefineDomain,
+)
+from reconcilers.domain import (
+    CPU_HOST_MODEL,
+    CPU_HOST_PASSTHROUGH,
+    DomainConfig,
+    DomainName,
+    DomainType,
+    HostName,
+    ObservedDomain,
+)
+from reconcilers.plan import Action, Plan
+from reconcilers.scheduler import ClusterPolicy, HostView, Request, place
+from reconcilers.vm_domain import ResolvedDisk, ResolvedNetwork, config_differences, desired_domain
+from specs.meta import Condition
+from specs.vm import VirtualMachine, VirtualMachineStatus
+
+LIVE_FIELDS = frozenset({"disks", "nics", "memory_kib", "vcpus", "uuid"})
+
+
+@dataclass(frozen=True)
+class VmInputs:
+    name: str
+    vm: VirtualMachine | None
+    status: VirtualMachineStatus | None
+    disks: Mapping[str, ResolvedDisk]
+    networks: Mapping[str, ResolvedNetwork]
+    hosts: tuple[HostView, ...]
+    policy: ClusterPolicy
+    domains: Mapping[HostName, ObservedDomain]  # a domain of this name, per reachable host
+    unreachable: frozenset[HostName] = frozenset()
+    domain_types: Mapping[HostName, DomainType] = field(default_factory=dict)
+    shutdown_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class VmDecision:
+    plan: Plan
+    host: HostName | None
+    phase: str
+    conditions: tuple[Condition, ...] = ()
+    desired: DomainConfig | None = None
+    finished_teardown: bool = False  # deleted and nothing left: the finalizer may go
+
+
+def _cond(type_: str, ok: bool, reason: str, message: str = "") -> Condition:
+    return Condition(type=type_, status="True" if ok else "False", reason=reason, message=message)
+
+
+def _ours(vm: VirtualMachine | None, d: ObservedDomain) -> bool:
+    return d.owner is not None and vm is not None and d.owner.uid == vm.metadata.uid
+
+
+def plan_teardown(inputs: VmInputs) -> VmDecision:
+    actions: list[Action] = []
+    for host, d in sorted(inputs.domains.items()):
+        if d.owner is None or (inputs.vm is not None and d.owner.uid != inputs.vm.metadata.uid):
+            continue
+        if d.active:
+            actions.append(ShutdownDomain(host, d.name, inputs.shutdown_timeout_s, reason="VM deleted"))
+        if d.persistent:
+            actions.append(UndefineDomain(host, d.name, reason="VM deleted"))
+    # A host that does not answer may still run it: wait rather than declare it gone.
+    stuck = [h for h in inputs.unreachable if inputs.status and inputs.status.host == h]
+    done = not actions and not stuck
+    return VmDecision(Plan(tuple(actions)), None, "Stopping" if not done else "Stopped", finished_teardown=done)
+
+
+def _should_run(vm: VirtualMachine, status: VirtualMachineStatus | None, d: ObservedDomain | None) -> bool | None:
+    """True: start it if stopped; False: stop it if running; None: leave the run state alone."""
+    strategy = vm.spec.runStrategy
+    if strategy == "Always":
+        return True
+    if strategy == "Halted":
+        return False
+    if strategy == "Manual":
+        return None
+    # RerunOnFailure: start, and restart after a crash, but not after the guest shut itself down.
+    if d is not None and d.state == "shutoff" and d.reason == "shutdown" and status and status.startTime:
+        return None
+    return True
+
+
+def _request(vm: VirtualMachine, disks: Mapping[str, ResolvedDisk], networks: Mapping[str, ResolvedNetwork]) -> Request:
+    spec = vm.spec
+    return Request(
+        vm=vm.metadata.name, cluster=spec.cluster, cpus=spec.cpu.cores, memory_bytes=spec.memory.size_bytes,
+        allowed_hosts=tuple(spec.placement.allowedHosts), host_selector=dict(spec.placement.hostSelector),
+        affinity_group=spec.placement.affinityGroup, anti_affinity_group=spec.placement.antiAffinityGroup,
+        storage_domains=frozenset(d.storage_domain for d in disks.values() if d.storage_domain),
+        networks=frozenset(n.name for n in networks.values()),
+    )
+
+
+def _choose_host(inputs: VmInputs, vm: VirtualMachine) -> tuple[HostName | None, Condition]:
+    ours = {h: d for h, d in inputs.domains.items() if _ours(vm, d)}
+    status_host = HostName(inputs.status.host) if inputs.status and inputs.status.host else None
+    if status_host and (status_host in ours or status_host in inputs.unreachable):
+        return status_host, _cond("Scheduled", True, "Scheduled", f"on {status_host}")
+    running = [h for h, d in ours.items() if d.active]
+    if running:
+        return sorted(running)[0], _cond("Scheduled", True, "Found", f"found running on {sorted(running)[0]}")
+    if status_host and any(h.name == status_host and h.ready for h in inputs.hosts):
+        return status_host, _cond("Scheduled", True, "Scheduled", f"on {status_host}")
+    if ours:
+        host = sorted(ours)[0]
+        return host, _cond("Scheduled", True, "Found", f"found defined on {host}")
+    placement = place(_request(vm, inputs.disks, inputs.networks), inputs.hosts, inputs.policy)
+    if placement.host is None:
+        return None, _cond("Scheduled", False, "Unschedulable", placement.explain())
+    return placement.host, _cond("Scheduled", True, "Scheduled", f"placed on {placement.host}")
+
+
+def plan_vm(inputs: VmInputs) -> VmDecision:
+    vm = inputs.vm
+    if vm is None or vm.metadata.deletionTimestamp is not None:
+        return plan_teardown(inputs)
+    missing = [a.disk for a in vm.spec.disks if a.disk not in inputs.disks or not inputs.disks[a.disk].ready]
+    missing_nets = [n.network for n in vm.spec.nics
+                    if n.network not in inputs.networks or not inputs.networks[n.network].ready]
+    if missing or missing_nets:
+        what = ", ".join([f"disk {d}" for d in missing] + [f"network {n}" for n in missing_nets])
+        return VmDecision(Plan(), None, "Pending", (_cond("Ready", False, "WaitingForDependencies", f"{what} not ready"),))
+
+    host, scheduled = _choose_host(inputs, vm)
+    if host is None:
+        return VmDecision(Plan(), None, "Pending", (scheduled, _cond("Ready", False, "Unschedulable", scheduled.message)))
+    if host in inputs.unreachable:
+        return VmDecision(Plan(), host, "Unknown", (scheduled, _cond("Ready", False, "HostNotResponding",
+                                                                     f"{host} does not answer")))
+    foreign = inputs.domains.get(host)
+    if foreign is not None and not _ours(vm, foreign):
+        return VmDecision(Plan(), None, "Failed", (scheduled, _cond(
+            "Ready", False, "NameConflict",
+            f"{host} has a domain named {vm.metadata.name} that virtplane does not own; rename the VM or "
+            "import the domain")))
+
+    observed = inputs.domains.get(host)
+    domain_type = inputs.domain_types.get(host, "kvm")
+    desired = desired_domain(vm, inputs.status, inputs.disks, inputs.networks, domain_type, observed)
+    actions, phase, conds = _plan_on_host(inputs, vm, host, desired, observed)
+    # Leftover definitions of ours on other hosts (e.g. after a move) that are not running.
+    for other, d in sorted(inputs.domains.items()):
+        if other != host and _ours(vm, d) and not d.active and d.persistent:
+            actions.append(UndefineDomain(other, d.name, reason=f"stale copy; the VM lives on {host}"))
+    return VmDecision(Plan(tuple(actions)), host, phase, (scheduled, *conds), desired)
+
+
+def _plan_on_host(
+    inputs: VmInputs, vm: VirtualMachine, host: HostName, desired: DomainConfig, d: ObservedDomain | None
+) -> tuple[list[Action], str, tuple[Condition, ...]]:
+    name = DomainName(vm.metadata.name)
+    run = _should_run(vm, inputs.status, d)
+    if d is None or not d.persistent or d.config is None:
+        actions: list[Action] = [DefineDomain(host, desired, reason="not defined yet")]
+        if run:
+            actions.append(StartDomain(host, name, reason=f"runStrategy {vm.spec.runStrategy}"))
+        return actions, "Starting" if run else "Stopped", (_cond("Ready", False, "Defining"),)
+
+    actions = []
+    cold: tuple[str, ...] = ()
+    if d.active and d.live is not None:
+        live_diff = config_differences(desired, d.live)
+        if desired.cpu_model in (None, CPU_HOST_MODEL, CPU_HOST_PASSTHROUGH):
+            # The live XML shows the model QEMU expanded these to; the persistent config is what counts.
+            live_diff = tuple(f for f in live_diff if f != "cpu_model")
+        cold = tuple(f for f in live_diff if f not in LIVE_FIELDS) + _cold_device_changes(desired, d.live)
+    persistent_diff = config_differences(desired, d.config)
+    if persistent_diff or desired.owner != d.config.owner:
+        # On a running guest, only what hot-plug cannot do waits for the next boot.
+        actions.append(DefineDomain(host, desired, next_boot=bool(cold),
+                                    reason=_describe("persistent config", persistent_diff)))
+    if not d.active or d.live is None:
+        if run:
+            actions.append(StartDomain(host, name, reason=f"runStrategy {vm.spec.runStrategy}; state {d.state}"))
+            return actions, "Starting", (_cond("Ready", False, "Starting"),)
+        return actions, "Stopped", (_cond("Ready", False, "Stopped", f"runStrategy {vm.spec.runStrategy}"),)
+
+    if run is False:
+        actions.append(ShutdownDomain(host, name, inputs.shutdown_timeout_s, reason="runStrategy Halted"))
+        return actions, "Stopping", (_cond("Ready", False, "Stopping"),)
+
+    if cold and vm.spec.updatePolicy == "Auto":
+        actions.append(ShutdownDomain(host, name, inputs.shutdown_timeout_s,
+                                      reason=_describe("updatePolicy Auto; needs a restart for", cold)))
+        actions.append(StartDomain(host, name, reason="restart to apply the new config"))
+        return actions, "Starting", (_cond("Ready", False, "Restarting"),)
+    actions += _live_actions(host, name, desired, d.live)
+    conds: list[Condition] = []
+    if cold:
+        conds.append(_cond("RestartRequired", True, "ConfigChanged",
+                           _describe("a restart applies", cold) + " (updatePolicy Manual)"))
+    ready = not actions
+    conds.append(_cond("Ready", ready, "Running" if ready else "Updating"))
+    return actions, "Running", tuple(conds)
+
+
+def _describe(prefix: str, fields: tuple[str, ...]) -> str:
+    return f"{prefix}: {', '.join(fields)}" if fields else "owner stamp (generation)"
+
+
+def _cold_device_changes(desired: DomainConfig, live: DomainConfig) -> tuple[str, ...]:
+    """Device changes that hot-plug cannot do: a disk or NIC that stays but changes."""
+    cold: list[str] = []
+    live_disks = {d.source: d for d in live.disks}
+    for disk in desired.disks:
+        seen = live_disks.get(disk.source)
+        if seen is not None and seen != disk:
+            cold.append(f"disk {disk.target}")
+    live_nics = {n.name: n for n in live.nics}
+    for nic in desired.nics:
+        seen_nic = live_nics.get(nic.name)
+        if seen_nic is not None and seen_nic != nic:
+            cold.append(f"nic {nic.name}")
+    return tuple(cold)
+
+
+def _live_actions(host: HostName, name: DomainName, desired: DomainConfig, live: DomainConfig) -> list[Action]:
+    actions: list[Action] = []
+    wanted_sources = {d.source for d in desired.disks}
+    live_sources = {d.source for d in live.disks}
+    for disk in live.disks:
+        if disk.source not in wanted_sources:
+            actions.append(DetachDisk(host, name, disk, reason="removed from spec.disks"))
+    for disk in desired.disks:
+        if disk.source not in live_sources:
+            actions.append(AttachDisk(host, name, disk, reason="added to spec.disks"))
+    wanted_nics = {n.name for n in desired.nics}
+    live_nics = {n.name for n in live.nics}
+    for nic in live.nics:
+        if nic.name not in wanted_nics:
+            actions.append(DetachNic(host, name, nic, reason="removed from spec.nics"))
+    for nic in desired.nics:
+        if nic.name not in live_nics:
+            actions.append(AttachNic(host, name, nic, reason="added to spec.nics"))
+    if desired.memory_kib != live.memory_kib and desired.max_memory_kib == live.max_memory_kib:
+        actions.append(SetMemory(host, name, desired.memory_kib, reason="spec.memory.size changed"))
+    if desired.vcpus != live.vcpus and desired.max_vcpus == live.max_vcpus:
+        actions.append(SetVcpus(host, name, desired.vcpus, reason="spec.cpu.cores changed"))
+    return actions
+
+
+__all__ = ["VmDecision", "VmInputs", "plan_teardown", "plan_vm"]
