@@ -217,6 +217,12 @@ class HostConnection:
         if reason != libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
             self._broken = True
 
+    async def run(self, op: str, fn: Callable[[Conn], T]) -> T:
+        """Run ``fn(conn)`` in a worker thread under this host's limiter, counting ``op`` and classifying
+        libvirt errors: the seam for operations kept in their own modules (migration, snapshots)."""
+        self._count(op)
+        return await self._run(op, fn)
+
     async def _run(self, op: str, fn: Callable[[Conn], T]) -> T:
         conn = await self._connection()
         try:
