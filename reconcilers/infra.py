@@ -7,7 +7,7 @@ Network ``lan`` of type nat/isolated is the libvirt network ``vp-lan``; a Disk `
 
 from __future__ import annotations
 
-import os.path
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -180,7 +180,7 @@ class DiskSourceInfo:
 
 
 def _relative(path: str, base: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(base, path)
+    return path if posixpath.isabs(path) else posixpath.join(base, path)
 
 
 def source_info(disk: Disk, base: str, other: Mapping[str, DiskSourceInfo]) -> DiskSourceInfo | str | None:

@@ -223,8 +223,19 @@ def _plan_on_host(
     return actions, "Running", tuple(conds)
 
 
+SPEC_NAMES = {
+    "uuid": "uuid", "vcpus": "cpu.cores", "max_vcpus": "cpu.maxCores", "memory_kib": "memory.size",
+    "max_memory_kib": "memory.maxSize", "domain_type": "accelerator (kvm/tcg)", "machine": "machine",
+    "cpu_model": "cpu.model", "firmware": "boot.firmware", "kernel_boot": "boot.kernel/initrd/cmdline",
+    "disks": "disks", "nics": "nics",
+}
+
+
 def _describe(prefix: str, fields: tuple[str, ...]) -> str:
-    return f"{prefix}: {', '.join(fields)}" if fields else "owner stamp (generation)"
+    """Name what changed as the user wrote it in the spec."""
+    if not fields:
+        return "owner stamp (generation)"
+    return f"{prefix}: {', '.join(SPEC_NAMES.get(f, f) for f in fields)}"
 
 
 def _cold_device_changes(desired: DomainConfig, live: DomainConfig) -> tuple[str, ...]:

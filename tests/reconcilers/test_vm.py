@@ -119,7 +119,7 @@ def test_cold_change_sets_restart_required_with_manual_policy() -> None:
     assert names(decision) == ["DefineDomain"]
     assert decision.plan.impact == Impact.NEXT_BOOT
     conds = {c.type: c for c in decision.conditions}
-    assert conds["RestartRequired"].status == "True" and "max_memory_kib" in conds["RestartRequired"].message
+    assert conds["RestartRequired"].status == "True" and "memory.maxSize" in conds["RestartRequired"].message
     # After the define, the plan is empty but the condition stays until a restart.
     domains = apply_plan(decision.plan, domains)
     again = plan_vm(inputs(changed, domains, VirtualMachineStatus(host=next(iter(domains)))))
