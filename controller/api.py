@@ -22,7 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -66,6 +66,9 @@ class ApiContext:
     authz: Authorizer
     metrics: Registry
     plan_hook: PlanHook | None = None  # set by the controllers: plans for a dry-run apply
+    # Finalizers the running controllers put on new objects of a kind (set when they start), so that
+    # creating an object costs one write rather than a create and a later finalizer update.
+    default_finalizers: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _kind_from_path(request: Request) -> KindInfo:
@@ -145,7 +148,9 @@ class Api:
             raise ApiError(403, "Forbidden", f"{who.name} may not {verb} {kind or 'this'}")
         return who
 
-    def route(self, name: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def route(
+        self, name: str, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             start = time.perf_counter()
             try:
@@ -160,8 +165,15 @@ class Api:
                 response = JSONResponse(error_body(404, "NotFound", str(e)), 404)
             except store_mod.PartialApplyError as e:
                 response = JSONResponse(
-                    error_body(500, "PartialApply", str(e), written=[list(k) for k in e.written],
-                               notWritten=[list(k) for k in e.not_written]), 500)
+                    error_body(
+                        500,
+                        "PartialApply",
+                        str(e),
+                        written=[list(k) for k in e.written],
+                        notWritten=[list(k) for k in e.not_written],
+                    ),
+                    500,
+                )
             except store_mod.StoreUnavailable as e:
                 response = JSONResponse(error_body(503, "StoreUnavailable", str(e)), 503)
             self.requests.inc(route=name, code=str(response.status_code))
@@ -169,6 +181,13 @@ class Api:
             return response
 
         return endpoint
+
+    def _with_finalizers(self, obj: Resource) -> Resource:
+        """Finalizers for a new object (the store keeps the stored ones on update)."""
+        wanted = self.ctx.default_finalizers.get(obj.kind)
+        if not wanted:
+            return obj
+        return obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"finalizers": wanted})})
 
     # --- objects --------------------------------------------------------------------------------
 
@@ -183,11 +202,14 @@ class Api:
                 raise ApiError(400, "BadRequest", f"labelSelector: {e}") from e
         items, revision = await self.ctx.store.list(info.kind, selector)
         statuses = await self.ctx.store.list_status(info.kind)
-        return JSONResponse({
-            "apiVersion": "virtplane.io/v1", "kind": f"{info.kind}List",
-            "metadata": {"resourceVersion": str(revision)},
-            "items": [resource_to_wire(r, statuses.get(r.metadata.name)) for r in items],
-        })
+        return JSONResponse(
+            {
+                "apiVersion": "virtplane.io/v1",
+                "kind": f"{info.kind}List",
+                "metadata": {"resourceVersion": str(revision)},
+                "items": [resource_to_wire(r, statuses.get(r.metadata.name)) for r in items],
+            }
+        )
 
     async def get_object(self, request: Request) -> Response:
         info = _kind_from_path(request)
@@ -238,7 +260,7 @@ class Api:
         if create_only and await self.ctx.store.get(obj.kind, obj.metadata.name) is not None:
             raise ApiError(409, "AlreadyExists", f"{obj.kind} {obj.metadata.name!r} already exists")
         cid = _correlation_id(request)
-        result = await self.ctx.store.apply([obj], correlation_id=cid)
+        result = await self.ctx.store.apply([self._with_finalizers(obj)], correlation_id=cid)
         stored = await self.ctx.store.get(obj.kind, obj.metadata.name)
         assert stored is not None
         code = 201 if result.changes and result.changes[0].action == "created" else 200
@@ -272,6 +294,7 @@ class Api:
             for kind in KINDS:
                 self._authorize(request, "delete", kind)
         cid = _correlation_id(request)
+        objects = [self._with_finalizers(o) for o in objects]
         result = await self.ctx.store.apply(objects, correlation_id=cid, source=source, dry_run=dry_run, prune=prune)
         plans = None
         if dry_run and self.ctx.plan_hook is not None and body.get("plan", True):
@@ -306,10 +329,19 @@ class Api:
         async for event in self.ctx.store.watch(prefixes, start_revision):
             value = event.value
             body = value.model_dump(mode="json", exclude_none=True) if value is not None else None
-            yield (json.dumps({
-                "type": event.type, "kind": event.kind, "name": event.name, "part": event.part,
-                "revision": event.mod_revision, "object": body,
-            }) + "\n").encode()
+            yield (
+                json.dumps(
+                    {
+                        "type": event.type,
+                        "kind": event.kind,
+                        "name": event.name,
+                        "part": event.part,
+                        "revision": event.mod_revision,
+                        "object": body,
+                    }
+                )
+                + "\n"
+            ).encode()
 
     async def events(self, request: Request) -> Response:
         self._authorize(request, "list", "Event")

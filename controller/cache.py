@@ -52,8 +52,11 @@ class Cache:
     async def watch(self, on_change: Callable[[str, str, str], None]) -> None:
         """Apply every change to the cache, then call ``on_change(kind, name, part)``. Runs forever."""
         prefixes = ["/virtplane/specs/", "/virtplane/status/"]
-        known = {f"/virtplane/specs/{k}/{n}": int(r.metadata.resourceVersion or 0)
-                 for k, items in self.specs.items() for n, r in items.items()}
+        known = {
+            f"/virtplane/specs/{k}/{n}": int(r.metadata.resourceVersion or 0)
+            for k, items in self.specs.items()
+            for n, r in items.items()
+        }
         async for event in self.store.watch(prefixes, self.revision + 1, known=known):
             self.revision = max(self.revision, event.mod_revision)
             if event.kind not in self.specs:

@@ -127,12 +127,17 @@ class Client:
     ) -> dict[str, Any]:
         payload = {"objects": list(objects), "prune": prune, "source": source, "plan": plan}
         body: dict[str, Any] = self._request(
-            "POST", "/api/v1/apply", params={"dryRun": "true"} if dry_run else None,
-            content=json.dumps(payload).encode(), correlation_id=correlation_id,
+            "POST",
+            "/api/v1/apply",
+            params={"dryRun": "true"} if dry_run else None,
+            content=json.dumps(payload).encode(),
+            correlation_id=correlation_id,
         ).json()
         return body
 
-    def events(self, *, involved: str | None = None, correlation_id: str | None = None) -> builtins.list[dict[str, Any]]:
+    def events(
+        self, *, involved: str | None = None, correlation_id: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
         params = {k: v for k, v in (("for", involved), ("correlationId", correlation_id)) if v}
         items: builtins.list[dict[str, Any]] = self._request("GET", "/api/v1/events", params=params).json()["items"]
         return items
@@ -158,7 +163,9 @@ class Client:
             params["resourceVersion"] = str(resource_version)
         return self._lines("/api/v1/watch", params)
 
-    def watch_events(self, *, involved: str | None = None, correlation_id: str | None = None) -> Iterator[dict[str, Any]]:
+    def watch_events(
+        self, *, involved: str | None = None, correlation_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         params = {k: v for k, v in (("for", involved), ("correlationId", correlation_id)) if v}
         params["watch"] = "true"
         return self._lines("/api/v1/events", params)

@@ -9,12 +9,12 @@ with its lease; another replica takes over within ``ttl`` (+ one refresh period)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 import anyio
-from aetcd import rpc
 
 from controller.store import Store, StoreError
 from controller.store._etcd import compare_mod, op_put
@@ -25,8 +25,9 @@ PREFIX = "/virtplane/leases/clusters/"
 
 
 class Elector:
-    def __init__(self, store: Store, identity: str, *, ttl: int = 10,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, store: Store, identity: str, *, ttl: int = 10, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.identity = identity
         self.ttl = ttl
@@ -48,15 +49,10 @@ class Elector:
         started = self.clock()
         if self.lease_id:
             try:
-                call = kv._lease.LeaseKeepAlive()
-                await call.write(rpc.LeaseKeepAliveRequest(ID=self.lease_id))
-                with anyio.fail_after(kv.timeout):
-                    resp = await call.read()
-                call.cancel()
-                if resp.TTL > 0:
+                if await kv.lease_keepalive(self.lease_id) > 0:
                     self._valid_until = started + self.ttl / 2
                     return True
-            except Exception as e:  # connection trouble: treat the lease as lost
+            except StoreError as e:  # connection trouble: treat the lease as lost
                 log.warning("lease refresh failed: %s", e)
         self.held.clear()
         self._valid_until = 0.0
@@ -95,8 +91,6 @@ class Elector:
 
     async def resign(self) -> None:
         if self.lease_id:
-            try:
-                await self.store.kv._call(self.store.kv._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=self.lease_id))
-            except StoreError:
-                pass
+            with contextlib.suppress(StoreError):
+                await self.store.kv.lease_revoke(self.lease_id)
         self.held.clear()

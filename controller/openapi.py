@@ -17,14 +17,24 @@ def openapi_document() -> dict[str, Any]:
     schemas: dict[str, Any] = {
         "Error": {
             "type": "object",
-            "properties": {"error": {"type": "object", "properties": {
-                "code": {"type": "integer"}, "reason": {"type": "string"},
-                "message": {"type": "string"}, "details": {"type": "object"}}}},
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "code": {"type": "integer"},
+                        "reason": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {"type": "object"},
+                    },
+                }
+            },
         },
     }
     paths: dict[str, Any] = {}
-    errors = {str(c): {"description": d, "content": {"application/json": {"schema": _ref("Error")}}}
-              for c, d in ((401, "Unauthorized"), (404, "Not found"), (409, "Conflict"), (422, "Invalid"))}
+    errors = {
+        str(c): {"description": d, "content": {"application/json": {"schema": _ref("Error")}}}
+        for c, d in ((401, "Unauthorized"), (404, "Not found"), (409, "Conflict"), (422, "Invalid"))
+    }
     for info in KINDS.values():
         schema = info.model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, sub in schema.pop("$defs", {}).items():
@@ -32,38 +42,62 @@ def openapi_document() -> dict[str, Any]:
         schemas[info.kind] = schema
         one = {"content": {"application/json": {"schema": _ref(info.kind)}}}
         paths[f"/api/v1/{info.plural}"] = {
-            "get": {"summary": f"List {info.plural}", "parameters": [
-                {"name": "labelSelector", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "List"}, **errors}},
-            "post": {"summary": f"Create a {info.kind}", "requestBody": one,
-                     "responses": {"201": {"description": "Created", **one}, **errors}},
+            "get": {
+                "summary": f"List {info.plural}",
+                "parameters": [{"name": "labelSelector", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "List"}, **errors},
+            },
+            "post": {
+                "summary": f"Create a {info.kind}",
+                "requestBody": one,
+                "responses": {"201": {"description": "Created", **one}, **errors},
+            },
         }
         name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
         paths[f"/api/v1/{info.plural}/{{name}}"] = {
             "parameters": [name_param],
-            "get": {"summary": f"Get a {info.kind} with its status", "responses": {"200": {"description": "OK", **one}, **errors}},
-            "put": {"summary": f"Create or replace a {info.kind} (metadata.resourceVersion is a precondition)",
-                    "requestBody": one, "responses": {"200": {"description": "Replaced", **one}, **errors}},
+            "get": {
+                "summary": f"Get a {info.kind} with its status",
+                "responses": {"200": {"description": "OK", **one}, **errors},
+            },
+            "put": {
+                "summary": f"Create or replace a {info.kind} (metadata.resourceVersion is a precondition)",
+                "requestBody": one,
+                "responses": {"200": {"description": "Replaced", **one}, **errors},
+            },
             "delete": {"summary": f"Delete a {info.kind}", "responses": {"200": {"description": "Deleted"}, **errors}},
         }
         paths[f"/api/v1/{info.plural}/{{name}}/status"] = {
             "parameters": [name_param],
-            "get": {"summary": f"Status of a {info.kind} (read-only)", "responses": {"200": {"description": "OK"}, **errors}},
+            "get": {
+                "summary": f"Status of a {info.kind} (read-only)",
+                "responses": {"200": {"description": "OK"}, **errors},
+            },
         }
-    paths["/api/v1/apply"] = {"post": {
-        "summary": "Apply many objects in one transaction; ?dryRun=true returns what would change",
-        "responses": {"200": {"description": "Changes"}, **errors}}}
-    paths["/api/v1/watch"] = {"get": {"summary": "JSON lines of changes from ?resourceVersion=",
-                                      "responses": {"200": {"description": "application/x-ndjson stream"}}}}
-    paths["/api/v1/events"] = {"get": {"summary": "Events (?for=Kind/name, ?correlationId=, ?watch=true)",
-                                       "responses": {"200": {"description": "Events"}}}}
+    paths["/api/v1/apply"] = {
+        "post": {
+            "summary": "Apply many objects in one transaction; ?dryRun=true returns what would change",
+            "responses": {"200": {"description": "Changes"}, **errors},
+        }
+    }
+    paths["/api/v1/watch"] = {
+        "get": {
+            "summary": "JSON lines of changes from ?resourceVersion=",
+            "responses": {"200": {"description": "application/x-ndjson stream"}},
+        }
+    }
+    paths["/api/v1/events"] = {
+        "get": {
+            "summary": "Events (?for=Kind/name, ?correlationId=, ?watch=true)",
+            "responses": {"200": {"description": "Events"}},
+        }
+    }
     for p in ("/healthz", "/readyz", "/metrics"):
         paths[p] = {"get": {"summary": p[1:], "security": [], "responses": {"200": {"description": "OK"}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "virtplane API", "version": "v1"},
-        "components": {"schemas": schemas,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
         "paths": paths,
     }

@@ -76,20 +76,25 @@ class Runtime:
         self.counters["status_writes"] += 1
         return True
 
-    async def emit(self, obj: Resource, reason: str, message: str, *, warning: bool = False,
-                   source: str = "controller") -> None:
+    async def emit(
+        self, obj: Resource, reason: str, message: str, *, warning: bool = False, source: str = "controller"
+    ) -> None:
         event = Event(
-            type="Warning" if warning else "Normal", reason=reason, message=message,
+            type="Warning" if warning else "Normal",
+            reason=reason,
+            message=message,
             involvedObject=InvolvedObject(kind=obj.kind, name=obj.metadata.name, uid=obj.metadata.uid),
-            correlationId=obj.metadata.correlationId, source=source,
+            correlationId=obj.metadata.correlationId,
+            source=source,
         )
         self.counters["events"] += 1
         try:
             await self.store.emit_event(event)
         except Exception as e:  # an event must never break a reconcile
             log.warning("could not store event %s for %s/%s: %s", reason, obj.kind, obj.metadata.name, e)
-        log.info("%s %s/%s: %s [correlation %s]", reason, obj.kind, obj.metadata.name, message,
-                 obj.metadata.correlationId)
+        log.info(
+            "%s %s/%s: %s [correlation %s]", reason, obj.kind, obj.metadata.name, message, obj.metadata.correlationId
+        )
 
 
 def _comparable(status: StatusBase) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class _Uvicorn(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+
 # Started beside the API once the store is connected; returns when cancelled.
 BackgroundTask = Callable[[Store, ApiContext], Coroutine[Any, Any, None]]
 
@@ -89,8 +90,9 @@ async def serve(options: ServerOptions, background: tuple[BackgroundTask, ...] =
     async with open_store(options) as (store, etcd_text):
         ctx = ApiContext(store=store, authn=StaticTokenAuthenticator(token), authz=AllowAdmins(), metrics=Registry())
         app = create_app(ctx)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                                timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+        )
         server = _Uvicorn(config)
         url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         async with anyio.create_task_group() as tg:

@@ -54,8 +54,16 @@ def strip_server_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     body = dict(data)
     body.pop("status", None)
     meta = dict(body.get("metadata") or {})
-    for key in ("uid", "generation", "creationTimestamp", "deletionTimestamp", "finalizers", "correlationId",
-                "source", "ownerReferences"):
+    for key in (
+        "uid",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "finalizers",
+        "correlationId",
+        "source",
+        "ownerReferences",
+    ):
         meta.pop(key, None)
     body["metadata"] = meta
     return body

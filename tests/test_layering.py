@@ -8,8 +8,27 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-IO_MODULES = {"aetcd", "libvirt", "libvirtaio", "anyio", "asyncio", "httpx", "starlette", "uvicorn", "ldap3",
-              "typer", "rich", "grpc", "subprocess", "socket", "watchfiles", "os", "time", "random", "threading"}
+IO_MODULES = {
+    "aetcd",
+    "libvirt",
+    "libvirtaio",
+    "anyio",
+    "asyncio",
+    "httpx",
+    "starlette",
+    "uvicorn",
+    "ldap3",
+    "typer",
+    "rich",
+    "grpc",
+    "subprocess",
+    "socket",
+    "watchfiles",
+    "os",
+    "time",
+    "random",
+    "threading",
+}
 FORBIDDEN = {
     "specs": IO_MODULES | {"reconcilers", "controller"},
     "reconcilers": IO_MODULES | {"controller"},

@@ -51,16 +51,22 @@ app.command()(export_cmd.export)
 def server(
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to serve the API on.")] = DEFAULT_LISTEN,
     etcd: Annotated[str | None, typer.Option("--etcd", help="External etcd URL[,URL...]; default: embedded.")] = None,
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="State directory (embedded etcd, token).")] = default_data_dir(),
-    controllers: Annotated[bool, typer.Option("--controllers/--no-controllers", help="Run the controllers too.")] = True,
-    write_config: Annotated[bool, typer.Option("--write-config/--no-write-config",
-                                               help="Write the CLI config for this server.")] = True,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="State directory (embedded etcd, token).")
+    ] = default_data_dir(),
+    controllers: Annotated[
+        bool, typer.Option("--controllers/--no-controllers", help="Run the controllers too.")
+    ] = True,
+    write_config: Annotated[
+        bool, typer.Option("--write-config/--no-write-config", help="Write the CLI config for this server.")
+    ] = True,
 ) -> None:
     """Run the API server (and the controllers) on embedded or external etcd."""
     from controller.server import ServerOptions, serve
 
-    logging.basicConfig(level=os.environ.get("VIRTPLANE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("VIRTPLANE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else ()
     try:
         options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config)

@@ -39,14 +39,15 @@ def _apply_once(
         cid = correlation_id or uuid.uuid4().hex[:16]
         with client() as vp:
             if len(objects) >= PROGRESS_THRESHOLD and sys.stderr.isatty():
-                with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                              console=err, transient=True) as progress:
+                with Progress(
+                    SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
+                ) as progress:
                     progress.add_task(f"applying {len(objects)} objects in one transaction", total=None)
-                    result = vp.apply(payload, dry_run=dry_run, prune=prune, source=source,
-                                      correlation_id=cid, plan=False)
+                    result = vp.apply(
+                        payload, dry_run=dry_run, prune=prune, source=source, correlation_id=cid, plan=False
+                    )
             else:
-                result = vp.apply(payload, dry_run=dry_run, prune=prune, source=source,
-                                  correlation_id=cid, plan=False)
+                result = vp.apply(payload, dry_run=dry_run, prune=prune, source=source, correlation_id=cid, plan=False)
         _print_apply(result, time.perf_counter() - started)
         return result
 
@@ -60,8 +61,11 @@ def _print_apply(result: dict[str, Any], seconds: float) -> None:
     # Deletions first: prune says what it removes before anything else.
     ordered = sorted(changes, key=lambda c: c["action"] != "deleted")
     verbose = len(changes) <= 50
-    lines = [f"{c['kind'].lower()}/{c['name']} {c['action']}{suffix}" for c in ordered
-             if verbose or c["action"] != "unchanged"]
+    lines = [
+        f"{c['kind'].lower()}/{c['name']} {c['action']}{suffix}"
+        for c in ordered
+        if verbose or c["action"] != "unchanged"
+    ]
     if lines:
         sys.stdout.write("\n".join(lines) + "\n")
     summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "nothing to apply"
@@ -75,7 +79,9 @@ def _print_apply(result: dict[str, Any], seconds: float) -> None:
 def apply(
     filename: FilesOption,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")] = False,
-    prune: Annotated[bool, typer.Option("--prune", help="Delete objects applied earlier from --source and absent now.")] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete objects applied earlier from --source and absent now.")
+    ] = False,
     source: Annotated[str | None, typer.Option("--source", help="Name of this Git source (for --prune).")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Keep running; re-apply whenever a file changes.")] = False,
     correlation_id: Annotated[str | None, typer.Option("--correlation-id", help="Trace id for this change.")] = None,

@@ -86,8 +86,10 @@ def reporting(objects: list[ManifestObject] | None = None) -> Iterator[None]:
             extra = " (nothing was written)"
         elif e.reason == "PartialApply":
             code = EXIT_SERVER
-            extra = (f"\n  written: {', '.join('/'.join(k) for k in e.details.get('written', []))}"
-                     f"\n  NOT written: {', '.join('/'.join(k) for k in e.details.get('notWritten', []))}")
+            extra = (
+                f"\n  written: {', '.join('/'.join(k) for k in e.details.get('written', []))}"
+                f"\n  NOT written: {', '.join('/'.join(k) for k in e.details.get('notWritten', []))}"
+            )
         else:
             code = EXIT_SERVER
         fail(f"{e.message}{extra}", code)

@@ -36,7 +36,7 @@ def merge_into(target: Any, new: Any) -> Any:
                 target[key] = value
         return target
     if isinstance(target, CommentedSeq) and isinstance(new, list):
-        del target[len(new):]
+        del target[len(new) :]
         for i, value in enumerate(new):
             if i < len(target):
                 target[i] = merge_into(target[i], value)
@@ -48,7 +48,9 @@ def merge_into(target: Any, new: Any) -> Any:
 
 def export(
     directory: Annotated[Path, typer.Option("-d", "--dir", help="Directory of YAML to write or update.")] = Path("."),
-    kinds: Annotated[list[str] | None, typer.Argument(help="Kinds to export (default: every Git-managed kind).")] = None,
+    kinds: Annotated[
+        list[str] | None, typer.Argument(help="Kinds to export (default: every Git-managed kind).")
+    ] = None,
 ) -> None:
     """Write the specs in the store as YAML: update the file that already holds an object (comments kept),
     or create DIR/<plural>/<name>.yaml."""

@@ -116,8 +116,14 @@ def unified_diff(kind: str, name: str, before: Any, after: Any) -> list[Text]:
     return lines
 
 
-IMPACT_STYLE = {"live": "green", "next-boot": "yellow", "restart": "bold yellow", "migration": "magenta",
-                "destructive": "bold red", "none": "dim"}
+IMPACT_STYLE = {
+    "live": "green",
+    "next-boot": "yellow",
+    "restart": "bold yellow",
+    "migration": "magenta",
+    "destructive": "bold red",
+    "none": "dim",
+}
 
 
 def plan_lines(plan: Sequence[Mapping[str, Any]]) -> list[Text]:

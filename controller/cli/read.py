@@ -37,16 +37,15 @@ def get(
     kind: Annotated[str, typer.Argument(help="Kind: vm, vms, virtualmachine, host, disk, ... or KIND/NAME.")],
     name: Annotated[str | None, typer.Argument(help="Object name.")] = None,
     output: OutputOption = "table",
-    selector: Annotated[str | None, typer.Option("-l", "--selector", help="Label selector, e.g. app=web,tier!=db")] = None,
+    selector: Annotated[
+        str | None, typer.Option("-l", "--selector", help="Label selector, e.g. app=web,tier!=db")
+    ] = None,
     watch: Annotated[bool, typer.Option("-w", "--watch", help="After listing, print changes as they happen.")] = False,
 ) -> None:
     """List objects of a kind, or show one."""
     info, name = split_ref(kind, name)
     with reporting(), client() as vp:
-        if name:
-            items = [vp.get(info.plural, name)]
-        else:
-            items = vp.list(info.plural, selector)
+        items = [vp.get(info.plural, name)] if name else vp.list(info.plural, selector)
         if items or output not in ("table", "wide") or watch:
             _emit(info, items, output, headers=not (name and output in ("json",)))
         else:
@@ -91,8 +90,15 @@ def describe(
     meta = obj["metadata"]
     out.print(f"[bold]Name:[/]          {meta['name']}")
     out.print(f"[bold]Kind:[/]          {info.kind}")
-    for label in ("uid", "generation", "resourceVersion", "creationTimestamp", "deletionTimestamp", "correlationId",
-                  "source"):
+    for label in (
+        "uid",
+        "generation",
+        "resourceVersion",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "correlationId",
+        "source",
+    ):
         if meta.get(label) is not None:
             out.print(f"[bold]{label + ':':<15}[/]{meta[label]}")
     if meta.get("labels"):
@@ -108,15 +114,27 @@ def describe(
         sys.stdout.write(_indent(to_yaml(status)))
     out.print("[bold]Conditions:[/]")
     if conditions:
-        print_table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"],
-                    [[c["type"], c["status"], c.get("reason") or "-", age(c.get("lastTransitionTime")),
-                      c.get("message") or ""] for c in conditions])
+        print_table(
+            ["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"],
+            [
+                [
+                    c["type"],
+                    c["status"],
+                    c.get("reason") or "-",
+                    age(c.get("lastTransitionTime")),
+                    c.get("message") or "",
+                ]
+                for c in conditions
+            ],
+        )
     else:
         out.print("  <none>")
     out.print("[bold]Events:[/]")
     if events:
-        print_table(["LAST SEEN", "TYPE", "REASON", "MESSAGE"],
-                    [[age(e.get("lastTimestamp")), e["type"], e["reason"], e["message"]] for e in events[-20:]])
+        print_table(
+            ["LAST SEEN", "TYPE", "REASON", "MESSAGE"],
+            [[age(e.get("lastTimestamp")), e["type"], e["reason"], e["message"]] for e in events[-20:]],
+        )
     else:
         out.print("  <none>")
 
@@ -172,9 +190,17 @@ def _event_rows(items: list[dict[str, Any]], *, headers: bool) -> None:
     if not items and headers:
         err.print("No events found.")
         return
-    rows = [[age(e.get("lastTimestamp")), e["type"], e["reason"],
-             f"{e['involvedObject']['kind'].lower()}/{e['involvedObject']['name']}",
-             e.get("correlationId") or "-", e["message"]] for e in items]
+    rows = [
+        [
+            age(e.get("lastTimestamp")),
+            e["type"],
+            e["reason"],
+            f"{e['involvedObject']['kind'].lower()}/{e['involvedObject']['name']}",
+            e.get("correlationId") or "-",
+            e["message"],
+        ]
+        for e in items
+    ]
     print_table(["LAST SEEN", "TYPE", "REASON", "OBJECT", "CORRELATION", "MESSAGE"], rows, show_headers=headers)
 
 
@@ -223,6 +249,8 @@ def wait(
             if time.monotonic() >= deadline:
                 break
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-    err.print(f"[bold red]timed out[/] after {timeout:g} s waiting for {for_} on: "
-              + ", ".join(f"{info.singular}/{n}" for n in pending))
+    err.print(
+        f"[bold red]timed out[/] after {timeout:g} s waiting for {for_} on: "
+        + ", ".join(f"{info.singular}/{n}" for n in pending)
+    )
     raise typer.Exit(EXIT_DIFFERS)

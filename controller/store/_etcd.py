@@ -8,6 +8,7 @@ watch stream it controls itself.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Sequence
 from typing import Any
@@ -155,6 +156,22 @@ class EtcdKV:
     async def lease_grant(self, ttl: int) -> int:
         resp = await self._call(self._lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
         return int(resp.ID)
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once; returns its new TTL (0: the lease is gone)."""
+        try:
+            call = self._lease.LeaseKeepAlive()
+            await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+            resp = await asyncio.wait_for(call.read(), self.timeout)
+            call.cancel()
+        except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError) as exc:
+            raise classify(exc, self.target) from exc
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"etcd at {self.target} did not answer a lease keep-alive") from exc
+        return int(resp.TTL)
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        await self._call(self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
 
     async def compact(self, revision: int, *, physical: bool = True) -> None:
         await self._call(self._kv.Compact, rpc.CompactionRequest(revision=revision, physical=physical))

@@ -44,8 +44,9 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def start_server(data_dir: Path, *extra: str, etcd: EmbeddedEtcd | None = None,
-                 env_extra: dict[str, str] | None = None) -> ServerProcess:
+def start_server(
+    data_dir: Path, *extra: str, etcd: EmbeddedEtcd | None = None, env_extra: dict[str, str] | None = None
+) -> ServerProcess:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -83,8 +84,14 @@ def server(etcd: EmbeddedEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def etcdctl_run(endpoint: str, *args: str) -> str:
-    done = subprocess.run(["/usr/bin/etcdctl", f"--endpoints={endpoint}", *args], capture_output=True, text=True,
-                          env={**os.environ, "ETCDCTL_API": "3"}, timeout=30, check=True)
+    done = subprocess.run(
+        ["/usr/bin/etcdctl", f"--endpoints={endpoint}", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ETCDCTL_API": "3"},
+        timeout=30,
+        check=True,
+    )
     return done.stdout
 
 
@@ -103,7 +110,15 @@ def vp(server: ServerProcess, etcd: EmbeddedEtcd) -> Vp:
     etcdctl_run(etcd.endpoint, "del", "--prefix", "/virtplane/")
 
     def run(*args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([VIRTPLANE, *args], env=server.env, input=input, capture_output=True, text=True,
-                              timeout=timeout, check=False, cwd=REPO)
+        return subprocess.run(
+            [VIRTPLANE, *args],
+            env=server.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=REPO,
+        )
 
     return run

@@ -97,8 +97,10 @@ def test_diff_exit_codes_and_output(vp: Vp, tmp_path: Path) -> None:
 
 BAD_INPUTS = {
     "malformed-yaml": ("kind: VirtualMachine\nmetadata: {name: x\nspec: [", r"bad\.yaml:\d+:\d+"),
-    "unknown-kind": ("apiVersion: virtplane.io/v1\nkind: VirtualMachin\nmetadata: {name: x}\nspec: {}\n",
-                     r"bad\.yaml:2:\d+: kind: .*VirtualMachine"),
+    "unknown-kind": (
+        "apiVersion: virtplane.io/v1\nkind: VirtualMachin\nmetadata: {name: x}\nspec: {}\n",
+        r"bad\.yaml:2:\d+: kind: .*VirtualMachine",
+    ),
     "unknown-field": (vm_yaml("x", extra="  colour: blue\n"), r"bad\.yaml:10:\d+: spec\.colour"),
     "wrong-type": (vm_yaml("x").replace("cores: 1", "cores: many"), r"bad\.yaml:8:\d+: spec\.cpu\.cores"),
     "invalid-value": (vm_yaml("x", memory="lots"), r"bad\.yaml:9:\d+: spec\.memory\.size"),
@@ -123,8 +125,14 @@ def test_bad_input_names_the_place_and_writes_nothing(vp: Vp, etcd: EmbeddedEtcd
 
 def test_too_large_object_is_refused_whole(vp: Vp, etcd: EmbeddedEtcd, tmp_path: Path) -> None:
     big = "x" * 1_600_000  # over the 1.5 MB request limit this server uses for an external etcd
-    write(tmp_path / "big.yaml", CLUSTER + "---\n" + vm_yaml("big", extra="") .replace(
-        "labels: {app: web}", f"labels: {{app: web}}\n  annotations: {{blob: {big}}}"))
+    write(
+        tmp_path / "big.yaml",
+        CLUSTER
+        + "---\n"
+        + vm_yaml("big", extra="").replace(
+            "labels: {app: web}", f"labels: {{app: web}}\n  annotations: {{blob: {big}}}"
+        ),
+    )
     before = etcd_revision(etcd.endpoint)
     done = vp("apply", "-f", str(tmp_path))
     assert done.returncode == 2, done.stderr
@@ -208,8 +216,14 @@ def test_delete_describe_and_wait(vp: Vp, etcd: EmbeddedEtcd, tmp_path: Path) ->
 def test_get_watch_prints_changes(vp: Vp, server: ServerProcess, tmp_path: Path) -> None:
     f = write(tmp_path / "vm.yaml", CLUSTER + "---\n" + vm_yaml("web-1"))
     vp("apply", "-f", str(f))
-    watcher = subprocess.Popen([VIRTPLANE, "get", "vms", "-w"], env=server.env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+    watcher = subprocess.Popen(
+        [VIRTPLANE, "get", "vms", "-w"],
+        env=server.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert watcher.stdout is not None
         first = watcher.stdout.readline()
@@ -227,8 +241,10 @@ def test_get_watch_prints_changes(vp: Vp, server: ServerProcess, tmp_path: Path)
 
 def test_export_keeps_comments(vp: Vp, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    f = write(repo / "vm.yaml", "# our web server\n" + CLUSTER + "---\n" + vm_yaml("web-1").replace(
-        "  cpu:", "  # one is plenty\n  cpu:"))
+    f = write(
+        repo / "vm.yaml",
+        "# our web server\n" + CLUSTER + "---\n" + vm_yaml("web-1").replace("  cpu:", "  # one is plenty\n  cpu:"),
+    )
     vp("apply", "-f", str(repo))
     write(tmp_path / "change.yaml", vm_yaml("web-1", memory="1Gi"))
     vp("apply", "-f", str(tmp_path / "change.yaml"))
@@ -245,11 +261,19 @@ def test_embedded_etcd_is_started_and_stopped(tmp_path: Path) -> None:
     try:
         etcd_log = next((tmp_path / "data").rglob("etcd.log"))
         assert etcd_log.exists()
-        done = subprocess.run([VIRTPLANE, "apply", "-f", "-"], input=CLUSTER, env=server.env, capture_output=True,
-                              text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [VIRTPLANE, "apply", "-f", "-"],
+            input=CLUSTER,
+            env=server.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
-        children = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(server.proc.pid)], capture_output=True,
-                                  text=True, check=False).stdout
+        children = subprocess.run(
+            ["ps", "-o", "pid=,comm=", "--ppid", str(server.proc.pid)], capture_output=True, text=True, check=False
+        ).stdout
         etcd_pids = [int(line.split()[0]) for line in children.splitlines() if "etcd" in line]
         assert etcd_pids, children
     finally:
@@ -259,6 +283,11 @@ def test_embedded_etcd_is_started_and_stopped(tmp_path: Path) -> None:
 
 
 def test_server_unreachable_is_a_clear_error(tmp_path: Path) -> None:
-    done = subprocess.run([VIRTPLANE, "--server", "http://127.0.0.1:9", "--token", "x", "get", "vms"],
-                          capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        [VIRTPLANE, "--server", "http://127.0.0.1:9", "--token", "x", "get", "vms"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 4 and "cannot reach" in done.stderr

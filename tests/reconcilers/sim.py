@@ -28,8 +28,9 @@ def apply_plan(plan: Plan, domains: dict[HostName, ObservedDomain]) -> dict[Host
                 uuid = old.uuid if old else DomainUUID(f"00000000-0000-0000-0000-{len(out):012d}")
                 filled = _fill(config, uuid, len(out))
                 if old is None:
-                    out[h] = ObservedDomain(h, config.name, filled.uuid or uuid, "shutoff", "unknown", True,
-                                            filled, None, filled.owner)
+                    out[h] = ObservedDomain(
+                        h, config.name, filled.uuid or uuid, "shutoff", "unknown", True, filled, None, filled.owner
+                    )
                 else:
                     out[h] = replace(old, config=filled, persistent=True, owner=filled.owner)
             case a.StartDomain(host=h):
@@ -51,7 +52,9 @@ def apply_plan(plan: Plan, domains: dict[HostName, ObservedDomain]) -> dict[Host
             case a.DetachDisk(host=h, disk=disk):
                 d = out[h]
                 assert d.live is not None
-                out[h] = replace(d, live=replace(d.live, disks=tuple(x for x in d.live.disks if x.source != disk.source)))
+                out[h] = replace(
+                    d, live=replace(d.live, disks=tuple(x for x in d.live.disks if x.source != disk.source))
+                )
             case a.AttachNic(host=h, nic=nic):
                 d = out[h]
                 assert d.live is not None and d.config is not None
@@ -69,6 +72,14 @@ def apply_plan(plan: Plan, domains: dict[HostName, ObservedDomain]) -> dict[Host
                 d = out[h]
                 assert d.live is not None and d.config is not None
                 out[h] = replace(d, live=replace(d.live, vcpus=n), config=replace(d.config, vcpus=n))
+            case a.MigrateDomain(host=h, target_host=t):
+                # Live migration with PERSIST_DEST | UNDEFINE_SOURCE: the running guest and its persistent
+                # config are on the target afterwards, and nothing is left on the source.
+                d = out.pop(h)
+                assert d.active and t not in out, "migrating a guest that is not running, or onto a copy"
+                out[t] = replace(d, host=t, persistent=True, job=None)
+            case a.StartPostCopy() | a.AbortMigration():
+                pass  # they act on a job in flight; the outcome is observed later
             case _:
                 raise AssertionError(f"simulator has no rule for {action.name}")
     return out
