@@ -24,9 +24,11 @@ from reconcilers.domain import (
     ObservedDomain,
     OwnerMetadata,
     OwnerUID,
+    SerialConsole,
 )
 from specs.vm import VirtualMachine, VirtualMachineStatus
 
+CONSOLE_LOG_DIR = "/var/log/libvirt/qemu"
 SPARE_ROOT_PORTS = 4  # free pcie-root-ports kept on q35 so disks and NICs can be hot-plugged
 _PREFIX: dict[str, str] = {"virtio": "vd", "scsi": "sd", "sata": "sd", "ide": "hd", "usb": "sd"}
 
@@ -146,7 +148,8 @@ def desired_domain(
         kernel_boot=KernelBoot(boot.kernel, boot.initrd, boot.cmdline) if boot.kernel else None,
         disks=disk_devices,
         nics=tuple(nics),
-        serial=(observed.config.serial if observed and observed.config else None),
+        # The serial console is logged on the host (virsh console needs a pty; logs survive the guest).
+        serial=SerialConsole(path=f"{CONSOLE_LOG_DIR}/{vm.metadata.name}.console.log"),
         spare_root_ports=SPARE_ROOT_PORTS if machine == "q35" else 0,
         owner=OwnerMetadata(
             uid=OwnerUID(vm.metadata.uid or ""), kind="VirtualMachine", name=vm.metadata.name,

@@ -68,6 +68,7 @@ def _print_apply(result: dict[str, Any], seconds: float) -> None:
     ]
     if lines:
         sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()  # --watch keeps running: show each apply as it happens
     summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "nothing to apply"
     tx = result.get("transactions", 0)
     err.print(
@@ -108,10 +109,16 @@ def _watch_loop(paths: list[str], *, dry_run: bool, prune: bool, source: str | N
         except typer.Exit:
             err.print("[yellow]not applied; fix the files and save again[/]")
 
-    attempt()
-    err.print(f"[dim]watching {', '.join(paths)} for changes (Ctrl-C to stop)[/]")
+    # The watcher is running once it yields its first (empty, timed-out) batch: only then apply and
+    # announce, so a save made right after the first apply is never missed.
+    started = False
     try:
-        for changes in watch_files(*paths, debounce=300, rust_timeout=0):
+        for changes in watch_files(*paths, debounce=300, rust_timeout=200, yield_on_timeout=True):
+            if not started:
+                started = True
+                attempt()
+                err.print(f"[dim]watching {', '.join(paths)} for changes (Ctrl-C to stop)[/]")
+                continue
             names = sorted({p for _, p in changes if p.endswith((".yaml", ".yml"))})
             if not names:
                 continue

@@ -30,13 +30,20 @@ CapsOption = Annotated[
 ]
 
 
-def lab_manifests(hosts: list[LabHost], shared_dir: Path, cluster: str) -> list[dict[str, Any]]:
-    """Host and StorageDomain resources describing the lab, ready for `virtplane apply`."""
+ACCEL_ANNOTATION = "virtplane.io/accelerator"
+
+
+def lab_manifests(
+    hosts: list[LabHost], shared_dir: Path, cluster: str, accel: str | None = None
+) -> list[dict[str, Any]]:
+    """Host and StorageDomain resources describing the lab, ready for `virtplane apply`. ``accel``
+    ("kvm" or "tcg") goes into each Host's virtplane.io/accelerator annotation."""
+    meta = {"annotations": {ACCEL_ANNOTATION: accel}} if accel else {}
     docs: list[dict[str, Any]] = [
         {
             "apiVersion": API_VERSION,
             "kind": "Host",
-            "metadata": {"name": host.name},
+            "metadata": {"name": host.name, **meta},
             "spec": {"cluster": cluster, "uri": host.uri, "powerManagement": {"agent": "lab"}},
         }
         for host in hosts
@@ -72,9 +79,21 @@ def up(
     directory: DirOption = DEFAULT_LAB_DIR,
     cluster: Annotated[str, typer.Option(help="Cluster name written into the printed manifests.")] = "lab",
     qemu_caps_dir: CapsOption = None,
+    accel: Annotated[
+        str, typer.Option(help="auto: probe-boot the test guest with KVM (cached) and fall back to tcg; or kvm/tcg.")
+    ] = "auto",
 ) -> None:
     """Start hosts lab-1..lab-N (those not running yet) and print their Host/StorageDomain YAML."""
     _need_root()
+    if accel not in ("auto", "kvm", "tcg"):
+        raise typer.BadParameter("--accel is auto, kvm or tcg")
+    if accel == "auto":
+        try:
+            probe = probe_accel(build_guest_image(directory / "guest"), directory / "guest")
+        except GuestImageError as err:
+            raise _fail(err) from err
+        accel = probe.accel
+        typer.echo(f"# accelerator: {accel} ({probe.reason})", err=True)
     lab = Lab(directory, qemu_caps_dir=qemu_caps_dir)
     try:
         started = lab.up(hosts)
@@ -82,7 +101,7 @@ def up(
         raise _fail(err) from err
     for host in started:
         typer.echo(f"# {host.name}: libvirtd pid {host.pid}, {host.uri}", err=True)
-    sys.stdout.write(render_manifests(lab_manifests(started, lab.shared_dir, cluster)))
+    sys.stdout.write(render_manifests(lab_manifests(started, lab.shared_dir, cluster, accel)))
 
 
 @app.command()

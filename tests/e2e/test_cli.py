@@ -291,3 +291,40 @@ def test_server_unreachable_is_a_clear_error(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 4 and "cannot reach" in done.stderr
+
+
+def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
+    """Read stdout lines until one contains ``needle`` (with a deadline; never blocks past it)."""
+    import selectors
+
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        if sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            line = proc.stdout.readline()
+            seen += line
+            if needle in line:
+                return seen
+            if not line:
+                break
+    raise AssertionError(f"{needle!r} not printed within {timeout} s; got:\n{seen}")
+
+
+def test_apply_watch_reapplies_on_change(vp: Vp, server: ServerProcess, tmp_path: Path) -> None:
+    f = write(tmp_path / "repo" / "vm.yaml", CLUSTER + "---\n" + vm_yaml("web-1"))
+    watcher = subprocess.Popen(
+        [VIRTPLANE, "apply", "-f", str(tmp_path / "repo"), "--watch"],
+        env=server.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    )
+    try:
+        _read_until(watcher, "watching", 30)
+        write(f, CLUSTER + "---\n" + vm_yaml("web-1", memory="1Gi"))
+        _read_until(watcher, "virtualmachine/web-1 configured", 30)
+        size = json.loads(vp("get", "vm/web-1", "-o", "json").stdout)["spec"]["memory"]["size"]
+        assert size == "1Gi"
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=10)

@@ -81,7 +81,8 @@ def render_domain(config: DomainConfig) -> str:
             sub(devices, "serial", type="pty")
         else:
             serial = sub(devices, "serial", type="file")
-            sub(serial, "source", path=config.serial.path)
+            # append: a migration's destination QEMU opens the same log and must not truncate it.
+            sub(serial, "source", path=config.serial.path, append="on")
     return to_string(dom)
 
 
