@@ -46,6 +46,21 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) 
     raise SystemExit(f"the server was not ready within {timeout:g} s")
 
 
+def _change_demo(examples: Path, data_dir: Path, env: dict[str, str]) -> None:
+    """Edit a copy of the Git checkout as an operator would: more memory for web-1, within maxSize."""
+    work = data_dir / "checkout"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(examples, work)
+    web = work / "vms" / "web.yaml"
+    text = web.read_text()
+    web.write_text(text.replace("size: 2Gi", "size: 3Gi", 1))
+    print("\n== edit vms/web.yaml: web-1 memory.size 2Gi -> 3Gi (maxSize is 4Gi: a live change)", flush=True)
+    _run(["diff", "-f", str(work)], env, check=False)  # exit 1: something differs
+    _run(["apply", "-f", str(work)], env)
+    _run(["wait", "--for", "condition=Ready", "vm/web-1", "--timeout", "60"], env)
+    _run(["get", "vm", "web-1", "-o", "wide"], env)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", type=Path, help="Keep state here (default: a temporary directory).")
@@ -60,9 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     env.pop("VIRTPLANE_SERVER", None)
     env.pop("VIRTPLANE_TOKEN", None)
     print(f"== starting `virtplane server` on {url} (data dir {data_dir})", flush=True)
-    server = subprocess.Popen(
-        [VIRTPLANE, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)], env=env
-    )
+    log_path = data_dir / "server.log"
+    print(f"   server log: {log_path}", flush=True)
+    with log_path.open("ab") as log:
+        server = subprocess.Popen(
+            [VIRTPLANE, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
     try:
         _wait_ready(url, server)
         _run(["apply", "-f", str(args.examples), "--source", "examples"], env)
@@ -72,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         _run(["wait", "--for", "condition=Ready", "vms", "-l", "app=ci", "--timeout", "60"], env)
         for kind in ("clusters", "hosts", "storagedomains", "networks", "disks", "vms", "vmpools", "snapshots"):
             _run(["get", kind], env)
-        _run(["diff", "-f", str(args.examples)], env)
+        _run(["diff", "-f", str(args.examples)], env)  # exit 0: the store matches Git
+        _change_demo(args.examples, data_dir, env)
+        _run(["events", "--for", "vm/web-1"], env)
         if args.keep_running:
             print("\nserver running; press Ctrl-C to stop", flush=True)
             server.wait()

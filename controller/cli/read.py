@@ -227,7 +227,11 @@ def wait(
     def met(obj: dict[str, Any] | None) -> bool:
         if obj is None:
             return want_delete
-        conditions = (obj.get("status") or {}).get("conditions", [])
+        status = obj.get("status") or {}
+        # A condition about an older generation says nothing about the change just applied.
+        if status.get("observedGeneration", 0) < obj["metadata"].get("generation", 0):
+            return False
+        conditions = status.get("conditions", [])
         return not want_delete and any(c["type"] == cond_type and c["status"] == want for c in conditions)
 
     deadline = time.monotonic() + timeout

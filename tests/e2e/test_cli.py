@@ -204,7 +204,12 @@ def test_delete_describe_and_wait(vp: Vp, etcd: EmbeddedEtcd, tmp_path: Path) ->
     assert described.returncode == 0 and "Name:" in described.stdout and "cluster: prod" in described.stdout
     timed_out = vp("wait", "--for", "condition=Ready", "vm/web-1", "--timeout", "0.5")
     assert timed_out.returncode == 1 and "timed out" in timed_out.stderr
-    status = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True", "reason": "Running"}]}
+    stale = {"observedGeneration": 0, "phase": "Running",
+             "conditions": [{"type": "Ready", "status": "True", "reason": "Running"}]}
+    etcdctl_run(etcd.endpoint, "put", "/virtplane/status/VirtualMachine/web-1", json.dumps(stale))
+    # Ready about an older generation is not Ready for this one.
+    assert vp("wait", "--for", "condition=Ready", "vm/web-1", "--timeout", "0.5").returncode == 1
+    status = {**stale, "observedGeneration": 1}
     etcdctl_run(etcd.endpoint, "put", "/virtplane/status/VirtualMachine/web-1", json.dumps(status))
     assert vp("wait", "--for", "condition=Ready", "vm/web-1", "--timeout", "10").returncode == 0
     assert "Running" in vp("get", "vms").stdout
