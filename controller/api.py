@@ -322,7 +322,8 @@ class Api:
         parts = request.query_params.get("parts", "spec,status").split(",")
         start = request.query_params.get("resourceVersion")
         start_revision = int(start) if start else await self.ctx.store.revision() + 1
-        prefixes = [f"/virtplane/{part}s/{kind}/" for part in parts if part in ("spec", "status") for kind in kinds]
+        roots = {"spec": "/virtplane/specs/", "status": "/virtplane/status/"}
+        prefixes = [f"{roots[part]}{kind}/" for part in parts if part in roots for kind in kinds]
         return StreamingResponse(self._stream(prefixes, start_revision), media_type="application/x-ndjson")
 
     async def _stream(self, prefixes: list[str], start_revision: int) -> AsyncIterator[bytes]:

@@ -333,3 +333,23 @@ def test_apply_watch_reapplies_on_change(vp: Vp, server: ServerProcess, tmp_path
     finally:
         watcher.terminate()
         watcher.communicate(timeout=10)
+
+
+def test_watch_stream_carries_spec_and_status_changes(vp: Vp, server: ServerProcess, etcd: EmbeddedEtcd,
+                                                      tmp_path: Path) -> None:
+    write(tmp_path / "vm.yaml", CLUSTER + "---\n" + vm_yaml("web-1"))
+    token = json.loads(Path(server.env["VIRTPLANE_CONFIG"]).read_text())["token"]
+    start = etcd_revision(etcd.endpoint) + 1
+    assert vp("apply", "-f", str(tmp_path)).returncode == 0
+    status = {"observedGeneration": 1, "phase": "Running"}
+    etcdctl_run(etcd.endpoint, "put", "/virtplane/status/VirtualMachine/web-1", json.dumps(status))
+    seen: list[tuple[str, str, str]] = []
+    with httpx.stream("GET", f"{server.url}/api/v1/watch", params={"kinds": "vm", "resourceVersion": str(start)},
+                      headers={"Authorization": f"Bearer {token}"}, timeout=10) as response:
+        for line in response.iter_lines():
+            event = json.loads(line)
+            seen.append((event["type"], event["part"], event["name"]))
+            if event["part"] == "status":
+                assert event["object"]["phase"] == "Running"
+                break
+    assert seen == [("PUT", "spec", "web-1"), ("PUT", "status", "web-1")]
