@@ -118,9 +118,11 @@ async def _json(request: Request) -> Any:
         raise ApiError(400, "BadRequest", f"request body is not JSON: {e}") from e
 
 
-def _change_to_wire(change: Any, plans: dict[tuple[str, str], list[dict[str, Any]]] | None) -> dict[str, Any]:
+def _change_to_wire(
+    change: Any, plans: dict[tuple[str, str], list[dict[str, Any]]] | None, *, bodies: bool
+) -> dict[str, Any]:
     body: dict[str, Any] = {"kind": change.kind, "name": change.name, "action": change.action}
-    if change.action != "unchanged":
+    if bodies and change.action != "unchanged":
         body["before"] = spec_to_wire(change.before)
         body["after"] = spec_to_wire(change.after)
     if plans is not None and (change.kind, change.name) in plans:
@@ -308,7 +310,8 @@ class Api:
                 "transactions": result.transactions,
                 "dryRun": dry_run,
                 "correlationId": cid,
-                "changes": [_change_to_wire(c, plans) for c in result.changes],
+                # Specs before/after only for a dry run (what diff shows); an apply reports actions.
+                "changes": [_change_to_wire(c, plans, bodies=dry_run) for c in result.changes],
             },
             headers={CORRELATION_HEADER: cid},
         )

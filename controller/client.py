@@ -117,7 +117,7 @@ class Client:
 
     def apply(
         self,
-        objects: Sequence[dict[str, Any]],
+        objects: Sequence[dict[str, Any] | bytes],
         *,
         dry_run: bool = False,
         prune: bool = False,
@@ -125,12 +125,15 @@ class Client:
         correlation_id: str | None = None,
         plan: bool = True,
     ) -> dict[str, Any]:
-        payload = {"objects": list(objects), "prune": prune, "source": source, "plan": plan}
+        # Objects may come pre-serialized (bytes): the body is assembled without re-encoding them.
+        head = json.dumps({"prune": prune, "source": source, "plan": plan}).encode()
+        parts = [o if isinstance(o, bytes) else json.dumps(o).encode() for o in objects]
+        content = head[:-1] + b', "objects": [' + b",".join(parts) + b"]}"
         body: dict[str, Any] = self._request(
             "POST",
             "/api/v1/apply",
             params={"dryRun": "true"} if dry_run else None,
-            content=json.dumps(payload).encode(),
+            content=content,
             correlation_id=correlation_id,
         ).json()
         return body

@@ -24,8 +24,9 @@ def _load(paths: list[str]) -> list[ManifestObject]:
     return load_paths(paths, stdin)
 
 
-def _payload(objects: list[ManifestObject]) -> list[dict[str, Any]]:
-    return [o.resource.model_dump(mode="json", exclude_none=True) for o in objects]
+def _payload(objects: list[ManifestObject]) -> list[bytes]:
+    """Each object as JSON, serialized by pydantic's core (several times faster than dicts + json)."""
+    return [o.resource.model_dump_json(exclude_none=True).encode() for o in objects]
 
 
 def _apply_once(

@@ -33,7 +33,7 @@ from controller.store.errors import (
     StoreUnavailable,
     TooLargeError,
 )
-from specs.meta import ObjectMeta, Resource
+from specs.meta import Resource
 
 Action = Literal["created", "configured", "unchanged", "deleted"]
 
@@ -211,10 +211,10 @@ def _plan_one(
         or dict(desired.metadata.annotations) != raw_meta.get("annotations", {})
         or (source is not None and source != raw_meta.get("source"))
     )
-    if not changed:  # same spec as stored: skip validating the stored copy (it is the slow part)
-        meta = ObjectMeta.model_validate({**raw_meta, "resourceVersion": str(actual)})
-        same = desired.model_copy(update={"metadata": meta})
-        return _Write(Change(kind, name, "unchanged", same, same), expected=actual)
+    if not changed:
+        # Nothing to write. The stored copy is not decoded (for 10,000 unchanged objects that is most
+        # of the cost of a diff): before/after are the desired object as given.
+        return _Write(Change(kind, name, "unchanged", desired, desired), expected=actual)
     before = stored.resource
     meta = before.metadata.model_copy(update={
         "labels": desired.metadata.labels,
@@ -284,18 +284,19 @@ async def _write_batches(kv: EtcdKV, limits: Limits, writes: list[_Write]) -> tu
     written: list[_Write] = []
     revision = 0
     for index, batch in enumerate(batches):
-        rest = tuple(w.ref for b in batches[index + 1:] for w in b)
         try:
             revision = await _commit(kv, batch)
         except StoreUnavailable as exc:
             if not written:
                 raise
+            rest = tuple(w.ref for b in batches[index + 1:] for w in b)  # only on failure: O(N)
             raise PartialApplyError(
                 tuple(w.ref for w in written), rest, exc, tuple(w.ref for w in batch)
             ) from exc
         except StoreError as exc:
             if not written:
                 raise
+            rest = tuple(w.ref for b in batches[index + 1:] for w in b)
             raise PartialApplyError(
                 tuple(w.ref for w in written), tuple(w.ref for w in batch) + rest, exc
             ) from exc

@@ -299,22 +299,27 @@ def test_server_unreachable_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
-    """Read stdout lines until one contains ``needle`` (with a deadline; never blocks past it)."""
-    import selectors
+    """Read stdout lines until one contains ``needle``, with a deadline (a reader thread: select() on a
+    buffered pipe would miss lines already read into Python's buffer)."""
+    import queue
+    import threading
 
     assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    lines: queue.Queue[str] = getattr(proc, "_lines", None) or queue.Queue()
+    if not hasattr(proc, "_lines"):
+        proc._lines = lines  # type: ignore[attr-defined]
+        stdout = proc.stdout
+        threading.Thread(target=lambda: [lines.put(line) for line in iter(stdout.readline, "")], daemon=True).start()
     deadline = time.monotonic() + timeout
     seen = ""
     while time.monotonic() < deadline:
-        if sel.select(timeout=max(0.0, deadline - time.monotonic())):
-            line = proc.stdout.readline()
-            seen += line
-            if needle in line:
-                return seen
-            if not line:
-                break
+        try:
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        seen += line
+        if needle in line:
+            return seen
     raise AssertionError(f"{needle!r} not printed within {timeout} s; got:\n{seen}")
 
 
