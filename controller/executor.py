@@ -16,6 +16,7 @@ import anyio
 from controller.libvirt.codec import render_disk_device, render_nic_device
 from controller.libvirt.connection import HostConnection
 from controller.libvirt.errors import ReconcileError, TransientError
+from controller.libvirt.migration import Migrations
 from reconcilers import actions as a
 from reconcilers.domain import DomainName, HostName
 from reconcilers.plan import Action, Plan
@@ -43,12 +44,13 @@ async def execute(
     hosts: Mapping[HostName, HostConnection],
     *,
     on_action: Callable[[Action, float], None] | None = None,
+    migrations: Migrations | None = None,
 ) -> ExecutionResult:
     result = ExecutionResult()
     for action in plan:
         started = time.perf_counter()
         try:
-            await execute_action(action, hosts)
+            await execute_action(action, hosts, migrations)
         except ReconcileError as e:
             result.failed, result.error = action, e
             log.info("action %s %s failed: %s", action.name, action.target(), e)
@@ -82,7 +84,15 @@ def _host(hosts: Mapping[HostName, HostConnection], name: HostName) -> HostConne
     return conn
 
 
-async def execute_action(action: Action, hosts: Mapping[HostName, HostConnection]) -> None:
+def _migrations(migrations: Migrations | None) -> Migrations:
+    if migrations is None:
+        raise TypeError("a migration action needs the controller's Migrations registry (execute(migrations=...))")
+    return migrations
+
+
+async def execute_action(
+    action: Action, hosts: Mapping[HostName, HostConnection], migrations: Migrations | None = None
+) -> None:
     match action:
         case a.DefineDomain(host=h, config=config):
             await _host(hosts, h).define_domain(config)
@@ -125,5 +135,11 @@ async def execute_action(action: Action, hosts: Mapping[HostName, HostConnection
             await _host(hosts, h).ensure_network(network)
         case a.DeleteNetwork(host=h, network=network):
             await _host(hosts, h).delete_network(network)
+        case a.MigrateDomain():
+            await _migrations(migrations).start(action, hosts)  # returns once started: observed, not awaited
+        case a.StartPostCopy():
+            await _migrations(migrations).start_post_copy(action, hosts)
+        case a.AbortMigration():
+            await _migrations(migrations).abort(action, hosts)
         case _:
             raise TypeError(f"the executor has no handler for {action.name}")

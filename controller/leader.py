@@ -50,7 +50,13 @@ class Elector:
         if self.lease_id:
             try:
                 if await kv.lease_keepalive(self.lease_id) > 0:
+                    lapsed = self.clock() >= self._valid_until
                     self._valid_until = started + self.ttl / 2
+                    if lapsed:
+                        # Our lease survived but we had stopped acting (a slow loop): act again, and
+                        # let the owner re-queue what it skipped meanwhile.
+                        for cluster in sorted(self.held):
+                            self.on_gain(cluster)
                     return True
             except StoreError as e:  # connection trouble: treat the lease as lost
                 log.warning("lease refresh failed: %s", e)

@@ -23,6 +23,7 @@ from controller.libvirt.errors import ReconcileError, TransientError
 from controller.libvirt.observe import DomainEvent
 from controller.metrics import Registry
 from controller.reconcile_infra import (
+    DISK_FINALIZER,
     reconcile_cluster,
     reconcile_disk,
     reconcile_host,
@@ -30,6 +31,9 @@ from controller.reconcile_infra import (
     reconcile_pool,
     reconcile_storage,
 )
+from controller.reconcile_migration import reconcile_migration
+from controller.reconcile_snapshot import reconcile_snapshot
+from controller.reconcile_vm import FINALIZER as VM_FINALIZER
 from controller.reconcile_vm import reconcile_vm, record_placement, vm_inputs
 from controller.runtime import Key, Runtime
 from controller.store import ConflictError, NotFoundError, Store, StoreUnavailable
@@ -52,6 +56,8 @@ RECONCILERS: dict[str, Reconcile] = {
     "Disk": reconcile_disk,
     "VirtualMachine": reconcile_vm,
     "VirtualMachinePool": reconcile_pool,
+    "Snapshot": reconcile_snapshot,
+    "Migration": reconcile_migration,
 }
 
 
@@ -98,6 +104,10 @@ class Manager:
             cluster = self._cluster_of(kind, name)
             if cluster is not None and cluster not in self.elector.wanted:
                 self.elector.want({cluster, *self.elector.wanted})
+            if kind == "Host" and self.rt is not None:  # maintenance, labels: its VMs may have to move
+                for vm_name, usage in list(self.rt.allocations.by_vm.items()):
+                    if usage.host == name:
+                        self.queue.add(("VirtualMachine", vm_name))
             return
         # Status changes of dependencies wake their dependents.
         if kind == "VirtualMachine":
@@ -181,6 +191,7 @@ class Manager:
                           owned_clusters=self.elector.leads, identity=self.options.identity)
         if ctx is not None:
             ctx.plan_hook = self.plan_changes
+            ctx.default_finalizers.update({"VirtualMachine": (VM_FINALIZER,), "Disk": (DISK_FINALIZER,)})
         for vm in self.cache.all("VirtualMachine", VirtualMachine):
             status = self.cache.status["VirtualMachine"].get(vm.metadata.name)
             if isinstance(status, VirtualMachineStatus) and status.host:

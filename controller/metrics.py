@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 LabelValues = tuple[tuple[str, str], ...]
 DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -75,9 +75,19 @@ class Histogram:
         return lines
 
 
+Collector = Callable[[], list[str]]
+
+
 class Registry:
+    """Metrics owned here, plus collectors: callables that render state kept elsewhere (queue depth,
+    libvirt call counts) at scrape time, so hot paths need not update two counters."""
+
     def __init__(self) -> None:
         self._metrics: list[Counter | Histogram] = []
+        self._collectors: list[Collector] = []
+
+    def add_collector(self, collector: Collector) -> None:
+        self._collectors.append(collector)
 
     def counter(self, name: str, help_text: str) -> Counter:
         metric = Counter(name, help_text)
@@ -98,4 +108,13 @@ class Registry:
         lines: list[str] = []
         for metric in self._metrics:
             lines += metric.render()
+        for collector in self._collectors:
+            lines += collector()
         return "\n".join(lines) + "\n"
+
+
+def sample(name: str, kind: str, help_text: str, values: dict[tuple[tuple[str, str], ...], float]) -> list[str]:
+    """Lines of one metric family from (labels -> value)."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    lines += [f"{name}{_labels(k)} {v:g}" for k, v in sorted(values.items())]
+    return lines

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from controller.executor import execute
 from controller.libvirt.errors import ReconcileError, TransientError
+from controller.reconcile_snapshot import copy_actions, execute_copy, ready_snapshot_disks
 from controller.runtime import Runtime
 from controller.workqueue import Result
 from reconcilers.domain import DirPoolConfig, HostName, NetworkConfig
@@ -38,6 +39,7 @@ log = logging.getLogger("virtplane.infra")
 HOST_RESYNC = 10.0  # seconds between observations of a host
 HEARTBEAT_WRITE = timedelta(seconds=60)
 DISK_FINALIZER = "virtplane.io/volume"
+ACCEL_ANNOTATION = "virtplane.io/accelerator"
 
 
 def _cond(type_: str, ok: bool, reason: str, message: str = "") -> Condition:
@@ -50,15 +52,26 @@ async def reconcile_cluster(rt: Runtime, name: str) -> Result | None:
         return None
     hosts = [h for h in rt.cache.all("Host", Host) if h.spec.cluster == name]
     ready = [h for h in hosts if (r := rt.hosts.hosts.get(HostName(h.metadata.name))) and r.ready]
-    running = sum(1 for vm in rt.cache.all("VirtualMachine", VirtualMachine) if vm.spec.cluster == name
-                  and isinstance(s := rt.cache.status["VirtualMachine"].get(vm.metadata.name), VirtualMachineStatus)
-                  and s.phase == "Running")
+    running = sum(
+        1
+        for vm in rt.cache.all("VirtualMachine", VirtualMachine)
+        if vm.spec.cluster == name
+        and isinstance(s := rt.cache.status["VirtualMachine"].get(vm.metadata.name), VirtualMachineStatus)
+        and s.phase == "Running"
+    )
     phase = "NoHosts" if not hosts else ("Ready" if len(ready) == len(hosts) else "Degraded")
     status = ClusterStatus(
-        observedGeneration=cluster.metadata.generation, phase=phase,
-        hostsTotal=len(hosts), hostsReady=len(ready), vmsRunning=running, leader=rt.identity,
-        conditions=rt.with_times((_cond("Ready", bool(ready), phase, f"{len(ready)}/{len(hosts)} hosts Ready"),),
-                                 rt.cache.status["Cluster"].get(name)))
+        observedGeneration=cluster.metadata.generation,
+        phase=phase,
+        hostsTotal=len(hosts),
+        hostsReady=len(ready),
+        vmsRunning=running,
+        leader=rt.identity,
+        conditions=rt.with_times(
+            (_cond("Ready", bool(ready), phase, f"{len(ready)}/{len(hosts)} hosts Ready"),),
+            rt.cache.status["Cluster"].get(name),
+        ),
+    )
     await rt.write_status("Cluster", name, status)
     return Result(requeue_after=HOST_RESYNC)
 
@@ -69,6 +82,9 @@ async def reconcile_host(rt: Runtime, name: str) -> Result | None:
         await rt.hosts.remove(name)
         return None
     runtime = rt.hosts.ensure(name, host.spec.uri)
+    if not runtime.conn.is_test:
+        # A host whose KVM cannot run guests (the lab's kvm_pvm) says so: virtplane.io/accelerator: tcg.
+        runtime.domain_type = "qemu" if host.metadata.annotations.get(ACCEL_ANNOTATION) == "tcg" else "kvm"
     was_ready = runtime.ready
     runtime.observed = await runtime.conn.observe_host()
     if runtime.ready:
@@ -93,8 +109,9 @@ async def reconcile_host(rt: Runtime, name: str) -> Result | None:
     if was_ready != runtime.ready:
         _enqueue_cluster(rt, host.spec.cluster)
         if not runtime.ready:
-            await rt.emit(host, "HostNotResponding", runtime.observed.error or "no answer", warning=True,
-                          source="host-controller")
+            await rt.emit(
+                host, "HostNotResponding", runtime.observed.error or "no answer", warning=True, source="host-controller"
+            )
         else:
             await rt.emit(host, "HostReady", f"libvirt {runtime.observed.libvirt_version}", source="host-controller")
     return Result(requeue_after=HOST_RESYNC)
@@ -116,8 +133,11 @@ def _enqueue_cluster(rt: Runtime, cluster: str) -> None:
 
 
 def _ready_hosts(rt: Runtime, hosts: list[Host]) -> list[HostName]:
-    return [HostName(h.metadata.name) for h in hosts
-            if (r := rt.hosts.hosts.get(HostName(h.metadata.name))) is not None and r.ready]
+    return [
+        HostName(h.metadata.name)
+        for h in hosts
+        if (r := rt.hosts.hosts.get(HostName(h.metadata.name))) is not None and r.ready
+    ]
 
 
 async def reconcile_storage(rt: Runtime, name: str) -> Result | None:
@@ -128,10 +148,21 @@ async def reconcile_storage(rt: Runtime, name: str) -> Result | None:
     ready = _ready_hosts(rt, hosts)
     prev = rt.cache.status["StorageDomain"].get(name)
     if storage_path(sd) is None:
-        status = StorageDomainStatus(observedGeneration=sd.metadata.generation, phase="Unavailable",
-                                     conditions=rt.with_times((_cond("Ready", False, "Unsupported",
-                                         f"type {sd.spec.type} is not served by this version yet (posix, local are)"),),
-                                         prev))
+        status = StorageDomainStatus(
+            observedGeneration=sd.metadata.generation,
+            phase="Unavailable",
+            conditions=rt.with_times(
+                (
+                    _cond(
+                        "Ready",
+                        False,
+                        "Unsupported",
+                        f"type {sd.spec.type} is not served by this version yet (posix, local are)",
+                    ),
+                ),
+                prev,
+            ),
+        )
         await rt.write_status("StorageDomain", name, status)
         return None
     pools = {h: rt.hosts.hosts[h].pools.get(pool_name(name)) for h in ready}
@@ -146,13 +177,19 @@ async def reconcile_storage(rt: Runtime, name: str) -> Result | None:
             failed.append(host)
             await rt.emit(sd, "PoolFailed", f"{host}: {result.error}", warning=True, source="storage-controller")
     ok_hosts = tuple(sorted(h for h in ready if h not in failed))
-    phase = "Ready" if ok_hosts and not failed and len(ok_hosts) == len(hosts) else ("Degraded" if ok_hosts else
-                                                                                      "Unavailable")
+    phase = (
+        "Ready"
+        if ok_hosts and not failed and len(ok_hosts) == len(hosts)
+        else ("Degraded" if ok_hosts else "Unavailable")
+    )
     status = StorageDomainStatus(
-        observedGeneration=sd.metadata.generation, phase=phase,
-        conditions=rt.with_times((_cond("Ready", bool(ok_hosts), phase, f"active on {len(ok_hosts)}/{len(hosts)} hosts"),),
-                                 prev),
-        readyHosts=ok_hosts, failedHosts=tuple(sorted(set(h.metadata.name for h in hosts) - set(ok_hosts))),
+        observedGeneration=sd.metadata.generation,
+        phase=phase,
+        conditions=rt.with_times(
+            (_cond("Ready", bool(ok_hosts), phase, f"active on {len(ok_hosts)}/{len(hosts)} hosts"),), prev
+        ),
+        readyHosts=ok_hosts,
+        failedHosts=tuple(sorted(set(h.metadata.name for h in hosts) - set(ok_hosts))),
     )
     if await rt.write_status("StorageDomain", name, status):
         for disk in rt.cache.all("Disk", Disk):
@@ -169,7 +206,8 @@ async def reconcile_network(rt: Runtime, name: str) -> Result | None:
     ready = _ready_hosts(rt, hosts)
     want = network_config(net)
     observed: dict[HostName, NetworkConfig | None] = {
-        h: rt.hosts.hosts[h].networks.get(want.name) if want else None for h in ready}
+        h: rt.hosts.hosts[h].networks.get(want.name) if want else None for h in ready
+    }
     failed = []
     for action in plan_network(net, ready, observed):
         result = await execute(type(plan_network(net, [], {}))((action,)), rt.hosts.connections())
@@ -182,11 +220,14 @@ async def reconcile_network(rt: Runtime, name: str) -> Result | None:
     ok = tuple(sorted(h for h in ready if h not in failed))
     phase = "Ready" if ok and len(ok) == len(hosts) else ("Degraded" if ok else "Unavailable")
     prev = rt.cache.status["Network"].get(name)
-    status = NetworkStatus(observedGeneration=net.metadata.generation, phase=phase,
-                           conditions=rt.with_times((_cond("Ready", bool(ok), phase,
-                                                           f"on {len(ok)}/{len(hosts)} hosts"),), prev),
-                           bridge=net.spec.bridge, readyHosts=ok,
-                           failedHosts=tuple(sorted({h.metadata.name for h in hosts} - set(ok))))
+    status = NetworkStatus(
+        observedGeneration=net.metadata.generation,
+        phase=phase,
+        conditions=rt.with_times((_cond("Ready", bool(ok), phase, f"on {len(ok)}/{len(hosts)} hosts"),), prev),
+        bridge=net.spec.bridge,
+        readyHosts=ok,
+        failedHosts=tuple(sorted({h.metadata.name for h in hosts} - set(ok))),
+    )
     if await rt.write_status("Network", name, status):
         for vm in rt.cache.all("VirtualMachine", VirtualMachine):
             if any(n.network == name for n in vm.spec.nics):
@@ -200,13 +241,23 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
         return None
     prev_any = rt.cache.status["Disk"].get(name)
     prev = prev_any if isinstance(prev_any, DiskStatus) else DiskStatus()
-    attached = tuple(sorted(vm.metadata.name for vm in rt.cache.all("VirtualMachine", VirtualMachine)
-                            if any(a.disk == name for a in vm.spec.disks)))
+    attached = tuple(
+        sorted(
+            vm.metadata.name
+            for vm in rt.cache.all("VirtualMachine", VirtualMachine)
+            if any(a.disk == name for a in vm.spec.disks)
+        )
+    )
     if disk.spec.lun is not None:
         iscsi = disk.spec.lun.iscsi
         path = disk.spec.lun.blockPath or (f"iscsi://{iscsi.portal}/{iscsi.iqn}/{iscsi.lun}" if iscsi else "")
-        status = DiskStatus(observedGeneration=disk.metadata.generation, phase="Ready", path=path,
-                            conditions=rt.with_times((_cond("Ready", True, "Lun"),), prev), attachedTo=attached)
+        status = DiskStatus(
+            observedGeneration=disk.metadata.generation,
+            phase="Ready",
+            path=path,
+            conditions=rt.with_times((_cond("Ready", True, "Lun"),), prev),
+            attachedTo=attached,
+        )
         await rt.write_status("Disk", name, status)
         return None
     deleting = disk.metadata.deletionTimestamp is not None
@@ -215,17 +266,24 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
     sd_name = disk.spec.storageDomain or ""
     sd = rt.cache.get("StorageDomain", sd_name, StorageDomain)
     sd_status = rt.cache.status["StorageDomain"].get(sd_name)
-    ready_hosts = [HostName(h) for h in (sd_status.readyHosts if isinstance(sd_status, StorageDomainStatus) else ())
-                   if (r := rt.hosts.hosts.get(HostName(h))) is not None and r.ready]
+    ready_hosts = [
+        HostName(h)
+        for h in (sd_status.readyHosts if isinstance(sd_status, StorageDomainStatus) else ())
+        if (r := rt.hosts.hosts.get(HostName(h))) is not None and r.ready
+    ]
     base = storage_path(sd) if sd is not None else None
     if sd is None or base is None or not ready_hosts:
         if deleting:
             await rt.store.remove_finalizer("Disk", name, DISK_FINALIZER)
             return None
-        status = DiskStatus(observedGeneration=disk.metadata.generation, phase="Pending",
-                            conditions=rt.with_times((_cond("Ready", False, "StorageNotReady",
-                                                            f"storage domain {sd_name} is not ready"),), prev),
-                            attachedTo=attached)
+        status = DiskStatus(
+            observedGeneration=disk.metadata.generation,
+            phase="Pending",
+            conditions=rt.with_times(
+                (_cond("Ready", False, "StorageNotReady", f"storage domain {sd_name} is not ready"),), prev
+            ),
+            attachedTo=attached,
+        )
         await rt.write_status("Disk", name, status)
         return None
     host = ready_hosts[0]
@@ -234,28 +292,50 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
     vols = {v.name: v for v in await conn.list_volumes(pool)}
     observed = vols.get(volume_name(disk))
     others = _source_infos(rt)
-    source = source_info(disk, base, others)
+    source = source_info(disk, base, others, ready_snapshot_disks(rt))
     if isinstance(source, str):
-        status = DiskStatus(observedGeneration=disk.metadata.generation, phase="Pending",
-                            conditions=rt.with_times((_cond("Ready", False, "SourceNotReady", source),), prev),
-                            attachedTo=attached)
+        status = DiskStatus(
+            observedGeneration=disk.metadata.generation,
+            phase="Pending",
+            conditions=rt.with_times((_cond("Ready", False, "SourceNotReady", source),), prev),
+            attachedTo=attached,
+        )
         await rt.write_status("Disk", name, status)
         return None
     if deleting and attached:
-        status = prev.model_copy(update={"phase": "Deleting", "conditions": rt.with_times(
-            (_cond("Ready", False, "InUse", f"attached to {', '.join(attached)}; detach it first"),), prev)})
+        status = prev.model_copy(
+            update={
+                "phase": "Deleting",
+                "conditions": rt.with_times(
+                    (_cond("Ready", False, "InUse", f"attached to {', '.join(attached)}; detach it first"),), prev
+                ),
+            }
+        )
         await rt.write_status("Disk", name, status)
-        return None
+        return Result(requeue_after=2.0)  # the VM may be going away too: look again soon
     plan = plan_disk(disk, host, base, observed, source)
+    plan, copies = copy_actions(plan)
+    for copy in copies:
+        await execute_copy(copy)
+        await rt.emit(disk, "PlanExecuted", f"{copy.name} {copy.target()}", source="disk-controller")
+    if copies:
+        vols = {v.name: v for v in await conn.list_volumes(pool)}
+        observed = vols.get(volume_name(disk))
     if plan:
         result = await execute(plan, rt.hosts.connections())
         if not result.ok:
-            await rt.emit(disk, "VolumeFailed", f"{result.failed.name if result.failed else ''}: {result.error}",
-                          warning=True, source="disk-controller")
+            await rt.emit(
+                disk,
+                "VolumeFailed",
+                f"{result.failed.name if result.failed else ''}: {result.error}",
+                warning=True,
+                source="disk-controller",
+            )
             assert result.error is not None
             raise result.error
-        await rt.emit(disk, "PlanExecuted", ", ".join(f"{a.name} {a.target()}" for a in result.done),
-                      source="disk-controller")
+        await rt.emit(
+            disk, "PlanExecuted", ", ".join(f"{a.name} {a.target()}" for a in result.done), source="disk-controller"
+        )
         vols = {v.name: v for v in await conn.list_volumes(pool)}
         observed = vols.get(volume_name(disk))
     if deleting:
@@ -264,9 +344,14 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
     if observed is None:
         raise TransientError(f"volume {volume_name(disk)} not visible in {pool} on {host} yet", retry_after=1.0)
     status = DiskStatus(
-        observedGeneration=disk.metadata.generation, phase="Ready", path=observed.path,
-        capacity=observed.capacity_bytes, allocation=observed.allocation_bytes, format=observed.format,
-        backingPath=observed.backing_path, attachedTo=attached,
+        observedGeneration=disk.metadata.generation,
+        phase="Ready",
+        path=observed.path,
+        capacity=observed.capacity_bytes,
+        allocation=observed.allocation_bytes,
+        format=observed.format,
+        backingPath=observed.backing_path,
+        attachedTo=attached,
         conditions=rt.with_times((_cond("Ready", True, "Created", f"in {pool} on {host}"),), prev),
         correlationId=disk.metadata.correlationId,
     )
@@ -296,35 +381,60 @@ async def reconcile_pool(rt: Runtime, name: str) -> Result | None:
     sd = pool.spec.storageDomain or (base.spec.storageDomain if base else None)
     prev = rt.cache.status["VirtualMachinePool"].get(name)
     if sd is None:
-        status = VirtualMachinePoolStatus(observedGeneration=pool.metadata.generation, conditions=rt.with_times(
-            (_cond("Ready", False, "BaseDiskMissing", f"disk {pool.spec.baseDisk} not found"),), prev))
+        status = VirtualMachinePoolStatus(
+            observedGeneration=pool.metadata.generation,
+            conditions=rt.with_times(
+                (_cond("Ready", False, "BaseDiskMissing", f"disk {pool.spec.baseDisk} not found"),), prev
+            ),
+        )
         await rt.write_status("VirtualMachinePool", name, status)
         return None
-    existing = [vm.metadata.name for vm in rt.cache.all("VirtualMachine", VirtualMachine)
-                if vm.metadata.labels.get(POOL_LABEL) == name]
+    existing = [
+        vm.metadata.name
+        for vm in rt.cache.all("VirtualMachine", VirtualMachine)
+        if vm.metadata.labels.get(POOL_LABEL) == name
+    ]
     plan = plan_pool(pool, sd, existing)
     if plan.apply:
         result = await rt.store.apply(list(plan.apply), correlation_id=pool.metadata.correlationId or "pool")
         changed = [c for c in result.changes if c.action != "unchanged"]
         if changed:
-            await rt.emit(pool, "ReplicasUpdated", f"{len(changed)} replica object(s) created or updated",
-                          source="pool-controller")
+            await rt.emit(
+                pool,
+                "ReplicasUpdated",
+                f"{len(changed)} replica object(s) created or updated",
+                source="pool-controller",
+            )
     for kind, obj_name in plan.delete:
         await rt.store.delete(kind, obj_name, correlation_id=pool.metadata.correlationId or "pool")
     if plan.delete:
         await rt.emit(pool, "ScaledDown", f"deleted {len(plan.delete) // 2} replica(s)", source="pool-controller")
     replicas = [vm for vm in existing if vm in {r.metadata.name for r in plan.apply}]
-    ready = sum(1 for vm in replicas if isinstance(s := rt.cache.status["VirtualMachine"].get(vm),
-                                                     VirtualMachineStatus) and s.phase == "Running")
+    ready = sum(
+        1
+        for vm in replicas
+        if isinstance(s := rt.cache.status["VirtualMachine"].get(vm), VirtualMachineStatus) and s.phase == "Running"
+    )
     status = VirtualMachinePoolStatus(
-        observedGeneration=pool.metadata.generation, replicas=len(replicas), readyReplicas=ready,
+        observedGeneration=pool.metadata.generation,
+        replicas=len(replicas),
+        readyReplicas=ready,
         phase="Ready" if ready == pool.spec.replicas else "Scaling",
-        conditions=rt.with_times((_cond("Ready", ready == pool.spec.replicas, "Replicas",
-                                        f"{ready}/{pool.spec.replicas} running"),), prev),
+        conditions=rt.with_times(
+            (_cond("Ready", ready == pool.spec.replicas, "Replicas", f"{ready}/{pool.spec.replicas} running"),), prev
+        ),
     )
     await rt.write_status("VirtualMachinePool", name, status)
     return None
 
 
-__all__ = ["DirPoolConfig", "ReconcileError", "reconcile_cluster", "reconcile_disk", "reconcile_host",
-           "reconcile_network", "reconcile_pool", "reconcile_storage"]
+__all__ = [
+    "DirPoolConfig",
+    "ReconcileError",
+    "reconcile_cluster",
+    "reconcile_disk",
+    "reconcile_host",
+    "reconcile_network",
+    "reconcile_pool",
+    "reconcile_storage",
+]

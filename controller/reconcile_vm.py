@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from controller.allocations import Usage
 from controller.executor import execute
 from controller.libvirt.errors import TransientError
+from controller.reconcile_migration import describe_outcome, migration_context, migrations_of, note_request
 from controller.runtime import Runtime
 from controller.workqueue import Result
 from reconcilers.domain import (
@@ -24,6 +25,7 @@ from reconcilers.domain import (
     ObservedDomain,
 )
 from reconcilers.infra import volume_name
+from reconcilers.migration import MigrationContext
 from reconcilers.scheduler import ClusterPolicy, HostView
 from reconcilers.vm import VmDecision, VmInputs, plan_vm
 from reconcilers.vm_domain import ResolvedDisk, ResolvedNetwork
@@ -126,13 +128,16 @@ def vm_inputs(rt: Runtime, name: str, vm: VirtualMachine | None,
     vm_status = status if isinstance(status, VirtualMachineStatus) else None
     cluster = vm.spec.cluster if vm is not None else ""
     unreachable = frozenset(h for h, r in rt.hosts.hosts.items() if not r.ready)
+    disks = resolve_disks(rt, vm) if vm else {}
+    migration = migration_context(rt, vm, [d.storage_domain for d in disks.values()]) if vm else MigrationContext()
     return VmInputs(
         name=name, vm=vm, status=vm_status,
-        disks=resolve_disks(rt, vm) if vm else {}, networks=resolve_networks(rt, vm) if vm else {},
+        disks=disks, networks=resolve_networks(rt, vm) if vm else {},
         hosts=host_views(rt, cluster, name) if vm else (), policy=cluster_policy(rt, cluster),
         domains=dict(domains) if domains is not None else rt.hosts.locate(name),
         unreachable=unreachable,
         domain_types={h: r.domain_type for h, r in rt.hosts.hosts.items()},
+        migration=migration,
     )
 
 
@@ -158,15 +163,30 @@ async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
     relevant = set(rt.hosts.locate(name))
     if isinstance(previous, VirtualMachineStatus) and previous.host:
         relevant.add(HostName(previous.host))
+    migrations = migrations_of(rt)
+    finished = migrations.collect(name)
+    job = migrations.jobs.get(name)
+    for moving in (finished, job):
+        if moving is not None:
+            relevant |= {moving.source, moving.target}
     domains = await _refresh(rt, name, relevant)
-    decision = plan_vm(vm_inputs(rt, name, vm, domains))
+    if finished is not None and vm is not None:
+        reason, message, warning = describe_outcome(finished)
+        await rt.emit(vm, reason, message, warning=warning, source="vm-controller")
+    if job is not None and (seen := domains.get(job.source)) is not None and seen.job is not None:
+        job.last = seen.job  # progress, for the Migration's status
+    inputs = vm_inputs(rt, name, vm, domains)
+    decision = plan_vm(inputs)
+    note_request(rt, decision.move, inputs.migration.request, decision.host)
+    if job is not None and job.migration is not None:
+        rt.queue.add(("Migration", job.migration))
     if vm is not None and decision.host:
         record_placement(rt, vm, decision.host)  # before any await: concurrent placements see it
     if decision.plan and decision.host:
         relevant.add(decision.host)
     relevant |= {HostName(h) for a in decision.plan if isinstance(h := getattr(a, "host", None), str)}
     if decision.plan:
-        result = await execute(decision.plan, rt.hosts.connections())
+        result = await execute(decision.plan, rt.hosts.connections(), migrations=migrations)
         rt.counters["actions"] += len(result.done)
         done = ", ".join(f"{a.name} {a.target()}" for a in result.done)
         if vm is not None and result.done:
@@ -197,7 +217,7 @@ async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
         return None
     if vm is not None:
         await _write_vm_status(rt, vm, name, decision, domains)
-    return None
+    return Result(requeue_after=decision.requeue_after) if decision.requeue_after else None
 
 
 def _expected_leftover(first: VmDecision, again: VmDecision) -> bool:
@@ -216,6 +236,7 @@ async def _write_vm_status(rt: Runtime, vm: VirtualMachine | None, name: str, de
     seen = (d.live or d.config) if d else None
     running = d is not None and d.state == "running"
     phase = "Running" if running and decision.phase == "Running" else decision.phase
+    job = migrations_of(rt).jobs.get(name)
     conditions = decision.conditions
     if error:
         conditions = (*conditions, conditions[0].model_copy(update={
@@ -230,8 +251,9 @@ async def _write_vm_status(rt: Runtime, vm: VirtualMachine | None, name: str, de
         nics=tuple(NicStatus(name=n.name, mac=n.mac) for n in seen.nics if n.mac) if seen else prev.nics,
         cores=seen.vcpus if seen and running else None,
         memory=seen.memory_kib * 1024 if seen and running else None,
-        startTime=prev.startTime if running and prev.startTime and prev.phase == "Running" else (
+        startTime=prev.startTime if running and prev.startTime and prev.phase in ("Running", "Migrating") else (
             rt.clock() if running else None),
         restartCount=prev.restartCount,
+        migration=(job.migration or "automatic") if job is not None and phase == "Migrating" else None,
     )
     await rt.write_status("VirtualMachine", name, status)

@@ -219,3 +219,58 @@ class DeleteNetwork(Action):
 
     def target(self) -> str:
         return f"{self.network} on {self.host}"
+
+
+# ---------------------------------------------------------------- migration
+
+
+@dataclass(frozen=True)
+class MigrationSettings:
+    """How one live migration runs (from the cluster's MigrationPolicy and the storage domains)."""
+
+    max_downtime_ms: int = 500
+    bandwidth_mib_s: int | None = None
+    auto_converge: bool = True
+    post_copy: bool = False  # allow switching to post-copy later (VIR_MIGRATE_POSTCOPY)
+    unsafe: bool = False  # every disk is on a storage domain declared shared (VIR_MIGRATE_UNSAFE)
+    migrate_uri: str | None = None  # where the data goes, e.g. tcp://10.0.0.2; None = libvirt's choice
+
+
+@dataclass(frozen=True)
+class MigrateDomain(Action):
+    """Start a live migration of ``domain`` from ``host`` to ``target_host``; it is observed, not awaited.
+    ``migration``: the Migration object that asked for it, if any."""
+
+    host: HostName
+    domain: DomainName
+    target_host: HostName
+    settings: MigrationSettings = MigrationSettings()
+    migration: str | None = None
+    IMPACT = Impact.MIGRATION
+
+    def target(self) -> str:
+        return f"{self.domain} from {self.host} to {self.target_host}"
+
+
+@dataclass(frozen=True)
+class StartPostCopy(Action):
+    """Switch a running migration that does not converge to post-copy (the guest runs on the target)."""
+
+    host: HostName
+    domain: DomainName
+    IMPACT = Impact.MIGRATION
+
+    def target(self) -> str:
+        return f"{self.domain} on {self.host}"
+
+
+@dataclass(frozen=True)
+class AbortMigration(Action):
+    """Cancel a running migration; the guest keeps running on the source."""
+
+    host: HostName
+    domain: DomainName
+    IMPACT = Impact.LIVE
+
+    def target(self) -> str:
+        return f"{self.domain} on {self.host}"

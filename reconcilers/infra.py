@@ -27,6 +27,7 @@ from reconcilers.domain import (
     VolumeName,
 )
 from reconcilers.plan import Action, Plan
+from reconcilers.snapshot import CopySnapshotDisk, SnapshotName
 from specs.disk import Disk
 from specs.host import Host, HostResources, HostStatus
 from specs.meta import Condition
@@ -177,14 +178,17 @@ class DiskSourceInfo:
     path: str
     format: str | None
     capacity_bytes: int | None
+    snapshot: str | None = None  # read the content at this internal snapshot of ``path``
 
 
 def _relative(path: str, base: str) -> str:
     return path if posixpath.isabs(path) else posixpath.join(base, path)
 
 
-def source_info(disk: Disk, base: str, other: Mapping[str, DiskSourceInfo]) -> DiskSourceInfo | str | None:
-    """Where the initial content comes from. Returns an error message (str) when it cannot be found yet."""
+def source_info(disk: Disk, base: str, other: Mapping[str, DiskSourceInfo],
+                snapshots: Mapping[str, tuple[str, ...]] | None = None) -> DiskSourceInfo | str | None:
+    """Where the initial content comes from. Returns an error message (str) when it cannot be found yet.
+    ``snapshots``: the Ready Snapshots, each with the Disks it holds."""
     src = disk.spec.source
     if src is None or src.empty is not None:
         return None
@@ -196,7 +200,16 @@ def source_info(disk: Disk, base: str, other: Mapping[str, DiskSourceInfo]) -> D
         return DiskSourceInfo(_relative(src.clone.image, base), None, None)
     if src.import_ is not None:
         return DiskSourceInfo(_relative(src.import_.path, base), src.import_.format, None)
-    return "disks from snapshots are not supported yet"
+    assert src.snapshot is not None
+    held = (snapshots or {}).get(src.snapshot.snapshot)
+    if held is None:
+        return f"snapshot {src.snapshot.snapshot} is not ready"
+    if src.snapshot.disk not in held:
+        return f"snapshot {src.snapshot.snapshot} does not hold disk {src.snapshot.disk} (it holds {', '.join(held)})"
+    found = other.get(src.snapshot.disk)
+    if found is None:
+        return f"disk {src.snapshot.disk} of snapshot {src.snapshot.snapshot} is not ready"
+    return DiskSourceInfo(found.path, found.format, found.capacity_bytes, snapshot=src.snapshot.snapshot)
 
 
 def plan_disk(disk: Disk, host: HostName, path: str, observed: ObservedVolume | None,
@@ -214,7 +227,12 @@ def plan_disk(disk: Disk, host: HostName, path: str, observed: ObservedVolume | 
     if observed is None:
         actions: list[Action] = []
         clone = disk.spec.source.clone if disk.spec.source is not None else None
-        if source is not None and clone is not None and clone.mode == "overlay":
+        if source is not None and source.snapshot is not None:
+            capacity = max(size or 0, source.capacity_bytes or 0)
+            actions.append(CopySnapshotDisk(host, pool, VolumeConfig(name, capacity, fmt), source.path,
+                                            SnapshotName(source.snapshot), path,
+                                            reason=f"copy of {source.path} at snapshot {source.snapshot}"))
+        elif source is not None and clone is not None and clone.mode == "overlay":
             capacity = max(size or 0, source.capacity_bytes or 0)
             vol = VolumeConfig(name, capacity, "qcow2", source.path, _fmt(source.format))
             actions.append(CreateVolume(host, pool, vol, reason=f"overlay clone of {source.path}"))

@@ -37,6 +37,7 @@ from reconcilers.domain import (
     HostName,
     ObservedDomain,
 )
+from reconcilers.migration import MigrationContext, MoveDecision, plan_move
 from reconcilers.plan import Action, Plan
 from reconcilers.scheduler import ClusterPolicy, HostView, Request, place
 from reconcilers.vm_domain import ResolvedDisk, ResolvedNetwork, config_differences, desired_domain
@@ -59,6 +60,7 @@ class VmInputs:
     unreachable: frozenset[HostName] = frozenset()
     domain_types: Mapping[HostName, DomainType] = field(default_factory=dict)
     shutdown_timeout_s: float = 60.0
+    migration: MigrationContext = field(default_factory=MigrationContext)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class VmDecision:
     conditions: tuple[Condition, ...] = ()
     desired: DomainConfig | None = None
     finished_teardown: bool = False  # deleted and nothing left: the finalizer may go
+    move: MoveDecision | None = None  # what live migration decided (see reconcilers.migration)
+    requeue_after: float | None = None  # observe again this soon (a migration in flight)
 
 
 def _cond(type_: str, ok: bool, reason: str, message: str = "") -> Condition:
@@ -148,11 +152,13 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
                     if n.network not in inputs.networks or not inputs.networks[n.network].ready]
     if missing or missing_nets:
         what = ", ".join([f"disk {d}" for d in missing] + [f"network {n}" for n in missing_nets])
-        return VmDecision(Plan(), None, "Pending", (_cond("Ready", False, "WaitingForDependencies", f"{what} not ready"),))
+        waiting = _cond("Ready", False, "WaitingForDependencies", f"{what} not ready")
+        return VmDecision(Plan(), None, "Pending", (waiting,))
 
     host, scheduled = _choose_host(inputs, vm)
     if host is None:
-        return VmDecision(Plan(), None, "Pending", (scheduled, _cond("Ready", False, "Unschedulable", scheduled.message)))
+        unschedulable = _cond("Ready", False, "Unschedulable", scheduled.message)
+        return VmDecision(Plan(), None, "Pending", (scheduled, unschedulable))
     if host in inputs.unreachable:
         return VmDecision(Plan(), host, "Unknown", (scheduled, _cond("Ready", False, "HostNotResponding",
                                                                      f"{host} does not answer")))
@@ -166,12 +172,32 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     observed = inputs.domains.get(host)
     domain_type = inputs.domain_types.get(host, "kvm")
     desired = desired_domain(vm, inputs.status, inputs.disks, inputs.networks, domain_type, observed)
+    move = _plan_move(inputs, vm, host, observed)
+    if move is not None and move.moving:
+        # A live migration runs (or starts now): nothing else touches the VM until it is over.
+        assert move.condition is not None
+        return VmDecision(Plan(move.actions), host, "Migrating", (scheduled, move.condition), desired, move=move,
+                          requeue_after=move.requeue_after)
     actions, phase, conds = _plan_on_host(inputs, vm, host, desired, observed)
+    if move is not None and move.condition is not None:
+        conds = (*conds, move.condition)
     # Leftover definitions of ours on other hosts (e.g. after a move) that are not running.
     for other, d in sorted(inputs.domains.items()):
         if other != host and _ours(vm, d) and not d.active and d.persistent:
             actions.append(UndefineDomain(other, d.name, reason=f"stale copy; the VM lives on {host}"))
-    return VmDecision(Plan(tuple(actions)), host, phase, (scheduled, *conds), desired)
+    return VmDecision(Plan(tuple(actions)), host, phase, (scheduled, *conds), desired, move=move,
+                      requeue_after=move.requeue_after if move is not None else None)
+
+
+def _plan_move(inputs: VmInputs, vm: VirtualMachine, host: HostName, d: ObservedDomain | None) -> MoveDecision | None:
+    """Live migration applies to a running guest of ours (or one already moving)."""
+    if inputs.migration.in_flight is None:
+        if d is None or not _ours(vm, d) or d.state != "running" or d.config is None:
+            return None
+        if _should_run(vm, inputs.status, d) is False:
+            return None
+    return plan_move(inputs.migration, _request(vm, inputs.disks, inputs.networks), DomainName(vm.metadata.name),
+                     host, inputs.hosts, inputs.policy)
 
 
 def _plan_on_host(
@@ -194,6 +220,9 @@ def _plan_on_host(
             live_diff = tuple(f for f in live_diff if f != "cpu_model")
         cold = tuple(f for f in live_diff if f not in LIVE_FIELDS) + _cold_device_changes(desired, d.live)
     persistent_diff = config_differences(desired, d.config)
+    if desired.cpu_model is None:
+        # No model asked for: libvirt writes its default into the definition (qemu64 for TCG domains).
+        persistent_diff = tuple(f for f in persistent_diff if f != "cpu_model")
     if persistent_diff or desired.owner != d.config.owner:
         # On a running guest, only what hot-plug cannot do waits for the next boot.
         actions.append(DefineDomain(host, desired, next_boot=bool(cold),

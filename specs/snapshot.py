@@ -46,6 +46,16 @@ class Snapshot(Resource):
     spec: SnapshotSpec = Field(description="Desired state of the snapshot.")
 
 
+class RevertStatus(StrictModel):
+    """Outcome of the last `virtplane snapshot revert` (the virtplane.io/revert-requested annotation)."""
+
+    requested: str = Field(description="Value of the revert-requested annotation this outcome answers.")
+    phase: Literal["Reverting", "Succeeded", "Failed"] = Field(description="Where the revert is.")
+    time: datetime | None = Field(default=None, description="When the revert finished.")
+    seconds: float | None = Field(default=None, ge=0, description="How long libvirt took to revert.")
+    message: str = Field(default="", description="What happened (the error on failure).")
+
+
 class SnapshotStatus(StatusBase):
     """Observed state of a snapshot."""
 
@@ -56,3 +66,9 @@ class SnapshotStatus(StatusBase):
     libvirtName: str | None = Field(default=None, description="Name of the libvirt snapshot.")
     disks: tuple[str, ...] = Field(default=(), description="Disks included.")
     memoryPath: str | None = Field(default=None, description="File holding the memory state, if any.")
+    memory: bool | None = Field(default=None, description="Whether the memory state is included.")
+    host: str | None = Field(default=None, description="Host whose libvirt holds the snapshot.")
+    size: int | None = Field(
+        default=None, ge=0, description="Bytes of saved memory state (internal snapshots share disk clusters)."
+    )
+    lastRevert: RevertStatus | None = Field(default=None, description="Outcome of the last revert request.")

@@ -13,7 +13,9 @@ import typer
 
 from controller.cli import apply as apply_cmd
 from controller.cli import export as export_cmd
+from controller.cli import migrate as migrate_cmd
 from controller.cli import read as read_cmd
+from controller.cli import snapshot as snapshot_cmd
 from controller.cli.common import EXIT_INVALID, Globals, fail
 from controller.config import DEFAULT_LISTEN, default_data_dir
 from controller.lab.cli import app as lab_app
@@ -45,6 +47,7 @@ app.command()(read_cmd.delete)
 app.command()(read_cmd.events)
 app.command()(read_cmd.wait)
 app.command()(export_cmd.export)
+app.command()(migrate_cmd.migrate)
 
 
 @app.command()
@@ -86,6 +89,7 @@ def _background_tasks(data_dir: Path) -> tuple[BackgroundTask, ...]:
 
 
 app.add_typer(lab_app, name="lab", help="A multi-host libvirt lab on this machine (root).")
+app.add_typer(snapshot_cmd.app, name="snapshot")
 
 
 def main() -> None:

@@ -1,0 +1,172 @@
+"""Issue 4: live migration of an idle test guest between two lab hosts, driven by a spec change (root only).
+
+    python bench/lab_migration.py [--n 6] [--max-downtime-ms 100]
+
+Starts its own lab (2 hosts), etcd and `virtplane server` (with controllers), boots the busybox test guest
+(TCG unless the KVM probe boots it), then flips the VM's placement.allowedHosts between lab-1 and lab-2
+n times. Per migration:
+- overhead: the apply call was sent -> the controller called libvirt's migrate (its log line
+  "migration of X started", same machine clock, ms resolution): the API write, the watch, the queue, the
+  observation and the plan;
+- libvirt call: how long virDomainMigrate3 blocked (log line "completed after X s");
+- QEMU time and downtime: `virsh domjobinfo --completed` on the target ("Time elapsed", "Total downtime");
+- end to end: the apply returned -> `virsh list` shows the guest on the target only.
+Everything is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from controller.client import Client
+from controller.etcd_server import EmbeddedEtcd
+from controller.lab.cli import lab_manifests
+from controller.lab.guest import build_guest_image, probe_accel
+from controller.lab.hosts import Lab
+from tests.e2e.conftest import start_server
+
+CACHE = Path("/var/cache/virtplane-lab")
+STARTED = re.compile(r"^(\S+ \S+) INFO virtplane.migration migration of (\S+) started")
+COMPLETED = re.compile(r"migration of \S+ completed after ([0-9.]+) s")
+
+
+def virsh(uri: str, *args: str) -> str:
+    return subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True, check=True).stdout
+
+
+def wait(what: str, probe: Any, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def started_times(log: Path) -> list[float]:
+    out = []
+    for line in log.read_text().splitlines():
+        m = STARTED.match(line)
+        if m:
+            out.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=6)
+    ap.add_argument("--max-downtime-ms", type=int, default=100)
+    args = ap.parse_args()
+    image = build_guest_image(CACHE / "guest")
+    accel = probe_accel(image, CACHE / "guest").accel
+    work = Path(tempfile.mkdtemp(prefix="bench-migration-"))
+    lab = Lab(work / "lab", qemu_caps_dir=CACHE / "qemu-caps")
+    etcd = EmbeddedEtcd(work / "etcd")
+    server = None
+    try:
+        lab.up(2)
+        etcd.start()
+        server = start_server(work / "server", etcd=etcd)
+        config = json.loads((work / "server" / "config.json").read_text())
+        api = Client(config["server"], config.get("token"))
+        uris = {h.name: h.uri for h in lab.status()}
+        docs = lab_manifests(lab.status(), lab.shared_dir, "lab")
+        for d in docs:
+            if d["kind"] == "Host" and accel != "kvm":
+                d["metadata"]["annotations"] = {"virtplane.io/accelerator": "tcg"}
+        cluster = {
+            "apiVersion": "virtplane.io/v1",
+            "kind": "Cluster",
+            "metadata": {"name": "lab"},
+            "spec": {"migration": {"maxDowntimeMs": args.max_downtime_ms}},
+        }
+        disk = {
+            "apiVersion": "virtplane.io/v1",
+            "kind": "Disk",
+            "metadata": {"name": "bm-root"},
+            "spec": {"storageDomain": "lab-shared", "size": "16Mi"},
+        }
+
+        def vm(host: str) -> dict[str, Any]:
+            return {
+                "apiVersion": "virtplane.io/v1",
+                "kind": "VirtualMachine",
+                "metadata": {"name": "bm"},
+                "spec": {
+                    "cluster": "lab",
+                    "runStrategy": "Always",
+                    "cpu": {"cores": 1},
+                    "memory": {"size": "256Mi"},
+                    "disks": [{"disk": "bm-root"}],
+                    "boot": {"kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline},
+                    "placement": {"allowedHosts": [host]},
+                },
+            }
+
+        api.apply([cluster, *docs, disk, vm("lab-1")])
+        wait("bm running on lab-1", lambda: "bm" in virsh(uris["lab-1"], "list", "--name").split())
+        time.sleep(5)  # let the guest finish booting: an idle guest is measured
+        rows = []
+        for i in range(args.n):
+            source, target = ("lab-1", "lab-2") if i % 2 == 0 else ("lab-2", "lab-1")
+            sent = time.time()
+            api.apply([vm(target)])
+            applied = time.time()
+            wait(
+                f"bm on {target} only",
+                lambda: (
+                    "bm" in virsh(uris[target], "list", "--name").split()
+                    and "bm" not in virsh(uris[source], "list", "--all", "--name").split()
+                ),
+            )
+            end_to_end = time.time() - applied
+            job = dict(
+                line.split(":", 1)
+                for line in virsh(uris[target], "domjobinfo", "--completed", "bm").splitlines()
+                if ":" in line
+            )
+            qemu_ms = float(job["Time elapsed"].split()[0])
+            downtime_ms = float(job["Total downtime"].split()[0])
+            overhead_ms = (started_times(server.log)[i] - sent) * 1000
+            call_ms = float(COMPLETED.findall(server.log.read_text())[i]) * 1000
+            rows.append((overhead_ms, qemu_ms, downtime_ms, end_to_end * 1000, call_ms))
+            print(
+                f"{i + 1}: {source}->{target} overhead {overhead_ms:.0f} ms, libvirt call {call_ms:.0f} ms, "
+                f"QEMU {qemu_ms:.0f} ms, downtime {downtime_ms:.0f} ms, "
+                f"apply->only on target {end_to_end * 1000:.0f} ms",
+                flush=True,
+            )
+            time.sleep(1)
+        for label, col in (("overhead", 0), ("libvirt call", 4), ("QEMU total", 1), ("downtime", 2), ("end to end", 3)):
+            values = [r[col] for r in rows]
+            print(
+                f"{label:>12}: p50 {statistics.median(values):.0f} ms, p95 {pct(values, 0.95):.0f} ms, "
+                f"max {max(values):.0f} ms"
+            )
+        print(f"accel {accel}, guest 256 MiB 1 vCPU, maxDowntimeMs {args.max_downtime_ms}, n={args.n}")
+        api.close()
+    finally:
+        if server is not None:
+            server.stop()
+        etcd.stop()
+        lab.down()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Migration controller, and the migration state the VM controller shares with it.
+
+A Migration object is a one-shot request (``virtplane migrate vm/x [--to host]``), not part of Git. The VM
+controller is the only one that moves VMs (so a VM has one mover): it reads the oldest open request for
+the VM as an input of its plan, starts the migration, observes it and collects its outcome. This
+controller only reports, from the shared ``Migrations`` registry:
+
+    Pending     the request is stored; the VM controller has not looked at it yet
+    Scheduling  waiting for a target or for a free slot (maxConcurrentPerHost)
+    Running     data is moving (PostCopy after the switch): percent, data remaining in status
+    Succeeded   the VM runs on the target; downtime as reported by QEMU
+    Failed      rejected (target cannot take the VM), did not converge (fallback Abort), or libvirt failed
+
+A finished Migration is deleted ``spec.ttlSeconds`` after its completionTime.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any, cast
+
+from controller.libvirt.migration import MigrationJob, Migrations
+from controller.runtime import Runtime
+from controller.workqueue import Result
+from reconcilers.actions import MigrationSettings
+from reconcilers.domain import HostName, ObservedJob
+from reconcilers.migration import MigrationContext, MigrationRequest, MoveDecision
+from specs.cluster import Cluster, MigrationPolicy
+from specs.host import Host
+from specs.meta import Condition
+from specs.migration import Migration, MigrationStatus
+from specs.storage import StorageDomain
+from specs.vm import VirtualMachine, VirtualMachineStatus
+
+log = logging.getLogger("virtplane.migration")
+
+TERMINAL = ("Succeeded", "Failed", "Aborted")
+RETRY_BACKOFF_S = 60.0  # an automatic move that failed is not retried sooner
+PROGRESS_EVERY_S = 0.5
+LAB_MIGRATE_URI = "tcp://127.0.0.1"
+
+
+def migrations_of(rt: Runtime) -> Migrations:
+    """The controller's migration registry, kept with the Runtime (one per controller process)."""
+    state = vars(rt)
+    if "migrations" not in state:
+        def requeue(job: MigrationJob) -> None:
+            rt.queue.add(("VirtualMachine", job.vm))
+            if job.migration is not None:
+                rt.queue.add(("Migration", job.migration))
+
+        state["migrations"] = Migrations(on_finish=requeue)
+    return cast(Migrations, state["migrations"])
+
+
+# ---------------------------------------------------------------- inputs for the VM planner
+
+
+def open_request(rt: Runtime, vm: str) -> MigrationRequest | None:
+    """The oldest Migration for ``vm`` that is neither finished nor already carried out."""
+    tracker = migrations_of(rt)
+    candidates = []
+    for m in rt.cache.all("Migration", Migration):
+        if m.spec.vm != vm or m.metadata.deletionTimestamp is not None or m.metadata.name in tracker.results:
+            continue
+        status = rt.cache.status["Migration"].get(m.metadata.name)
+        if isinstance(status, MigrationStatus) and status.phase in TERMINAL:
+            continue
+        candidates.append(m)
+    if not candidates:
+        return None
+    first = min(candidates, key=lambda m: (m.metadata.creationTimestamp or rt.clock(), m.metadata.name))
+    target = first.spec.targetHost
+    return MigrationRequest(first.metadata.name, HostName(target) if target else None)
+
+
+def migrate_uri(host: Host) -> str | None:
+    """Where migration data for ``host`` goes: its migrationAddress; lab (unix socket) hosts: loopback."""
+    if host.spec.migrationAddress:
+        return f"tcp://{host.spec.migrationAddress}"
+    if host.spec.uri.startswith("qemu+unix://") or host.spec.uri.startswith("qemu:///"):
+        return LAB_MIGRATE_URI
+    return None  # libvirt uses the target's host name
+
+
+def all_disks_shared(rt: Runtime, storage_domains: list[str | None]) -> bool:
+    if not storage_domains:
+        return False
+    for name in storage_domains:
+        sd = rt.cache.get("StorageDomain", name, StorageDomain) if name else None
+        if sd is None or not sd.spec.is_shared:
+            return False
+    return True
+
+
+def migration_context(rt: Runtime, vm: VirtualMachine, storage_domains: list[str | None]) -> MigrationContext:
+    name = vm.metadata.name
+    tracker = migrations_of(rt)
+    cluster = rt.cache.get("Cluster", vm.spec.cluster, Cluster)
+    uris = {HostName(h.metadata.name): uri for h in rt.cache.all("Host", Host)
+            if h.spec.cluster == vm.spec.cluster and (uri := migrate_uri(h)) is not None}
+    return MigrationContext(
+        policy=cluster.spec.migration if cluster is not None else MigrationPolicy(),
+        request=open_request(rt, name), in_flight=tracker.in_flight(name), busy=tracker.busy(),
+        shared_storage=all_disks_shared(rt, storage_domains), migrate_uris=uris,
+        retry_blocked=tracker.retry_blocked(name, RETRY_BACKOFF_S),
+    )
+
+
+# ---------------------------------------------------------------- outcomes, reported by the VM controller
+
+
+def note_request(rt: Runtime, move: MoveDecision | None, request: MigrationRequest | None, host: str | None) -> None:
+    """Record what the planner decided about a Migration request, for the Migration controller."""
+    if request is None or move is None:
+        return
+    tracker = migrations_of(rt)
+    if move.outcome in ("rejected", "satisfied") and host is not None:
+        tracker.results[request.name] = MigrationJob(
+            vm="", source=HostName(host), target=request.target or HostName(host), settings=MigrationSettings(),
+            migration=request.name, reason=move.message, started=tracker.clock(), done=True,
+            error=move.message if move.outcome == "rejected" else None, finished=tracker.clock())
+    elif move.outcome == "waiting":
+        tracker.waiting[request.name] = move.message
+    rt.queue.add(("Migration", request.name))
+
+
+def describe_outcome(job: MigrationJob) -> tuple[str, str, bool]:
+    """(reason, message, warning) of the event for a finished migration."""
+    took = f"{job.elapsed(job.finished or job.started):.1f} s"
+    if job.error is None:
+        downtime = job.completed.downtime_ms if job.completed else None
+        extra = f", downtime {downtime} ms (QEMU)" if downtime is not None else ""
+        return "Migrated", f"{job.source} -> {job.target} in {took}{extra}; {job.reason}", False
+    if job.aborting:
+        return ("MigrationAborted", f"{job.source} -> {job.target} aborted after {took}: {job.reason} "
+                f"({job.error}); the VM still runs on {job.source}", True)
+    return ("MigrationFailed", f"{job.source} -> {job.target} failed after {took}: {job.error}; "
+            f"the VM still runs on {job.source}", True)
+
+
+# ---------------------------------------------------------------- the Migration controller
+
+
+async def reconcile_migration(rt: Runtime, name: str) -> Result | None:
+    tracker = migrations_of(rt)
+    m = rt.cache.get("Migration", name, Migration)
+    if m is None:
+        tracker.results.pop(name, None)
+        tracker.waiting.pop(name, None)
+        return None
+    previous = rt.cache.status["Migration"].get(name)
+    prev = previous if isinstance(previous, MigrationStatus) else MigrationStatus()
+    if prev.phase in TERMINAL:
+        return await _expire(rt, m, prev)
+    vm = rt.cache.get("VirtualMachine", m.spec.vm, VirtualMachine)
+    vm_status = rt.cache.status["VirtualMachine"].get(m.spec.vm)
+    here = vm_status.host if isinstance(vm_status, VirtualMachineStatus) else None
+    job = tracker.by_migration(name)
+    result = tracker.results.get(name)
+    requeue: float | None = None
+    if vm is None:
+        status = _finished(rt, m, prev, "Failed", "VMNotFound", f"VirtualMachine {m.spec.vm} does not exist")
+    elif result is not None:
+        status = _from_result(rt, m, prev, result)
+    elif job is not None and not job.done:
+        status = _running(rt, m, prev, job)
+        requeue = PROGRESS_EVERY_S
+    elif job is not None:  # finished, not collected by the VM controller yet
+        rt.queue.add(("VirtualMachine", m.spec.vm))
+        return Result(requeue_after=PROGRESS_EVERY_S)
+    elif prev.phase in ("Running", "PostCopy"):
+        # We lost track of it (controller restart): judge by where the VM runs now.
+        ok = here is not None and here == prev.targetHost
+        status = _finished(rt, m, prev, "Succeeded" if ok else "Failed", "Interrupted",
+                           f"the controller restarted during the migration; the VM runs on {here or 'no host'}")
+    else:
+        waiting = tracker.waiting.get(name)
+        phase = "Scheduling" if waiting is not None else "Pending"
+        message = waiting or f"waiting for the VM controller to move {m.spec.vm}"
+        status = prev.model_copy(update={
+            "phase": phase, "observedGeneration": m.metadata.generation, "sourceHost": here,
+            "conditions": rt.with_times((_cond("Complete", False, phase, message),), prev)})
+        rt.queue.add(("VirtualMachine", m.spec.vm))
+        requeue = 2.0
+    await rt.write_status("Migration", name, status)
+    if status.phase in TERMINAL and prev.phase not in TERMINAL:
+        cond = status.conditions[0] if status.conditions else None
+        await rt.emit(m, status.phase or "", cond.message if cond else "", warning=status.phase != "Succeeded",
+                      source="migration-controller")
+        return await _expire(rt, m, status)
+    return Result(requeue_after=requeue) if requeue else None
+
+
+def _cond(type_: str, ok: bool, reason: str, message: str) -> Condition:
+    return Condition(type=type_, status="True" if ok else "False", reason=reason, message=message)
+
+
+def _progress(job: ObservedJob | None) -> dict[str, Any]:
+    if job is None:
+        return {}
+    return {"dataTotal": job.data_total, "dataProcessed": job.data_processed}
+
+
+def percent(total: int | None, remaining: int | None) -> int | None:
+    if not total or remaining is None:
+        return None
+    return max(0, min(100, round(100 * (total - remaining) / total)))
+
+
+def _running(rt: Runtime, m: Migration, prev: MigrationStatus, job: MigrationJob) -> MigrationStatus:
+    last = job.last
+    pct = percent(last.data_total, last.data_remaining) if last else None
+    remaining = last.data_remaining if last else None
+    mode = "post-copy" if job.post_copy else ("aborting" if job.aborting else "pre-copy")
+    message = f"{job.source} -> {job.target}, {mode}" + (
+        f", {pct}% ({remaining} bytes remaining)" if pct is not None else "")
+    start = prev.startTime or rt.clock() - timedelta(seconds=job.elapsed(job.started))
+    return prev.model_copy(update={
+        "phase": "PostCopy" if job.post_copy else "Running", "observedGeneration": m.metadata.generation,
+        "sourceHost": job.source, "targetHost": job.target, "startTime": start, **_progress(last),
+        "conditions": rt.with_times((_cond("Complete", False, "Running", message),
+                                     _cond("Progress", True, "Transferring", message)), prev)})
+
+
+def _from_result(rt: Runtime, m: Migration, prev: MigrationStatus, job: MigrationJob) -> MigrationStatus:
+    final = job.completed
+    update: dict[str, Any] = {"sourceHost": job.source, "targetHost": job.target, **_progress(final or job.last)}
+    if final is not None and final.downtime_ms is not None:
+        update["downtimeMs"] = final.downtime_ms
+    if job.error is None:
+        if job.source == job.target:
+            return _finished(rt, m, prev, "Succeeded", "AlreadyThere", job.reason, update)
+        _, message, _ = describe_outcome(job)
+        return _finished(rt, m, prev, "Succeeded", "Migrated", message, update)
+    if not job.vm:  # rejected by the planner
+        return _finished(rt, m, prev, "Failed", "Rejected", job.error, update)
+    reason, message, _ = describe_outcome(job)
+    return _finished(rt, m, prev, "Failed", "NotConverged" if job.aborting else reason, message, update)
+
+
+def _finished(rt: Runtime, m: Migration, prev: MigrationStatus, phase: str, reason: str, message: str,
+              update: dict[str, Any] | None = None) -> MigrationStatus:
+    return prev.model_copy(update={
+        **(update or {}), "phase": phase, "observedGeneration": m.metadata.generation,
+        "completionTime": prev.completionTime or rt.clock(),
+        "conditions": rt.with_times((_cond("Complete", phase == "Succeeded", reason, message),), prev)})
+
+
+async def _expire(rt: Runtime, m: Migration, status: MigrationStatus) -> Result | None:
+    done = status.completionTime or rt.clock()
+    left = (done + timedelta(seconds=m.spec.ttlSeconds) - rt.clock()).total_seconds()
+    if left > 0:
+        return Result(requeue_after=left)
+    await rt.store.delete("Migration", m.metadata.name, correlation_id=m.metadata.correlationId or "ttl")
+    migrations_of(rt).results.pop(m.metadata.name, None)
+    log.info("Migration/%s deleted: finished %s ago (ttlSeconds %d)", m.metadata.name, done, m.spec.ttlSeconds)
+    return None
+
+

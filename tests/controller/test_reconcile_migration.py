@@ -1,0 +1,101 @@
+"""The Migration controller against a real etcd: phases from the shared registry, rejection, TTL deletion.
+
+The migration itself is exercised on lab hosts (tests/lab/test_migration.py); here the registry is fed
+directly, and time is a fake clock.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.cache import Cache
+from controller.hosts import HostRegistry
+from controller.libvirt.migration import MigrationJob
+from controller.metrics import Registry
+from controller.reconcile_migration import migrations_of, open_request, reconcile_migration
+from controller.runtime import Runtime
+from controller.store import Store
+from controller.workqueue import WorkQueue
+from reconcilers.actions import MigrationSettings
+from reconcilers.domain import HostName, ObservedJob
+from specs.kinds import parse_resource
+from specs.migration import MigrationStatus
+
+pytestmark = pytest.mark.anyio
+
+
+def doc(kind: str, name: str, spec: dict[str, Any]) -> Any:
+    return parse_resource({"apiVersion": "virtplane.io/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def runtime(store: Store, tmp_path: Path, clock: Clock) -> Runtime:
+    vm = doc("VirtualMachine", "web", {"cluster": "c1", "cpu": {"cores": 1}, "memory": {"size": "256Mi"}})
+    await store.apply([vm, doc("Migration", "m1", {"vm": "web", "targetHost": "h2", "ttlSeconds": 60})],
+                      correlation_id="t")
+    cache = Cache(store)
+    await cache.load()
+    return Runtime(store, cache, HostRegistry(tmp_path), WorkQueue(), Registry(), clock=clock)
+
+
+def phase(rt: Runtime, name: str) -> MigrationStatus:
+    status = rt.cache.status["Migration"].get(name)
+    assert isinstance(status, MigrationStatus)
+    return status
+
+
+async def test_phases_follow_the_registry_and_ttl_deletes(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    rt = await runtime(store, tmp_path, clock)
+    await reconcile_migration(rt, "m1")
+    assert phase(rt, "m1").phase == "Pending"
+    assert open_request(rt, "web") is not None and open_request(rt, "web").target == "h2"  # type: ignore[union-attr]
+
+    tracker = migrations_of(rt)
+    job = MigrationJob("web", HostName("h1"), HostName("h2"), MigrationSettings(), "m1", "requested", 0.0)
+    job.last = ObservedJob("unbounded", data_total=400, data_remaining=100, data_processed=300)
+    tracker.jobs["web"] = job
+    result = await reconcile_migration(rt, "m1")
+    status = phase(rt, "m1")
+    assert status.phase == "Running" and (status.sourceHost, status.targetHost) == ("h1", "h2")
+    assert status.dataTotal == 400 and "75%" in status.conditions[0].message
+    assert result is not None and result.requeue_after
+
+    job.done, job.finished = True, 3.0
+    job.completed = ObservedJob("completed", data_total=400, data_processed=420, downtime_ms=42)
+    assert tracker.collect("web") is job and tracker.busy() == {}
+    await reconcile_migration(rt, "m1")
+    status = phase(rt, "m1")
+    assert status.phase == "Succeeded" and status.downtimeMs == 42 and status.completionTime == clock.now
+    assert open_request(rt, "web") is None, "a finished request is not carried out twice"
+    events = await store.list_events()
+    assert any(e.reason == "Succeeded" and "downtime 42 ms" in e.message for e in events)
+
+    clock.now += timedelta(seconds=30)
+    result = await reconcile_migration(rt, "m1")
+    assert result is not None and result.requeue_after == pytest.approx(30)
+    assert await store.get("Migration", "m1") is not None
+    clock.now += timedelta(seconds=31)
+    await reconcile_migration(rt, "m1")
+    assert await store.get("Migration", "m1") is None, "deleted ttlSeconds after completion"
+
+
+async def test_a_migration_of_a_missing_vm_fails_with_the_reason(store: Store, tmp_path: Path) -> None:
+    rt = await runtime(store, tmp_path, Clock())
+    await store.apply([doc("Migration", "m2", {"vm": "nope"})], correlation_id="t")
+    await rt.cache.load()
+    await reconcile_migration(rt, "m2")
+    status = phase(rt, "m2")
+    assert status.phase == "Failed" and status.conditions[0].reason == "VMNotFound"
+    assert "nope does not exist" in status.conditions[0].message

@@ -1,0 +1,112 @@
+"""Helpers for lab tests through a real `virtplane server`: lab hosts + manifests + the CLI + virsh."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from controller.etcd_server import EmbeddedEtcd
+from controller.lab.cli import lab_manifests
+from controller.lab.guest import GuestImage
+from controller.lab.hosts import Lab
+from tests.e2e.conftest import REPO, VIRTPLANE, ServerProcess, start_server
+
+T = TypeVar("T")
+CLUSTER = "lab"
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def virsh(uri: str, *args: str, check: bool = True) -> str:
+    proc = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True, timeout=120, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"virsh {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass
+class LabCluster:
+    lab: Lab
+    server: ServerProcess
+    image: GuestImage
+
+    def vp(self, *args: str, input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([VIRTPLANE, *args], env=self.server.env, input=input, capture_output=True,
+                              text=True, timeout=timeout, check=False, cwd=REPO)
+
+    def apply(self, *docs: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        done = self.vp("apply", "-f", "-", input=yaml.safe_dump_all(docs, sort_keys=False))
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        done = self.vp("get", kind, name, "-o", "json")
+        if done.returncode != 0:
+            return {}
+        body: dict[str, Any] = json.loads(done.stdout)
+        return body
+
+    def status(self, kind: str, name: str) -> dict[str, Any]:
+        return self.get(kind, name).get("status") or {}
+
+    def wait_phase(self, kind: str, name: str, phase: str, timeout: float = 120) -> dict[str, Any]:
+        return wait_for(f"{kind}/{name} phase {phase} (last: {self.status(kind, name)})",
+                        lambda: (s if (s := self.status(kind, name)).get("phase") == phase else None), timeout)
+
+    def uri(self, host: str) -> str:
+        return self.lab.host(host).uri
+
+    def disk(self, name: str, size: str = "64Mi", source: dict[str, Any] | None = None) -> dict[str, Any]:
+        spec: dict[str, Any] = {"storageDomain": "lab-shared", "format": "qcow2"}
+        if source is not None:
+            spec["source"] = source
+        else:
+            spec["size"] = size
+        return {"apiVersion": "virtplane.io/v1", "kind": "Disk", "metadata": {"name": name}, "spec": spec}
+
+    def vm(self, name: str, disks: list[str], *, nics: list[tuple[str, str]] = (),  # type: ignore[assignment]
+           memory: str = "256Mi", max_memory: str = "384Mi", host: str = "lab-1") -> dict[str, Any]:
+        return {
+            "apiVersion": "virtplane.io/v1", "kind": "VirtualMachine", "metadata": {"name": name},
+            "spec": {
+                "cluster": CLUSTER, "runStrategy": "Always", "machine": "pc",
+                "cpu": {"cores": 1}, "memory": {"size": memory, "maxSize": max_memory},
+                "boot": {"kernel": str(self.image.kernel), "initrd": str(self.image.initrd),
+                         "cmdline": "console=ttyS0 panic=-1"},
+                "disks": [{"disk": d} for d in disks],
+                "nics": [{"name": n, "network": net} for n, net in nics],
+                "placement": {"allowedHosts": [host]},
+            },
+        }
+
+
+def lab_cluster(lab: Lab, image: GuestImage, data_dir: Path, etcd: EmbeddedEtcd) -> Iterator[LabCluster]:
+    server = start_server(data_dir, etcd=etcd)
+    try:
+        cluster = LabCluster(lab, server, image)
+        docs = lab_manifests(lab.status(), lab.shared_dir, CLUSTER)
+        for doc in docs:
+            if doc["kind"] == "Host":
+                doc["metadata"]["annotations"] = {"virtplane.io/accelerator": "tcg"}
+        cluster.apply({"apiVersion": "virtplane.io/v1", "kind": "Cluster", "metadata": {"name": CLUSTER},
+                       "spec": {}}, *docs)
+        cluster.wait_phase("StorageDomain", "lab-shared", "Ready", timeout=90)
+        yield cluster
+    finally:
+        server.stop()
