@@ -42,7 +42,6 @@ from reconcilers.domain import HostName
 from reconcilers.pool import POOL_LABEL
 from reconcilers.vm import plan_vm
 from specs.disk import Disk
-from specs.kinds import parse_resource
 from specs.vm import VirtualMachine, VirtualMachineStatus
 
 log = logging.getLogger("virtplane.manager")
@@ -124,8 +123,11 @@ class Manager:
         runtime = self.hosts.hosts.get(event.host)
         if runtime is not None:
             runtime.domains.pop(event.domain, None) if event.event == "undefined" else None
-        if event.domain in self.cache.specs["VirtualMachine"]:
-            self.queue.add(("VirtualMachine", event.domain))
+        key = ("VirtualMachine", event.domain)
+        # A key backing off after errors waits for its backoff: an event (often caused by our own
+        # define/start) must not turn a failing reconcile into a hot loop.
+        if event.domain in self.cache.specs["VirtualMachine"] and self.queue.num_requeues(key) == 0:
+            self.queue.add(key)
 
     async def _handle(self, key: Key) -> Result | None:
         kind, name = key
@@ -168,13 +170,9 @@ class Manager:
         for change in changes:
             if change.kind != "VirtualMachine":
                 continue
-            after = change.after
-            if after is not None:
-                current = self.cache.get("VirtualMachine", change.name, VirtualMachine)
-                meta = current.metadata if current is not None else after.metadata
-                after = parse_resource({**after.model_dump(mode="json", exclude_none=True),
-                                        "metadata": meta.model_dump(mode="json", exclude_none=True)})
-            vm = after if isinstance(after, VirtualMachine) else None
+            # The dry run's `after` is what would be stored: uid kept, generation moved on. Planning
+            # with it shows every action the controller would run, the owner re-stamp included.
+            vm = change.after if isinstance(change.after, VirtualMachine) else None
             if vm is None and change.action == "deleted":
                 current = self.cache.get("VirtualMachine", change.name, VirtualMachine)
                 if current is not None:

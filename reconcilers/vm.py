@@ -58,6 +58,7 @@ class VmInputs:
     policy: ClusterPolicy
     domains: Mapping[HostName, ObservedDomain]  # a domain of this name, per reachable host
     unreachable: frozenset[HostName] = frozenset()
+    unlisted: frozenset[HostName] = frozenset()  # cluster hosts whose domains were not listed yet
     domain_types: Mapping[HostName, DomainType] = field(default_factory=dict)
     shutdown_timeout_s: float = 60.0
     migration: MigrationContext = field(default_factory=MigrationContext)
@@ -116,31 +117,42 @@ def _should_run(vm: VirtualMachine, status: VirtualMachineStatus | None, d: Obse
 def _request(vm: VirtualMachine, disks: Mapping[str, ResolvedDisk], networks: Mapping[str, ResolvedNetwork]) -> Request:
     spec = vm.spec
     return Request(
-        vm=vm.metadata.name, cluster=spec.cluster, cpus=spec.cpu.cores, memory_bytes=spec.memory.size_bytes,
-        allowed_hosts=tuple(spec.placement.allowedHosts), host_selector=dict(spec.placement.hostSelector),
-        affinity_group=spec.placement.affinityGroup, anti_affinity_group=spec.placement.antiAffinityGroup,
+        vm=vm.metadata.name,
+        cluster=spec.cluster,
+        cpus=spec.cpu.cores,
+        memory_bytes=spec.memory.size_bytes,
+        allowed_hosts=tuple(spec.placement.allowedHosts),
+        host_selector=dict(spec.placement.hostSelector),
+        affinity_group=spec.placement.affinityGroup,
+        anti_affinity_group=spec.placement.antiAffinityGroup,
         storage_domains=frozenset(d.storage_domain for d in disks.values() if d.storage_domain),
         networks=frozenset(n.name for n in networks.values()),
     )
 
 
 def _choose_host(inputs: VmInputs, vm: VirtualMachine) -> tuple[HostName | None, Condition]:
+    """Where the VM is. A running copy of ours wins; then the host in status (sticky: only a migration,
+    or HA after fencing, moves a VM); then a defined copy; only a VM found nowhere is placed anew."""
     ours = {h: d for h, d in inputs.domains.items() if _ours(vm, d)}
     status_host = HostName(inputs.status.host) if inputs.status and inputs.status.host else None
-    if status_host and (status_host in ours or status_host in inputs.unreachable):
-        return status_host, _cond("Scheduled", True, "Scheduled", f"on {status_host}")
-    running = [h for h, d in ours.items() if d.active]
+    known = {h.name for h in inputs.hosts} | inputs.unreachable
+    running = sorted(h for h, d in ours.items() if d.active)
     if running:
-        return sorted(running)[0], _cond("Scheduled", True, "Found", f"found running on {sorted(running)[0]}")
-    if status_host and any(h.name == status_host and h.ready for h in inputs.hosts):
+        host = status_host if status_host in running else running[0]
+        return host, _cond("Scheduled", True, "Scheduled", f"on {host}")
+    if status_host and status_host in known:
         return status_host, _cond("Scheduled", True, "Scheduled", f"on {status_host}")
     if ours:
         host = sorted(ours)[0]
-        return host, _cond("Scheduled", True, "Found", f"found defined on {host}")
+        return host, _cond("Scheduled", True, "Scheduled", f"on {host}")
+    if inputs.unlisted:
+        # A host not looked at yet may hold this VM: never place it twice.
+        waiting = ", ".join(sorted(inputs.unlisted))
+        return None, _cond("Scheduled", False, "WaitingForHosts", f"not listed yet: {waiting}")
     placement = place(_request(vm, inputs.disks, inputs.networks), inputs.hosts, inputs.policy)
     if placement.host is None:
         return None, _cond("Scheduled", False, "Unschedulable", placement.explain())
-    return placement.host, _cond("Scheduled", True, "Scheduled", f"placed on {placement.host}")
+    return placement.host, _cond("Scheduled", True, "Scheduled", f"on {placement.host}")
 
 
 def plan_vm(inputs: VmInputs) -> VmDecision:
@@ -148,8 +160,9 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     if vm is None or vm.metadata.deletionTimestamp is not None:
         return plan_teardown(inputs)
     missing = [a.disk for a in vm.spec.disks if a.disk not in inputs.disks or not inputs.disks[a.disk].ready]
-    missing_nets = [n.network for n in vm.spec.nics
-                    if n.network not in inputs.networks or not inputs.networks[n.network].ready]
+    missing_nets = [
+        n.network for n in vm.spec.nics if n.network not in inputs.networks or not inputs.networks[n.network].ready
+    ]
     if missing or missing_nets:
         what = ", ".join([f"disk {d}" for d in missing] + [f"network {n}" for n in missing_nets])
         waiting = _cond("Ready", False, "WaitingForDependencies", f"{what} not ready")
@@ -160,14 +173,26 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
         unschedulable = _cond("Ready", False, "Unschedulable", scheduled.message)
         return VmDecision(Plan(), None, "Pending", (scheduled, unschedulable))
     if host in inputs.unreachable:
-        return VmDecision(Plan(), host, "Unknown", (scheduled, _cond("Ready", False, "HostNotResponding",
-                                                                     f"{host} does not answer")))
+        return VmDecision(
+            Plan(), host, "Unknown", (scheduled, _cond("Ready", False, "HostNotResponding", f"{host} does not answer"))
+        )
     foreign = inputs.domains.get(host)
     if foreign is not None and not _ours(vm, foreign):
-        return VmDecision(Plan(), None, "Failed", (scheduled, _cond(
-            "Ready", False, "NameConflict",
-            f"{host} has a domain named {vm.metadata.name} that virtplane does not own; rename the VM or "
-            "import the domain")))
+        return VmDecision(
+            Plan(),
+            None,
+            "Failed",
+            (
+                scheduled,
+                _cond(
+                    "Ready",
+                    False,
+                    "NameConflict",
+                    f"{host} has a domain named {vm.metadata.name} that virtplane does not own; rename the VM or "
+                    "import the domain",
+                ),
+            ),
+        )
 
     observed = inputs.domains.get(host)
     domain_type = inputs.domain_types.get(host, "kvm")
@@ -176,8 +201,15 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     if move is not None and move.moving:
         # A live migration runs (or starts now): nothing else touches the VM until it is over.
         assert move.condition is not None
-        return VmDecision(Plan(move.actions), host, "Migrating", (scheduled, move.condition), desired, move=move,
-                          requeue_after=move.requeue_after)
+        return VmDecision(
+            Plan(move.actions),
+            host,
+            "Migrating",
+            (scheduled, move.condition),
+            desired,
+            move=move,
+            requeue_after=move.requeue_after,
+        )
     actions, phase, conds = _plan_on_host(inputs, vm, host, desired, observed)
     if move is not None and move.condition is not None:
         conds = (*conds, move.condition)
@@ -185,8 +217,15 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     for other, d in sorted(inputs.domains.items()):
         if other != host and _ours(vm, d) and not d.active and d.persistent:
             actions.append(UndefineDomain(other, d.name, reason=f"stale copy; the VM lives on {host}"))
-    return VmDecision(Plan(tuple(actions)), host, phase, (scheduled, *conds), desired, move=move,
-                      requeue_after=move.requeue_after if move is not None else None)
+    return VmDecision(
+        Plan(tuple(actions)),
+        host,
+        phase,
+        (scheduled, *conds),
+        desired,
+        move=move,
+        requeue_after=move.requeue_after if move is not None else None,
+    )
 
 
 def _plan_move(inputs: VmInputs, vm: VirtualMachine, host: HostName, d: ObservedDomain | None) -> MoveDecision | None:
@@ -196,8 +235,14 @@ def _plan_move(inputs: VmInputs, vm: VirtualMachine, host: HostName, d: Observed
             return None
         if _should_run(vm, inputs.status, d) is False:
             return None
-    return plan_move(inputs.migration, _request(vm, inputs.disks, inputs.networks), DomainName(vm.metadata.name),
-                     host, inputs.hosts, inputs.policy)
+    return plan_move(
+        inputs.migration,
+        _request(vm, inputs.disks, inputs.networks),
+        DomainName(vm.metadata.name),
+        host,
+        inputs.hosts,
+        inputs.policy,
+    )
 
 
 def _plan_on_host(
@@ -225,8 +270,9 @@ def _plan_on_host(
         persistent_diff = tuple(f for f in persistent_diff if f != "cpu_model")
     if persistent_diff or desired.owner != d.config.owner:
         # On a running guest, only what hot-plug cannot do waits for the next boot.
-        actions.append(DefineDomain(host, desired, next_boot=bool(cold),
-                                    reason=_describe("persistent config", persistent_diff)))
+        actions.append(
+            DefineDomain(host, desired, next_boot=bool(cold), reason=_describe("persistent config", persistent_diff))
+        )
     if not d.active or d.live is None:
         if run:
             actions.append(StartDomain(host, name, reason=f"runStrategy {vm.spec.runStrategy}; state {d.state}"))
@@ -238,25 +284,42 @@ def _plan_on_host(
         return actions, "Stopping", (_cond("Ready", False, "Stopping"),)
 
     if cold and vm.spec.updatePolicy == "Auto":
-        actions.append(ShutdownDomain(host, name, inputs.shutdown_timeout_s,
-                                      reason=_describe("updatePolicy Auto; needs a restart for", cold)))
+        actions.append(
+            ShutdownDomain(
+                host, name, inputs.shutdown_timeout_s, reason=_describe("updatePolicy Auto; needs a restart for", cold)
+            )
+        )
         actions.append(StartDomain(host, name, reason="restart to apply the new config"))
         return actions, "Starting", (_cond("Ready", False, "Restarting"),)
     actions += _live_actions(host, name, desired, d.live)
     conds: list[Condition] = []
     if cold:
-        conds.append(_cond("RestartRequired", True, "ConfigChanged",
-                           _describe("a restart applies", cold) + " (updatePolicy Manual)"))
+        conds.append(
+            _cond(
+                "RestartRequired",
+                True,
+                "ConfigChanged",
+                _describe("a restart applies", cold) + " (updatePolicy Manual)",
+            )
+        )
     ready = not actions
     conds.append(_cond("Ready", ready, "Running" if ready else "Updating"))
     return actions, "Running", tuple(conds)
 
 
 SPEC_NAMES = {
-    "uuid": "uuid", "vcpus": "cpu.cores", "max_vcpus": "cpu.maxCores", "memory_kib": "memory.size",
-    "max_memory_kib": "memory.maxSize", "domain_type": "accelerator (kvm/tcg)", "machine": "machine",
-    "cpu_model": "cpu.model", "firmware": "boot.firmware", "kernel_boot": "boot.kernel/initrd/cmdline",
-    "disks": "disks", "nics": "nics",
+    "uuid": "uuid",
+    "vcpus": "cpu.cores",
+    "max_vcpus": "cpu.maxCores",
+    "memory_kib": "memory.size",
+    "max_memory_kib": "memory.maxSize",
+    "domain_type": "accelerator (kvm/tcg)",
+    "machine": "machine",
+    "cpu_model": "cpu.model",
+    "firmware": "boot.firmware",
+    "kernel_boot": "boot.kernel/initrd/cmdline",
+    "disks": "disks",
+    "nics": "nics",
 }
 
 

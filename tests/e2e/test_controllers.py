@@ -176,9 +176,6 @@ def test_cold_change_manual_sets_restart_required_auto_restarts(cli: Cli, tmp_pa
     assert "ShutdownDomain" in executed and "StartDomain" in executed, executed
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an updatePolicy Auto restart is invisible in status: "
-                   "controller/reconcile_vm.py _write_vm_status copies prev.restartCount and keeps startTime "
-                   "(Running before and after, status written once after the whole plan)")
 def test_auto_restart_is_visible_in_status(cli: Cli, tmp_path: Path) -> None:
     c = "restartcount"
     hosts = cluster_with_hosts(c, 1)
@@ -293,10 +290,6 @@ def test_pool_scales_up_and_down_and_its_vms_show_in_get_vms(cli: Cli, tmp_path:
     assert is_ready(status)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: scale-down leaves the replicas' boot Disks in phase Deleting "
-                   "(InUse) until the 300 s resync: reconcile_disk returns without requeue while the VM being "
-                   "deleted still exists, and nothing re-enqueues the Disk when the VM is finally gone "
-                   "(controller/reconcile_infra.py reconcile_disk; controller/manager.py _on_change)")
 def test_pool_scale_down_deletes_the_replicas_disks(cli: Cli, tmp_path: Path) -> None:
     c = "pooldisk"
     infra = cluster_with_hosts(c, 1)
@@ -456,9 +449,6 @@ async def test_drift_behind_our_back_is_corrected(vp: Vp, server: ServerProcess,
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, reason="BUG: drift is corrected but never reported as drift: no code emits a "
-                   "drift event (grep -ri drift controller reconcilers is empty); the only trace is a "
-                   "PlanExecuted event that looks like any other plan")
 async def test_drift_is_reported_as_a_drift_event(vp: Vp, server: ServerProcess, store: Store, tmp_path: Path) -> None:
     c = "behind"  # no "drift" in the names, so only the controller's words can match
     async with running_manager(store, tmp_path / "data") as manager:

@@ -159,8 +159,6 @@ def test_virsh_behind_our_back_is_corrected(cli: Cli, lab: Lab, guest_image: Gue
     assert owner_metadata(uri, name)["uid"] == cli.obj("vm", name)["metadata"]["uid"]  # type: ignore[index]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: drift is corrected but never reported as a drift event "
-                   "(no code emits one; see test_controllers.py::test_drift_is_reported_as_a_drift_event)")
 def test_virsh_destroy_is_reported_as_a_drift_event(cli: Cli, lab: Lab, guest_image: GuestImage,
                                                     tmp_path: Path) -> None:
     name = "q-event"
@@ -217,12 +215,6 @@ def _ready_in_etcd(servers: Servers, names: list[str]) -> list[str]:
 
 # Not strict: the bug is a race in the restarted server (VM reconciles vs. the first listing of each host),
 # so the test fails in some runs only (1 duplicate run of 3 here). Remove the marker with the fix.
-@pytest.mark.xfail(strict=False, reason=(
-    "BUG (race): after a restart the new leader places VMs before it has listed every host of the cluster: a VM the "
-    "killed server had defined (and started) on lab-2 but not yet recorded in status is placed again on lab-1 "
-    "(controller/reconcile_vm.py reconcile_vm/vm_inputs: locate() and host_views() only know hosts already "
-    "observed; reconcilers/vm.py _choose_host then schedules afresh) -> the same VM runs on two hosts; the "
-    "re-plan undefines only inactive stale copies. Seen: 3 of 6 VMs with a domain on both hosts"))
 def test_server_killed_mid_reconcile_no_duplicates_nothing_lost(servers: Servers, lab: Lab,
                                                                 guest_image: GuestImage, tmp_path: Path) -> None:
     cli = Cli(servers.current["a"])
