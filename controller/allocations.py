@@ -56,14 +56,16 @@ class Allocations:
 
     def host(self, name: str, *, excluding: str | None = None) -> tuple[int, int, int, frozenset[str]]:
         """(cpus, memory, vm count, groups) placed on ``name``, leaving out VM ``excluding``."""
-        totals = self.by_host.get(name, HostTotals())
-        cpus, memory, count, groups = totals.cpus, totals.memory, totals.count, Counter(totals.groups)
+        totals = self.by_host.get(name)
+        if totals is None:
+            return 0, 0, 0, frozenset()
+        cpus, memory, count = totals.cpus, totals.memory, totals.count
         own = self.by_vm.get(excluding) if excluding else None
+        mine: tuple[str, ...] = ()
         if own is not None and own.host == name:
-            cpus, memory, count = cpus - own.cpus, memory - own.memory, count - 1
-            groups.subtract(own.groups)
-            groups += Counter()
-        return cpus, memory, count, frozenset(groups)
+            cpus, memory, count, mine = cpus - own.cpus, memory - own.memory, count - 1, own.groups
+        groups = frozenset(g for g, n in totals.groups.items() if n - mine.count(g) > 0)
+        return cpus, memory, count, groups
 
     def host_of(self, vm: str) -> str | None:
         usage = self.by_vm.get(vm)

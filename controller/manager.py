@@ -21,7 +21,7 @@ from controller.hosts import HostRegistry
 from controller.leader import Elector
 from controller.libvirt.errors import ReconcileError, TransientError
 from controller.libvirt.observe import DomainEvent
-from controller.metrics import Registry
+from controller.metrics import LabelValues, Registry, sample
 from controller.reconcile_infra import (
     DISK_FINALIZER,
     reconcile_cluster,
@@ -163,6 +163,30 @@ class Manager:
             for name in list(self.cache.specs[kind]):
                 self.queue.add((kind, name))
 
+    def _metrics(self) -> list[str]:
+        """Controller state for /metrics, read at scrape time."""
+        assert self.rt is not None
+        q = self.queue.metrics()
+        calls: dict[LabelValues, float] = {}
+        for host, runtime in self.hosts.hosts.items():
+            for op, n in runtime.conn.calls.items():
+                calls[(("host", host), ("op", op))] = n
+        counters: dict[LabelValues, float] = {(("what", k),): float(v) for k, v in self.rt.counters.items()}
+        leaders: dict[LabelValues, float] = {
+            (("cluster", c),): 1.0 if self.elector.leads(c) else 0.0 for c in sorted(self.elector.wanted)
+        }
+        return [
+            *sample("virtplane_libvirt_calls_total", "counter", "libvirt API calls by host and call.", calls),
+            *sample("virtplane_workqueue_depth", "gauge", "Keys waiting in the work queue.", {(): q.depth}),
+            *sample("virtplane_workqueue_adds_total", "counter", "Keys added to the work queue.", {(): q.adds}),
+            *sample("virtplane_workqueue_retries_total", "counter", "Rate-limited requeues.", {(): q.retries}),
+            *sample("virtplane_controller_total", "counter",
+                    "Controller outcomes: status_writes, events, actions, inconsistent.", counters),
+            *sample("virtplane_leader", "gauge", "1 when this replica leads the cluster.", leaders),
+            *sample("virtplane_hosts_ready", "gauge", "Hosts this replica is connected to and Ready.",
+                    {(): float(sum(1 for r in self.hosts.hosts.values() if r.ready))}),
+        ]
+
     async def plan_changes(self, changes: list[Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
         """The plan the controller would execute for each changed VirtualMachine (for `diff`)."""
         assert self.rt is not None
@@ -187,6 +211,7 @@ class Manager:
         self.rt = Runtime(self.cache.store, self.cache, self.hosts, self.queue,
                           ctx.metrics if ctx is not None else Registry(),
                           owned_clusters=self.elector.leads, identity=self.options.identity)
+        self.rt.metrics.add_collector(self._metrics)
         if ctx is not None:
             ctx.plan_hook = self.plan_changes
             ctx.default_finalizers.update({"VirtualMachine": (VM_FINALIZER,), "Disk": (DISK_FINALIZER,)})

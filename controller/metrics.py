@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 LabelValues = tuple[tuple[str, str], ...]
 DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -113,7 +113,7 @@ class Registry:
         return "\n".join(lines) + "\n"
 
 
-def sample(name: str, kind: str, help_text: str, values: dict[tuple[tuple[str, str], ...], float]) -> list[str]:
+def sample(name: str, kind: str, help_text: str, values: Mapping[LabelValues, float]) -> list[str]:
     """Lines of one metric family from (labels -> value)."""
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     lines += [f"{name}{_labels(k)} {v:g}" for k, v in sorted(values.items())]
