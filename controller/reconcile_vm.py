@@ -7,6 +7,7 @@ InconsistentResult (a bug): logged loudly, counted, reported as an event, and th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 
 from controller.allocations import Usage
@@ -15,7 +16,7 @@ from controller.libvirt.errors import TransientError
 from controller.reconcile_migration import describe_outcome, migration_context, migrations_of, note_request
 from controller.runtime import Runtime
 from controller.workqueue import Result
-from reconcilers.actions import DefineDomain
+from reconcilers.actions import DefineDomain, StartDomain
 from reconcilers.domain import (
     BlockSource,
     DiskSource,
@@ -29,7 +30,7 @@ from reconcilers.infra import volume_name
 from reconcilers.migration import MigrationContext
 from reconcilers.plan import Action
 from reconcilers.scheduler import ClusterPolicy, HostView
-from reconcilers.vm import VmDecision, VmInputs, plan_vm
+from reconcilers.vm import PENDING_DEADLINE_S, VmDecision, VmInputs, pending_key, plan_vm
 from reconcilers.vm_domain import ResolvedDisk, ResolvedNetwork
 from specs.cluster import Cluster
 from specs.disk import Disk, DiskStatus
@@ -166,6 +167,7 @@ def vm_inputs(
         domains=dict(domains) if domains is not None else rt.hosts.locate(name),
         unreachable=unreachable,
         unlisted=unlisted,
+        pending={k: time.monotonic() - t for k, t in rt.pending.get(name, {}).items()},
         domain_types={h: r.domain_type for h, r in rt.hosts.hosts.items()},
         migration=migration,
     )
@@ -200,6 +202,7 @@ async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
         if moving is not None:
             relevant |= {moving.source, moving.target}
     domains = await _refresh(rt, name, relevant)
+    _prune_pending(rt, name, vm, domains)
     if finished is not None and vm is not None:
         reason, message, warning = describe_outcome(finished)
         await rt.emit(vm, reason, message, warning=warning, source="vm-controller")
@@ -227,6 +230,14 @@ async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
             await _write_vm_status(rt, vm, name, decision, domains, phase="Scheduling")
         result = await execute(decision.plan, rt.hosts.connections(), migrations=migrations)
         rt.counters["actions"] += len(result.done)
+        for action in result.done:
+            key = pending_key(action)
+            if isinstance(action, StartDomain) and decision.desired is not None:
+                # QEMU boots with maxSize; libvirt gives the balloon its target, the guest's driver follows.
+                want = decision.desired
+                key = f"memory:{want.memory_kib}" if want.memory_kib < want.max_memory_kib else None
+            if key is not None:
+                rt.pending.setdefault(name, {}).setdefault(key, time.monotonic())
         done = ", ".join(f"{a.name} {a.target()}" for a in result.done)
         if vm is not None and result.done:
             await rt.emit(vm, "PlanExecuted", done, source="vm-controller")
@@ -267,7 +278,32 @@ async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
         return None
     if vm is not None:
         await _write_vm_status(rt, vm, name, decision, domains, restarted=restarted)
-    return Result(requeue_after=decision.requeue_after) if decision.requeue_after else None
+    waiting = [t for t in rt.pending.get(name, {}).values() if time.monotonic() - t < PENDING_DEADLINE_S]
+    requeue = min(filter(None, (decision.requeue_after, 2.0 if waiting else None)), default=None)
+    return Result(requeue_after=requeue) if requeue else None
+
+
+def _prune_pending(
+    rt: Runtime, name: str, vm: VirtualMachine | None, domains: Mapping[HostName, ObservedDomain]
+) -> None:
+    """Forget pending requests the guest has completed, or that the spec no longer asks for."""
+    pending = rt.pending.get(name)
+    if not pending:
+        return
+    live = next((d.live for d in domains.values() if d.live is not None), None)
+    want_kib = vm.spec.memory.size_bytes // 1024 if vm is not None else None
+    for key in list(pending):
+        kind, _, arg = key.partition(":")
+        done = (
+            live is None
+            or (kind == "detach-disk" and all(d.target != arg for d in live.disks))
+            or (kind == "detach-nic" and all(n.name != arg for n in live.nics))
+            or (kind == "memory" and (live.memory_kib == int(arg) or want_kib != int(arg)))
+        )
+        if done:
+            del pending[key]
+    if not pending:
+        rt.pending.pop(name, None)
 
 
 def _places_anew(

@@ -44,6 +44,8 @@ class Runtime:
     owned_clusters: Callable[[str], bool] = lambda cluster: True
     identity: str = "virtplane"
     allocations: Allocations = field(default_factory=Allocations)
+    # Live requests the guest must acknowledge (unplug, balloon), per VM: key -> monotonic request time.
+    pending: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def with_times(self, conditions: tuple[Condition, ...], previous: StatusBase | None) -> tuple[Condition, ...]:
         """Stamp lastTransitionTime: kept from the previous condition when its status did not change."""

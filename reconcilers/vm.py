@@ -59,6 +59,7 @@ class VmInputs:
     domains: Mapping[HostName, ObservedDomain]  # a domain of this name, per reachable host
     unreachable: frozenset[HostName] = frozenset()
     unlisted: frozenset[HostName] = frozenset()  # cluster hosts whose domains were not listed yet
+    pending: Mapping[str, float] = field(default_factory=dict)  # pending_key -> seconds since requested
     domain_types: Mapping[HostName, DomainType] = field(default_factory=dict)
     shutdown_timeout_s: float = 60.0
     migration: MigrationContext = field(default_factory=MigrationContext)
@@ -291,8 +292,9 @@ def _plan_on_host(
         )
         actions.append(StartDomain(host, name, reason="restart to apply the new config"))
         return actions, "Starting", (_cond("Ready", False, "Restarting"),)
-    actions += _live_actions(host, name, desired, d.live)
-    conds: list[Condition] = []
+    live, waiting = _without_pending(_live_actions(host, name, desired, d.live), inputs.pending)
+    actions += live
+    conds: list[Condition] = list(waiting)
     if cold:
         conds.append(
             _cond(
@@ -302,7 +304,7 @@ def _plan_on_host(
                 _describe("a restart applies", cold) + " (updatePolicy Manual)",
             )
         )
-    ready = not actions
+    ready = not actions and not any(c.type in PENDING_TYPES for c in waiting)
     conds.append(_cond("Ready", ready, "Running" if ready else "Updating"))
     return actions, "Running", tuple(conds)
 
@@ -344,6 +346,56 @@ def _cold_device_changes(desired: DomainConfig, live: DomainConfig) -> tuple[str
         if seen_nic is not None and seen_nic != nic:
             cold.append(f"nic {nic.name}")
     return tuple(cold)
+
+
+# A live operation the guest must complete (ACPI unplug, balloon) is requested once; until the guest
+# does it, it is pending, not re-requested. Past the deadline it is reported and left for the next boot.
+PENDING_DEADLINE_S = 30.0
+PENDING_TYPES = ("DetachPending", "MemoryPending")
+
+
+def pending_key(action: Action) -> str | None:
+    """The identity of a live request the guest must acknowledge (None for the others)."""
+    if isinstance(action, DetachDisk):
+        return f"detach-disk:{action.disk.target}"
+    if isinstance(action, DetachNic):
+        return f"detach-nic:{action.nic.name}"
+    if isinstance(action, SetMemory):
+        return f"memory:{action.memory_kib}"
+    return None
+
+
+def _without_pending(actions: list[Action], pending: Mapping[str, float]) -> tuple[list[Action], tuple[Condition, ...]]:
+    kept: list[Action] = []
+    conds: list[Condition] = []
+    for action in actions:
+        key = pending_key(action)
+        age = pending.get(key) if key else None
+        if age is None:
+            kept.append(action)
+            continue
+        memory = isinstance(action, SetMemory)
+        what = "the balloon to reach the new size" if memory else f"the unplug of {action.target()}"
+        if age < PENDING_DEADLINE_S:
+            conds.append(
+                _cond(
+                    "MemoryPending" if memory else "DetachPending",
+                    True,
+                    "WaitingForGuest",
+                    f"waiting {age:.0f} s for the guest to acknowledge {what}",
+                )
+            )
+        else:
+            conds.append(
+                _cond(
+                    "MemoryNotReclaimed" if memory else "DetachNotAcknowledged",
+                    True,
+                    "GuestDidNotAcknowledge",
+                    f"the guest did not acknowledge {what} within {PENDING_DEADLINE_S:.0f} s; "
+                    "the persistent definition has the change, so it takes effect at the next restart",
+                )
+            )
+    return kept, tuple(conds)
 
 
 def _live_actions(host: HostName, name: DomainName, desired: DomainConfig, live: DomainConfig) -> list[Action]:

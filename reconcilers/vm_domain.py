@@ -89,6 +89,15 @@ def _assign_targets(
     return targets
 
 
+def _root_ports(disks: tuple[DiskDevice, ...], nics: int) -> int:
+    """pcie-root-ports to render on q35: libvirt puts every PCIe device it places at define time (virtio
+    disks, NICs, a virtio-scsi controller, the USB controller, the balloon) on a free existing port, so
+    SPARE_ROOT_PORTS stay free for hot-plug only if we render one more per such device."""
+    virtio = sum(1 for d in disks if d.bus == "virtio")
+    scsi = 1 if any(d.bus == "scsi" for d in disks) else 0
+    return SPARE_ROOT_PORTS + virtio + scsi + nics + 2
+
+
 def generated_mac(uid: str, nic: str) -> MacAddress:
     """A stable locally administered MAC for a NIC without one: the same for the persistent config and a
     live attach, so both agree without a second round. Kept in status once in use."""
@@ -150,7 +159,7 @@ def desired_domain(
         nics=tuple(nics),
         # The serial console is logged on the host (virsh console needs a pty; logs survive the guest).
         serial=SerialConsole(path=f"{CONSOLE_LOG_DIR}/{vm.metadata.name}.console.log"),
-        spare_root_ports=SPARE_ROOT_PORTS if machine == "q35" else 0,
+        spare_root_ports=_root_ports(disk_devices, len(nics)) if machine == "q35" else 0,
         owner=OwnerMetadata(
             uid=OwnerUID(vm.metadata.uid or ""), kind="VirtualMachine", name=vm.metadata.name,
             generation=vm.metadata.generation or 0,

@@ -275,7 +275,7 @@ Q35_NO_FREE_ROOT_PORT = (
 @pytest.mark.parametrize(
     "machine",
     [
-        pytest.param("q35", marks=pytest.mark.xfail(strict=True, raises=ActionFailed, reason=Q35_NO_FREE_ROOT_PORT)),
+        pytest.param("q35"),
         "pc",
     ],
 )
@@ -362,8 +362,6 @@ def test_live_hotplug(cluster: LabCluster, machine: str) -> None:
         "SetMemory",
         lambda st: st.get("memory") == 320 * MiB,
         devices_change=False,
-        # SetMemory is re-planned until the balloon has moved: BALLOON_NEVER_SETTLES, same root cause
-        tolerate="still planned after execution: SetMemory",
     )
     assert dominfo(uri, VM)["Used memory"] == f"{320 * 1024} KiB", dominfo(uri, VM)
     assert dominfo(uri, VM)["Max memory"] == f"{384 * 1024} KiB"
@@ -445,7 +443,6 @@ DETACH_NEVER_ACKED = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=DETACH_NEVER_ACKED)
 def test_detach_never_acknowledged_ends_in_a_clear_condition(cluster: LabCluster) -> None:
     """SeaBIOS without an OS never answers a PCIe unplug request: QEMU keeps the device. The product
     must not loop on DetachDisk: it must say so in a condition (and keep the spec/plan honest)."""
@@ -524,7 +521,6 @@ BALLOON_NEVER_SETTLES = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=BALLOON_NEVER_SETTLES)
 def test_memory_below_max_settles_without_a_balloon_driver(cluster: LabCluster) -> None:
     """A guest with no OS never inflates the balloon: the VM must still settle (Ready, or a clear condition
     saying the guest did not give memory back), not re-plan SetMemory forever."""
