@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="virtplane-demo-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "VIRTPLANE_CONFIG": str(data_dir / "config.json")}

@@ -87,7 +87,9 @@ async def reconcile_host(rt: Runtime, name: str) -> Result | None:
         runtime.domain_type = "qemu" if host.metadata.annotations.get(ACCEL_ANNOTATION) == "tcg" else "kvm"
     was_ready = runtime.ready
     runtime.observed = await runtime.conn.observe_host()
-    if runtime.ready:
+    if runtime.ready and (not runtime.last_listed or rt.hosts.now() - runtime.last_listed >= HOST_RESYNC * 0.8):
+        # A full listing every resync period; in between (a VM controller asked for a fresh count) the
+        # domains its reconciles observed are current enough.
         domains = await runtime.conn.list_domains()
         runtime.domains = {d.name: d for d in domains}
         runtime.last_listed = rt.hosts.now()

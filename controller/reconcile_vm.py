@@ -16,7 +16,7 @@ from controller.libvirt.errors import TransientError
 from controller.reconcile_migration import describe_outcome, migration_context, migrations_of, note_request
 from controller.runtime import Runtime
 from controller.workqueue import Result
-from reconcilers.actions import DefineDomain, StartDomain
+from reconcilers.actions import DefineDomain, DestroyDomain, ShutdownDomain, StartDomain, UndefineDomain
 from reconcilers.domain import (
     BlockSource,
     DiskSource,
@@ -242,6 +242,9 @@ async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
         if vm is not None and result.done:
             await rt.emit(vm, "PlanExecuted", done, source="vm-controller")
         domains = await _refresh(rt, name, relevant)
+        if any(isinstance(a, StartDomain | ShutdownDomain | DestroyDomain | UndefineDomain) for a in result.done):
+            for host in relevant:  # their VM counts changed: report them soon (coalesced by the queue)
+                rt.queue.add_after(("Host", host), 2.0)
         if not result.ok:
             assert result.error is not None and result.failed is not None
             if vm is not None:
