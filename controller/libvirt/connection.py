@@ -19,6 +19,7 @@ when to come back).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -56,6 +57,8 @@ from reconcilers.domain import (
     VolumeConfig,
     VolumeName,
 )
+
+log = logging.getLogger("virtplane.libvirt")
 
 T = TypeVar("T")
 EventCallback = Callable[[DomainEvent], None]
@@ -210,8 +213,9 @@ class HostConnection:
             conn.unregisterCloseCallback()
             conn.close()
         except libvirt.libvirtError as exc:
-            if not isinstance(classify(exc), ConnectionLost):
-                raise
+            # Closing a connection whose host is gone (powered off, lab down) fails in several ways
+            # ("client socket is closed"); the connection is released either way.
+            log.info("host %s: closing a dead connection: %s", self.name, exc)
 
     def _on_close(self, _conn: Conn, reason: int, _opaque: object) -> None:
         if reason != libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
