@@ -432,7 +432,8 @@ def events_for(cluster: LabCluster, kind_name: str) -> list[dict[str, Any]]:
 
 
 DETACH_NEVER_ACKED = (
-    "regression guard (fixed): reconcilers/vm.py _live_actions() plans DetachDisk for every disk in the live XML that the spec "
+    "regression guard (fixed): reconcilers/vm.py _live_actions() plans DetachDisk for every "
+    "disk in the live XML that the spec "
     "no longer has, with no memory that an unplug was already requested. libvirt keeps the device in the live XML "
     "until QEMU's DEVICE_DELETED, which never comes from a guest without an OS, so every reconcile re-issues "
     "device_del (~every 2-5 s), the executor logs PlanExecuted + an InconsistentResult warning each time, and the "
@@ -511,7 +512,8 @@ def test_detach_never_acknowledged_ends_in_a_clear_condition(cluster: LabCluster
 # ---------------------------------------------------------------- a balloon nobody inflates
 
 BALLOON_NEVER_SETTLES = (
-    "regression guard (fixed): reconcilers/vm.py _live_actions() plans SetMemory whenever the live <currentMemory> differs "
+    "regression guard (fixed): reconcilers/vm.py _live_actions() plans SetMemory whenever the "
+    "live <currentMemory> differs "
     "from memory.size. QEMU starts with maxSize and only a guest balloon driver shrinks it; libvirt's live "
     "currentMemory is the balloon's actual size, so a guest without one (no OS yet, firmware, no virtio_balloon) "
     "stays at maxSize: SetMemory is re-planned forever and Ready stays False/Updating with no message. Fix: "
