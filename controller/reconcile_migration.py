@@ -200,7 +200,8 @@ def _cond(type_: str, ok: bool, reason: str, message: str) -> Condition:
 def _progress(job: ObservedJob | None) -> dict[str, Any]:
     if job is None:
         return {}
-    return {"dataTotal": job.data_total, "dataProcessed": job.data_processed}
+    return {"dataTotal": job.data_total, "dataProcessed": job.data_processed, "dataRemaining": job.data_remaining,
+            "percent": percent(job.data_total, job.data_remaining)}
 
 
 def percent(total: int | None, remaining: int | None) -> int | None:

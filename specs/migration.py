@@ -44,6 +44,8 @@ class MigrationStatus(StatusBase):
     completionTime: datetime | None = Field(default=None, description="When it succeeded or failed.")
     dataTotal: int | None = Field(default=None, ge=0, description="Bytes to transfer (memory).")
     dataProcessed: int | None = Field(default=None, ge=0, description="Bytes transferred so far.")
+    dataRemaining: int | None = Field(default=None, ge=0, description="Bytes still to transfer (QEMU's estimate).")
+    percent: int | None = Field(default=None, ge=0, le=100, description="Progress of the transfer, 0-100.")
     downtimeMs: int | None = Field(
         default=None, ge=0, description="Guest pause at switch-over, as reported by QEMU."
     )
