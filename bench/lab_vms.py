@@ -1,0 +1,172 @@
+"""Issue 4 on lab hosts (root only): N small VMs applied -> running, and evacuation of a host by maintenance.
+
+    python bench/lab_vms.py [--n 20] [--evacuate 10]
+
+Starts its own lab (2 hosts), etcd and `virtplane server`. (1) Applies N test-guest VMs (128 MiB, 1 vCPU,
+direct kernel boot, TCG unless the KVM probe boots the guest) in one apply and measures, per VM, apply
+sent -> the domain runs (`virsh list` on the hosts, polled every 50 ms) — p50/p95 — beside a baseline in the
+same run: the same domains defined and started with plain `virsh` from the XML our codec rendered.
+(2) Pins `--evacuate` of them to lab-1, then sets `maintenance: true` on lab-1 and measures until every one
+runs on lab-2 only (total, and per VM). Everything is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from controller.client import Client
+from controller.etcd_server import EmbeddedEtcd
+from controller.lab.cli import lab_manifests
+from controller.lab.guest import build_guest_image, probe_accel
+from controller.lab.hosts import Lab
+from tests.e2e.conftest import start_server
+
+CACHE = Path("/var/cache/virtplane-lab")
+
+
+def running(uri: str) -> set[str]:
+    out = subprocess.run(["virsh", "-c", uri, "list", "--name"], capture_output=True, text=True, check=True).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def vm(name: str, image: Any, hosts: list[str] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "cluster": "lab",
+        "cpu": {"cores": 1},
+        "memory": {"size": "128Mi"},
+        "boot": {"kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline},
+    }
+    if hosts:
+        spec["placement"] = {"allowedHosts": hosts}
+    return {"apiVersion": "virtplane.io/v1", "kind": "VirtualMachine", "metadata": {"name": name}, "spec": spec}
+
+
+def wait_all(names: set[str], uris: dict[str, str], only_on: str | None, timeout: float) -> dict[str, float]:
+    """name -> seconds from now until it ran (on ``only_on`` and nowhere else, if given)."""
+    t0 = time.monotonic()
+    seen: dict[str, float] = {}
+    while len(seen) < len(names):
+        if time.monotonic() - t0 > timeout:
+            raise SystemExit(f"timed out: {sorted(names - set(seen))} not running after {timeout:.0f} s")
+        per_host = {h: running(u) for h, u in uris.items()}
+        for n in names - set(seen):
+            hosts_running = {h for h, r in per_host.items() if n in r}
+            if hosts_running and (only_on is None or hosts_running == {only_on}):
+                seen[n] = time.monotonic() - t0
+        time.sleep(0.05)
+    return seen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--evacuate", type=int, default=10)
+    args = ap.parse_args()
+    image = build_guest_image(CACHE / "guest")
+    accel = probe_accel(image, CACHE / "guest").accel
+    work = Path(tempfile.mkdtemp(prefix="bench-labvms-"))
+    lab = Lab(work / "lab", qemu_caps_dir=CACHE / "qemu-caps")
+    etcd = EmbeddedEtcd(work / "etcd")
+    server = None
+    try:
+        lab.up(2)
+        etcd.start()
+        server = start_server(work / "server", etcd=etcd)
+        config = json.loads((work / "server" / "config.json").read_text())
+        api = Client(config["server"], config.get("token"))
+        uris = {h.name: h.uri for h in lab.status()}
+        docs = lab_manifests(lab.status(), lab.shared_dir, "lab", None if accel == "kvm" else "tcg")
+        cluster = {"apiVersion": "virtplane.io/v1", "kind": "Cluster", "metadata": {"name": "lab"}, "spec": {}}
+        api.apply([cluster, *docs])
+        time.sleep(2)  # hosts connected
+
+        names = {f"v{i:02d}" for i in range(args.n)}
+        sent = time.monotonic()
+        api.apply([vm(n, image) for n in sorted(names)])
+        after_apply = time.monotonic() - sent
+        times = wait_all(names, uris, None, timeout=300)
+        latencies = [t + after_apply for t in times.values()]
+        print(
+            f"(1) {args.n} VMs, one apply -> running (virsh list): p50 {statistics.median(latencies):.2f} s, "
+            f"p95 {pct(latencies, 0.95):.2f} s, max {max(latencies):.2f} s; accel {accel}",
+            flush=True,
+        )
+
+        # Baseline: the same kind of domains with plain virsh (define + start), from one of ours.
+        xml = subprocess.run(
+            ["virsh", "-c", uris["lab-1"], "dumpxml", "--inactive", "v00"], capture_output=True, text=True, check=True
+        ).stdout
+        raw: list[float] = []
+        for i in range(5):
+            name = f"raw{i}"
+            doc = xml.replace("<name>v00</name>", f"<name>{name}</name>")
+            doc = "\n".join(line for line in doc.splitlines() if "<uuid>" not in line and "<mac " not in line)
+            path = work / f"{name}.xml"
+            path.write_text(doc)
+            t0 = time.monotonic()
+            subprocess.run(["virsh", "-c", uris["lab-2"], "define", str(path)], capture_output=True, check=True)
+            subprocess.run(["virsh", "-c", uris["lab-2"], "start", name], capture_output=True, check=True)
+            raw.append(time.monotonic() - t0)
+            subprocess.run(["virsh", "-c", uris["lab-2"], "destroy", name], capture_output=True, check=False)
+            subprocess.run(["virsh", "-c", uris["lab-2"], "undefine", name], capture_output=True, check=False)
+        print(
+            f"    baseline: virsh define+start of one such domain: p50 {statistics.median(raw):.2f} s "
+            f"-> ratio p95/raw {pct(latencies, 0.95) / statistics.median(raw):.1f}x",
+            flush=True,
+        )
+
+        # (2) Evacuation: pin some VMs to lab-1, then maintenance on lab-1.
+        for n in sorted(names):
+            api.delete("virtualmachines", n)
+        deadline = time.monotonic() + 180
+        while any(running(u) for u in uris.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        evac = {f"e{i:02d}" for i in range(args.evacuate)}
+        api.apply(
+            [vm(n, image, ["lab-1", "lab-2"]) for n in sorted(evac)]
+            + [{**d, "spec": {**d["spec"], "maintenance": True}} for d in docs if d["metadata"]["name"] == "lab-2"]
+        )
+        wait_all(evac, uris, "lab-1", timeout=300)
+        api.apply([{**d, "spec": {**d["spec"], "maintenance": False}} for d in docs if d["kind"] == "Host"])
+        time.sleep(5)  # guests booted: idle guests are evacuated
+        sent = time.monotonic()
+        api.apply(
+            [
+                {**d, "spec": {**d["spec"], "maintenance": d["metadata"]["name"] == "lab-1"}}
+                for d in docs
+                if d["kind"] == "Host"
+            ]
+        )
+        moved = wait_all(evac, uris, "lab-2", timeout=600)
+        total = time.monotonic() - sent
+        per_vm = list(moved.values())
+        print(
+            f"(2) evacuation of lab-1 running {args.evacuate} VMs (maintenance: true): all on lab-2 after "
+            f"{total:.1f} s; per VM p50 {statistics.median(per_vm):.1f} s, p95 {pct(per_vm, 0.95):.1f} s",
+            flush=True,
+        )
+        api.close()
+    finally:
+        if server is not None:
+            server.stop()
+        etcd.stop()
+        lab.down()
+
+
+if __name__ == "__main__":
+    main()
