@@ -437,9 +437,14 @@ class Lab:
                 continue
             accounts.mkdir(parents=True, exist_ok=True)
             copy = accounts / Path(real).name
-            copy.write_text(text if text.endswith("\n") or not text else text + "\n")
-            with copy.open("a") as f:
-                f.write(line)
+            content = (text if text.endswith("\n") or not text else text + "\n") + line
+            # Running hosts have this file bind-mounted: never rewrite it in place (a libvirtd reading it
+            # while it is truncated fails with "Failed to parse group 'libvirt-qemu'"). Same content: keep
+            # it; otherwise replace it atomically (mounted copies keep the old inode).
+            if not copy.exists() or copy.read_text() != content:
+                tmp = copy.with_name(copy.name + ".tmp")
+                tmp.write_text(content)
+                tmp.replace(copy)
             overlays.append((copy, real))
         return overlays
 
