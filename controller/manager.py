@@ -210,7 +210,7 @@ class Manager:
         await self.cache.load()
         self.rt = Runtime(self.cache.store, self.cache, self.hosts, self.queue,
                           ctx.metrics if ctx is not None else Registry(),
-                          owned_clusters=self.elector.leads, identity=self.options.identity)
+                          identity=self.options.identity)
         self.rt.metrics.add_collector(self._metrics)
         if ctx is not None:
             ctx.plan_hook = self.plan_changes
@@ -232,6 +232,7 @@ class Manager:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.queue.shutdown(drain=False)
+                await self.elector.resign()  # a stopped replica hands over at once, not after the lease TTL
                 await self.hosts.close()
 
 

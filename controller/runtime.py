@@ -41,7 +41,6 @@ class Runtime:
     metrics: Registry
     clock: Callable[[], datetime] = utcnow
     counters: Counter[str] = field(default_factory=Counter)  # status_writes, events, ...
-    owned_clusters: Callable[[str], bool] = lambda cluster: True
     identity: str = "virtplane"
     allocations: Allocations = field(default_factory=Allocations)
     # Live requests the guest must acknowledge (unplug, balloon), per VM: key -> monotonic request time.

@@ -190,6 +190,3 @@ def config_differences(desired: DomainConfig, seen: DomainConfig) -> tuple[str, 
         diffs.append("nics")
     return tuple(diffs)
 
-
-def same_definition(desired: DomainConfig, seen: DomainConfig) -> bool:
-    return not config_differences(desired, seen) and desired.owner == seen.owner

@@ -30,7 +30,7 @@ from controller.libvirt.connection import HostConnection
 from controller.libvirt.errors import ReconcileError, TransientError, classify
 from controller.libvirt.observe import job_from_stats
 from reconcilers.actions import AbortMigration, MigrateDomain, MigrationSettings, StartPostCopy
-from reconcilers.domain import DomainName, HostName, ObservedJob
+from reconcilers.domain import HostName, ObservedJob
 from reconcilers.migration import InFlight
 
 log = logging.getLogger("virtplane.migration")
@@ -246,6 +246,3 @@ async def _conn(hosts: Mapping[HostName, HostConnection], name: HostName) -> Con
     conn: Conn = await _host(hosts, name).run("migrate_connect", lambda c: c)
     return conn
 
-
-async def observe_job(conn: HostConnection, name: DomainName) -> ObservedJob | None:
-    return await conn.run("jobStats", lambda c: job_blocking(c, name))

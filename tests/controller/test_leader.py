@@ -47,3 +47,26 @@ async def test_one_leader_per_cluster_and_takeover(store: Store) -> None:
         assert took_over <= 2 + 1.0 + 0.5  # lease TTL + one campaign period + slack
         assert not a.leads("prod")
         tg.cancel_scope.cancel()
+
+
+async def test_resign_hands_over_without_waiting_for_the_lease(store: Store) -> None:
+    a = Elector(store, "replica-a", ttl=10)
+    b = Elector(store, "replica-b", ttl=10)
+    a.want({"prod"})
+    b.want({"prod"})
+    async with anyio.create_task_group() as tg:
+        scope_a = anyio.CancelScope()
+
+        async def run_a() -> None:
+            with scope_a:
+                await a.run()
+
+        tg.start_soon(run_a)
+        await _until(lambda: a.leads("prod"))
+        tg.start_soon(b.run)
+        scope_a.cancel()
+        await a.resign()  # what a replica does on a graceful shutdown
+        assert not a.leads("prod")
+        took_over = await _until(lambda: b.leads("prod"), timeout=8)
+        assert took_over < 5.0  # well inside the 10 s TTL: the key went with the revoked lease
+        tg.cancel_scope.cancel()
