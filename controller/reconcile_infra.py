@@ -295,7 +295,9 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
     observed = vols.get(volume_name(disk))
     others = _source_infos(rt)
     source = source_info(disk, base, others, ready_snapshot_disks(rt))
-    if isinstance(source, str):
+    # The source matters only to create the image: an existing or deleted one never waits for it (the
+    # base of an overlay waits for the overlay to go, so the overlay must not wait for the base).
+    if isinstance(source, str) and observed is None and not deleting:
         status = DiskStatus(
             observedGeneration=disk.metadata.generation,
             phase="Pending",
@@ -304,18 +306,20 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
         )
         await rt.write_status("Disk", name, status)
         return None
-    if deleting and attached:
+    overlays = overlay_clones_of(rt, name)
+    if deleting and (attached or overlays):
+        why = [f"attached to {', '.join(attached)}; detach it first"] if attached else []
+        if overlays:
+            why.append(f"backing image of overlay clone {', '.join(overlays)}; delete the clone first")
         status = prev.model_copy(
             update={
                 "phase": "Deleting",
-                "conditions": rt.with_times(
-                    (_cond("Ready", False, "InUse", f"attached to {', '.join(attached)}; detach it first"),), prev
-                ),
+                "conditions": rt.with_times((_cond("Ready", False, "InUse", "; ".join(why)),), prev),
             }
         )
         await rt.write_status("Disk", name, status)
         return Result(requeue_after=2.0)  # the VM may be going away too: look again soon
-    plan = plan_disk(disk, host, base, observed, source)
+    plan = plan_disk(disk, host, base, observed, None if isinstance(source, str) else source)
     plan, copies = copy_actions(plan)
     for copy in copies:
         await execute_copy(copy)
@@ -365,6 +369,20 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
             if src is not None and src.clone is not None and src.clone.disk == name:
                 rt.queue.add(("Disk", other.metadata.name))
     return None
+
+
+def overlay_clones_of(rt: Runtime, name: str) -> tuple[str, ...]:
+    """Disks that are qcow2 overlays on Disk ``name``: it must stay while they exist (even while deleting)."""
+    return tuple(
+        sorted(
+            other.metadata.name
+            for other in rt.cache.all("Disk", Disk)
+            if (src := other.spec.source) is not None
+            and src.clone is not None
+            and src.clone.disk == name
+            and src.clone.mode == "overlay"
+        )
+    )
 
 
 def _source_infos(rt: Runtime) -> dict[str, DiskSourceInfo]:

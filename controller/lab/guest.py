@@ -36,11 +36,13 @@ from typing import Literal
 
 READY_MARKER = "VIRTPLANE-GUEST-READY"
 DEVICES_MARKER = "VIRTPLANE-DEVICES"
+DISK_MARKER = "VIRTPLANE-DISK"  # "VIRTPLANE-DISK vda <first 16 bytes, hex>", once per disk at boot
+POWEROFF_MARKER = "VIRTPLANE-GUEST-POWEROFF"  # the guest got the ACPI power button and powers off
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 # Modules the guest needs; their dependencies are added and ordered from the modules themselves.
-WANTED_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_balloon", "button")
+WANTED_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_balloon", "button", "evdev")
 BASE_CMDLINE = "console=ttyS0 panic=-1"
-IMAGE_FORMAT = 1  # bump when the initramfs layout changes, so cached images are rebuilt
+IMAGE_FORMAT = 2  # bump when the initramfs layout changes, so cached images are rebuilt
 
 Accel = Literal["kvm", "tcg"]
 
@@ -81,6 +83,12 @@ mount -t sysfs sys /sys
 for m in $(cat /etc/modules.order); do
     insmod "/lib/modules/$m.ko" || echo "virtplane-guest: insmod $m failed"
 done
+# ACPI power button (virsh shutdown, a graceful stop): busybox acpid runs /etc/acpi/PWRF/00000080.
+acpid -c /etc/acpi -l /tmp/acpid.log -p /tmp/acpid.pid || echo "virtplane-guest: acpid failed"
+# The first 16 bytes of every disk, so tests can tell which image (clone, copy, overlay) the guest sees.
+for b in $(ls /sys/block | grep -e '^vd' -e '^sd'); do
+    echo "VIRTPLANE-DISK $b $(head -c 16 "/dev/$b" | od -An -tx1 | tr -d ' \n')"
+done
 devices() {
     block=$(ls /sys/block | grep -v -e '^loop' -e '^ram' | tr '\n' ',')
     echo "block=$block net=$(ls /sys/class/net | tr '\n' ',')"
@@ -106,6 +114,12 @@ while true; do
         seen="$now"
     fi
 done
+"""
+
+POWER_BUTTON_SCRIPT = r"""#!/bin/sh
+echo "VIRTPLANE-GUEST-POWEROFF" >/dev/console
+sync
+poweroff -f
 """
 
 DIRTIER_C = r"""
@@ -302,12 +316,14 @@ def build_guest_image(dest_dir: Path | str, *, refresh: bool = False) -> GuestIm
         if busybox is None:
             raise GuestImageError("busybox not found; install busybox-static")
         dirtier, dirtier_kind = _build_dirtier(work)
-        entries = [_dir(d) for d in ("bin", "dev", "etc", "lib", "lib/modules", "mnt", "proc", "sys", "tmp")]
+        dirs = ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules", "mnt", "proc", "sys", "tmp")
+        entries = [_dir(d) for d in dirs]
         entries.append(("dev/console", stat.S_IFCHR | 0o600, b"", (5, 1)))
         entries.append(_file("bin/busybox", Path(busybox).read_bytes()))
         entries.append(("bin/sh", stat.S_IFLNK | 0o777, b"busybox", (0, 0)))
         entries.append(_file("bin/dirtier", dirtier))
         entries.append(_file("init", INIT_SCRIPT.encode()))
+        entries.append(_file("etc/acpi/PWRF/00000080", POWER_BUTTON_SCRIPT.encode()))
         entries.append(_file("etc/modules.order", "".join(f"{n}\n" for n, _ in modules).encode(), 0o644))
         entries.extend(_file(f"lib/modules/{name}.ko", data, 0o644) for name, data in modules)
         staged = work / "out"

@@ -232,3 +232,11 @@ def lab_guest_image() -> Any:
     from tests.lab.conftest import GUEST_CACHE
 
     return build_guest_image(GUEST_CACHE)
+
+
+def lab_accel(image: Any) -> str:
+    """"kvm" or "tcg": what the (cached) probe boot of the test guest found, as tests/lab uses."""
+    from controller.lab.guest import probe_accel
+    from tests.lab.conftest import GUEST_CACHE
+
+    return str(probe_accel(image, GUEST_CACHE).accel)

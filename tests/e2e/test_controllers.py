@@ -303,6 +303,40 @@ def test_pool_scale_down_deletes_the_replicas_disks(cli: Cli, tmp_path: Path) ->
     wait_for("replica boot disks deleted", lambda: boot_disks() == [f"{c}-runners-0-boot"], 10, interval=0.2)
 
 
+# -- clones of a Disk ------------------------------------------------------------------------------
+
+def test_the_base_of_an_overlay_clone_stays_until_the_clone_is_deleted(cli: Cli, tmp_path: Path) -> None:
+    c = "ovl"
+
+    def disk(name: str, **spec: Any) -> dict[str, Any]:
+        return {"apiVersion": "virtplane.io/v1", "kind": "Disk", "metadata": {"name": f"{c}-{name}"},
+                "spec": {"storageDomain": f"{c}-sd", **spec}}
+
+    docs = [*cluster_with_hosts(c, 1),
+            {"apiVersion": "virtplane.io/v1", "kind": "StorageDomain", "metadata": {"name": f"{c}-sd"},
+             "spec": {"cluster": c, "type": "posix", "posix": {"path": f"/srv/virtplane/{c}"}, "shared": True}},
+            disk("base", size="1Gi"),
+            disk("overlay", source={"clone": {"disk": f"{c}-base", "mode": "overlay"}}),
+            disk("copy", source={"clone": {"disk": f"{c}-base", "mode": "copy"}})]
+    cli.apply(write(tmp_path / "d.yaml", manifest(*docs)))
+    phase = lambda name: ((cli.obj("disk", f"{c}-{name}") or {}).get("status") or {}).get("phase")  # noqa: E731
+    wait_for("3 disks Ready", lambda: all(phase(n) == "Ready" for n in ("base", "overlay", "copy")), READY_S)
+    base_path = cli.obj("disk", f"{c}-base")["status"]["path"]  # type: ignore[index]
+    assert cli.obj("disk", f"{c}-overlay")["status"]["backingPath"] == base_path  # type: ignore[index]
+
+    cli.ok("delete", f"disk/{c}-base")
+    held = wait_for("base Deleting", lambda: (d if phase("base") == "Deleting" and (d := cli.obj("disk", f"{c}-base"))
+                                              else None), READY_S)
+    message = next(x["message"] for x in held["status"]["conditions"] if x["type"] == "Ready")
+    assert message == f"backing image of overlay clone {c}-overlay; delete the clone first", message
+    assert "deleted" not in cli.ok("get", "disk", f"{c}-base")  # still listed, nothing removed yet
+
+    cli.ok("delete", f"disk/{c}-overlay")
+    wait_for("base and overlay gone", lambda: cli.obj("disk", f"{c}-base") is None
+             and cli.obj("disk", f"{c}-overlay") is None, READY_S)
+    assert phase("copy") == "Ready"  # a full copy never depended on the base
+
+
 # -- examples/ -------------------------------------------------------------------------------------
 
 def test_examples_converge(cli: Cli, tmp_path: Path) -> None:

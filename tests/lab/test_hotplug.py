@@ -45,9 +45,9 @@ DEVICES = re.compile(r"VIRTPLANE-(?:GUEST-READY|DEVICES)[^\n]*?block=(\S*)\s+net
 
 @pytest.fixture(scope="module")
 def cluster(
-    lab: Lab, guest_image: GuestImage, etcd: EmbeddedEtcd, tmp_path_factory: pytest.TempPathFactory
+    lab: Lab, guest_image: GuestImage, accel: str, etcd: EmbeddedEtcd, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LabCluster]:
-    yield from lab_cluster(lab, guest_image, tmp_path_factory.mktemp("vp"), etcd)
+    yield from lab_cluster(lab, guest_image, tmp_path_factory.mktemp("vp"), etcd, accel)
 
 
 # ---------------------------------------------------------------- helpers

@@ -10,11 +10,12 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from controller.etcd_server import EmbeddedEtcd
-from controller.lab.guest import GuestImage
+from controller.lab.guest import DISK_MARKER, GuestImage
 from controller.lab.hosts import Lab
 from tests.lab.vplab import LabCluster, lab_cluster, virsh, wait_for
 
@@ -22,9 +23,9 @@ pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def cluster(lab: Lab, guest_image: GuestImage, etcd: EmbeddedEtcd,
+def cluster(lab: Lab, guest_image: GuestImage, accel: str, etcd: EmbeddedEtcd,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCluster]:
-    yield from lab_cluster(lab, guest_image, tmp_path_factory.mktemp("vp"), etcd)
+    yield from lab_cluster(lab, guest_image, tmp_path_factory.mktemp("vp"), etcd, accel)
 
 
 def node(uri: str, domain: str) -> str:
@@ -123,6 +124,67 @@ def test_snapshots_revert_delete_and_clone(cluster: LabCluster) -> None:
     wait_for("sv-disk gone", lambda: not cluster.get("Snapshot", "sv-disk"), 60)
     assert virsh(uri, "snapshot-list", "sv", "--name").split() == []
     assert image_snapshots(path) == []
+
+
+def qemu_img_info(path: str) -> dict[str, object]:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output", "json", path], capture_output=True, text=True,
+                         check=True).stdout
+    info: dict[str, object] = json.loads(out)
+    return info
+
+
+def console_disk_bytes(cluster: LabCluster, vm: str, host: str = "lab-1") -> str | None:
+    """What the guest read from its first disk at boot (hex of 16 bytes), from its serial console."""
+    log = cluster.lab.dir / "hosts" / host / "log" / "qemu" / f"{vm}.console.log"
+    found = re.search(rf"^{DISK_MARKER} vda ([0-9a-f]+)", log.read_text(errors="replace") if log.exists() else "",
+                      re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def test_clones_of_a_disk_overlay_and_copy_boot_vms_that_see_its_content(cluster: LabCluster) -> None:
+    uri = cluster.uri("lab-1")
+    cluster.apply(cluster.disk("cl-base"))
+    base = cluster.wait_phase("Disk", "cl-base", "Ready", timeout=60)["path"]
+    # The template's content, written while no VM uses it: 64 KiB of 0x5a at offset 0.
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", base], capture_output=True, check=True)
+
+    started = time.monotonic()
+    cluster.apply(cluster.disk("cl-overlay", source={"clone": {"disk": "cl-base", "mode": "overlay"}}),
+                  cluster.disk("cl-copy", source={"clone": {"disk": "cl-base", "mode": "copy"}}),
+                  cluster.vm("cl-ov-vm", ["cl-overlay"]), cluster.vm("cl-cp-vm", ["cl-copy"]))
+    overlay = cluster.wait_phase("Disk", "cl-overlay", "Ready", timeout=60)
+    copy = cluster.wait_phase("Disk", "cl-copy", "Ready", timeout=60)
+    for vm in ("cl-ov-vm", "cl-cp-vm"):
+        cluster.wait_phase("VirtualMachine", vm, "Running", timeout=120)
+    print(f"\nclones (overlay + copy) of a disk -> both VMs Running: {time.monotonic() - started:.2f} s")
+
+    # qemu-img: the overlay is a thin qcow2 on the base; the copy stands alone.
+    ov_info, cp_info = qemu_img_info(overlay["path"]), qemu_img_info(copy["path"])
+    assert ov_info["format"] == "qcow2" and ov_info.get("full-backing-filename") == base, ov_info
+    assert overlay["backingPath"] == base
+    assert cp_info["format"] == "qcow2" and "backing-filename" not in cp_info, cp_info
+    assert copy.get("backingPath") is None
+    # virsh: each VM runs from its own clone.
+    for vm, disk in (("cl-ov-vm", overlay), ("cl-cp-vm", copy)):
+        assert virsh(uri, "domstate", vm).strip() == "running"
+        assert disk["path"] in virsh(uri, "domblklist", vm)
+    # The guests themselves read the template's bytes through each clone.
+    for vm in ("cl-ov-vm", "cl-cp-vm"):
+        seen = wait_for(f"{vm} reports its disk", lambda vm=vm: console_disk_bytes(cluster, vm), 90)
+        assert seen == "5a" * 16, f"{vm} read {seen}"
+
+    # The base stays while an overlay needs it: deleting it waits, saying why; the copy does not hold it.
+    assert cluster.vp("delete", "disk", "cl-base").returncode == 0
+    held = wait_for("cl-base Deleting", lambda: (s if (s := cluster.status("Disk", "cl-base")).get("phase")
+                                                 == "Deleting" else None), 30)
+    message = next(c["message"] for c in held["conditions"] if c["type"] == "Ready")
+    assert "overlay clone cl-overlay" in message and "cl-copy" not in message, message
+    assert Path(base).exists()
+    for name in ("vm/cl-ov-vm", "disk/cl-overlay"):
+        assert cluster.vp("delete", name).returncode == 0
+    wait_for("cl-base deleted (its overlay gone)", lambda: not cluster.get("Disk", "cl-base"), 90)
+    assert not Path(base).exists()
+    assert virsh(uri, "domstate", "cl-cp-vm").strip() == "running"  # the copy's VM is untouched
 
 
 def test_revert_of_missing_snapshot_fails_clearly(cluster: LabCluster) -> None:

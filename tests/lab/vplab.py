@@ -96,14 +96,12 @@ class LabCluster:
         }
 
 
-def lab_cluster(lab: Lab, image: GuestImage, data_dir: Path, etcd: EmbeddedEtcd) -> Iterator[LabCluster]:
+def lab_cluster(lab: Lab, image: GuestImage, data_dir: Path, etcd: EmbeddedEtcd,
+                accel: str) -> Iterator[LabCluster]:
     server = start_server(data_dir, etcd=etcd)
     try:
         cluster = LabCluster(lab, server, image)
-        docs = lab_manifests(lab.status(), lab.shared_dir, CLUSTER)
-        for doc in docs:
-            if doc["kind"] == "Host":
-                doc["metadata"]["annotations"] = {"virtplane.io/accelerator": "tcg"}
+        docs = lab_manifests(lab.status(), lab.shared_dir, CLUSTER, accel=accel)
         cluster.apply({"apiVersion": "virtplane.io/v1", "kind": "Cluster", "metadata": {"name": CLUSTER},
                        "spec": {}}, *docs)
         cluster.wait_phase("StorageDomain", "lab-shared", "Ready", timeout=90)
