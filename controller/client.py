@@ -96,9 +96,14 @@ class Client:
     # --- objects ---
 
     def list(self, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
+        return self.list_at(kind, selector)[0]
+
+    def list_at(self, kind: str, selector: str | None = None) -> tuple[builtins.list[dict[str, Any]], int]:
+        """The objects and the store revision they were read at: ``watch(resource_version=revision + 1)``
+        then misses nothing and repeats nothing."""
         params = {"labelSelector": selector} if selector else None
-        items: list[dict[str, Any]] = self._request("GET", f"/api/v1/{kind}", params=params).json()["items"]
-        return items
+        body = self._request("GET", f"/api/v1/{kind}", params=params).json()
+        return body["items"], int(body["metadata"]["resourceVersion"])
 
     def get(self, kind: str, name: str) -> dict[str, Any]:
         body: dict[str, Any] = self._request("GET", f"/api/v1/{kind}/{name}").json()

@@ -234,6 +234,7 @@ def _from_result(rt: Runtime, m: Migration, prev: MigrationStatus, job: Migratio
         if job.source == job.target:
             return _finished(rt, m, prev, "Succeeded", "AlreadyThere", job.reason, update)
         _, message, _ = describe_outcome(job)
+        update.update(percent=100, dataRemaining=0)  # everything moved, whatever the last sample said
         return _finished(rt, m, prev, "Succeeded", "Migrated", message, update)
     if not job.vm:  # rejected by the planner
         return _finished(rt, m, prev, "Failed", "Rejected", job.error, update)

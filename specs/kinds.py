@@ -24,11 +24,13 @@ from specs.vm import VirtualMachine, VirtualMachineStatus
 
 @dataclass(frozen=True)
 class Column:
-    """A column of ``virtplane get``: header and a dotted path into {metadata, spec, status}."""
+    """A column of ``virtplane get``: header and a dotted path into {metadata, spec, status}. ``bar``: the
+    value is a percentage, shown as a progress bar."""
 
     header: str
     path: str
     wide_only: bool = False
+    bar: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ KINDS: dict[str, KindInfo] = {
                 Column("SOURCE", "status.sourceHost"),
                 Column("TARGET", "status.targetHost"),
                 _PHASE,
-                Column("PERCENT", "status.percent"),
+                Column("PROGRESS", "status.percent", bar=True),
                 _AGE,
                 Column("REMAINING", "status.dataRemaining", True),
                 Column("DOWNTIME_MS", "status.downtimeMs", True),

@@ -64,6 +64,19 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+BAR_WIDTH = 20
+
+
+def progress_bar(value: Any, width: int = BAR_WIDTH) -> str:
+    """``[=========>          ]  45%`` for a percentage; ``-`` when there is none."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    percent = max(0.0, min(100.0, float(value)))
+    filled = int(width * percent / 100)  # never full before 100%
+    body = "=" * filled if filled >= width else "=" * max(filled - 1, 0) + (">" if filled else "")
+    return f"[{body.ljust(width)}] {percent:3.0f}%"
+
+
 def table_rows(info: KindInfo, items: Iterable[Mapping[str, Any]], wide: bool) -> tuple[list[str], list[list[str]]]:
     columns = [c for c in info.columns if wide or not c.wide_only]
     headers = [c.header for c in columns]
@@ -73,29 +86,43 @@ def table_rows(info: KindInfo, items: Iterable[Mapping[str, Any]], wide: bool) -
         for column in columns:
             if column.path == "metadata.creationTimestamp":
                 row.append(age(dig(item, column.path)))
+            elif column.bar:
+                row.append(progress_bar(dig(item, column.path)))
             else:
                 row.append(cell(dig(item, column.path)))
         rows.append(row)
     return headers, rows
 
 
-def print_table(headers: list[str], rows: list[list[str]], *, show_headers: bool = True) -> None:
-    if not sys.stdout.isatty():
-        # Plain, aligned text: stable for scripts and for the README.
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-        lines = []
-        if show_headers:
-            lines.append("   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-        for r in rows:
-            lines.append("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-        sys.stdout.write("\n".join(lines) + "\n")
-        return
+def rich_table(headers: list[str], rows: list[list[str]], *, show_headers: bool = True) -> Table:
     table = Table(box=None, show_header=show_headers, header_style="bold", pad_edge=False)
     for h in headers:
         table.add_column(h, no_wrap=True)
     for r in rows:
         table.add_row(*r)
-    out.print(table)
+    return table
+
+
+def plain_lines(headers: list[str] | None, rows: list[list[str]], widths: list[int]) -> list[str]:
+    """Aligned plain text (``headers`` None: rows only). ``widths`` is updated in place and only grows, so
+    the later lines of a watch stay aligned with the earlier ones wherever they fit."""
+    for i, h in enumerate(headers or ()):
+        widths[i] = max(widths[i], len(h))
+    for r in rows:
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+    lines = [] if headers is None else ["   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.extend("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return [line.rstrip() for line in lines]
+
+
+def print_table(headers: list[str], rows: list[list[str]], *, show_headers: bool = True) -> None:
+    if not sys.stdout.isatty():
+        # Plain, aligned text: stable for scripts and for the README.
+        lines = plain_lines(headers if show_headers else None, rows, [0] * len(headers))
+        sys.stdout.write("\n".join(lines) + "\n")
+        return
+    out.print(rich_table(headers, rows, show_headers=show_headers))
 
 
 def unified_diff(kind: str, name: str, before: Any, after: Any) -> list[Text]:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
+from rich.live import Live
+from rich.text import Text
 
 from controller.cli.common import EXIT_DIFFERS, EXIT_INVALID, client, fail, reporting, split_ref
-from controller.cli.output import age, cell, err, out, print_table, table_rows, to_yaml
+from controller.cli.output import age, cell, err, out, plain_lines, print_table, rich_table, table_rows, to_yaml
 from controller.client import NotFound
 from specs.kinds import KindInfo
+from specs.selector import LabelSelector
 
 OutputOption = Annotated[str, typer.Option("-o", "--output", help="table, wide, yaml, json or name.")]
 
@@ -40,40 +44,120 @@ def get(
     selector: Annotated[
         str | None, typer.Option("-l", "--selector", help="Label selector, e.g. app=web,tier!=db")
     ] = None,
-    watch: Annotated[bool, typer.Option("-w", "--watch", help="After listing, print changes as they happen.")] = False,
+    watch: Annotated[
+        bool, typer.Option("-w", "--watch", help="Follow changes: a live table on a terminal, else a line per change.")
+    ] = False,
 ) -> None:
     """List objects of a kind, or show one."""
     info, name = split_ref(kind, name)
     with reporting(), client() as vp:
+        if watch:
+            listed, revision = vp.list_at(info.plural, selector)
+            items = [i for i in listed if name is None or i["metadata"]["name"] == name]
+            if name and not items:
+                items = [vp.get(info.plural, name)]  # NotFound, said the usual way
+            _follow(vp, info, name, selector, output, items, revision)
+            return
         items = [vp.get(info.plural, name)] if name else vp.list(info.plural, selector)
-        if items or output not in ("table", "wide") or watch:
+        if items or output not in ("table", "wide"):
             _emit(info, items, output, headers=not (name and output in ("json",)))
         else:
             err.print(f"No {info.plural} found.")
-        if watch:
-            _follow(vp, info, name, output)
 
 
-def _follow(vp: Any, info: KindInfo, name: str | None, output: str) -> None:
-    current: dict[str, dict[str, Any]] = {}
+# name, and the object as it is now, or why it left the selection ("deleted", "no longer matches ...")
+Change = tuple[str, dict[str, Any] | str]
+
+
+def _follow(
+    vp: Any,
+    info: KindInfo,
+    name: str | None,
+    selector: str | None,
+    output: str,
+    items: list[dict[str, Any]],
+    revision: int,
+) -> None:
+    """Print ``items``, then every change from ``revision + 1`` on. On a terminal with table output, one
+    live table is redrawn in place (progress bars move); otherwise a line (or document) per change."""
+    current = {i["metadata"]["name"]: i for i in items}
+    changes = _changes(vp, info, name, LabelSelector.parse(selector) if selector else None, revision, current)
     try:
-        for event in vp.watch([info.kind]):
-            if name and event["name"] != name:
-                continue
-            if event["type"] == "DELETE" and event["part"] == "spec":
-                current.pop(event["name"], None)
-                sys.stdout.write(f"{info.singular}/{event['name']} deleted\n")
+        if output in ("table", "wide") and sys.stdout.isatty():
+            _follow_live(info, output, current, changes)
+        elif output in ("table", "wide"):
+            _follow_lines(info, output, items, changes)
+        else:
+            _emit(info, items, output, headers=not (name and output in ("json",)))
+            for key, obj in changes:
+                if isinstance(obj, str):
+                    sys.stdout.write(f"{info.singular}/{key} {obj}\n")
+                else:
+                    _emit(info, [obj], output, headers=False)
                 sys.stdout.flush()
-                continue
-            try:
-                obj = vp.get(info.plural, event["name"])
-            except Exception:  # deleted between the event and the read
-                continue
-            current[event["name"]] = obj
-            _emit(info, [obj], output, headers=False)
-            sys.stdout.flush()
     except KeyboardInterrupt:
         pass
+
+
+def _changes(
+    vp: Any, info: KindInfo, name: str | None, labels: LabelSelector | None, revision: int,
+    current: dict[str, dict[str, Any]],
+) -> Iterator[Change]:
+    """The watch as changes of the selection; keeps ``current`` (name -> object) up to date."""
+    for event in vp.watch([info.kind], resource_version=revision + 1):
+        key = event["name"]
+        if name and key != name:
+            continue
+        obj: dict[str, Any] | str = "deleted"
+        if not (event["type"] == "DELETE" and event["part"] == "spec"):
+            try:
+                found: dict[str, Any] = vp.get(info.plural, key)
+            except NotFound:  # deleted between the event and the read: its DELETE follows
+                continue
+            selected = labels is None or labels.matches(found["metadata"].get("labels") or {})
+            obj = found if selected else f"no longer matches {labels}"
+        if not isinstance(obj, str):
+            current[key] = obj
+        elif current.pop(key, None) is None:
+            continue  # never shown
+        yield key, obj
+
+
+def _follow_live(info: KindInfo, output: str, current: dict[str, dict[str, Any]], changes: Iterator[Change]) -> None:
+    def render() -> Any:
+        if not current:
+            return Text(f"No {info.plural} found.", style="dim")
+        return rich_table(*table_rows(info, [current[k] for k in sorted(current)], wide=output == "wide"))
+
+    with Live(render(), console=out, auto_refresh=False) as screen:
+        for _ in changes:
+            screen.update(render(), refresh=True)
+
+
+def _follow_lines(info: KindInfo, output: str, items: list[dict[str, Any]], changes: Iterator[Change]) -> None:
+    """A line per change, aligned with the header as far as it can be. A change the table does not show
+    (a condition's timestamp, say; AGE aside) prints nothing."""
+    headers, rows = table_rows(info, items, wide=output == "wide")
+    ages = {i for i, h in enumerate(headers) if h == "AGE"}
+
+    def seen(row: list[str]) -> list[str]:
+        return [c for i, c in enumerate(row) if i not in ages]
+
+    widths = [0] * len(headers)
+    shown = {i["metadata"]["name"]: seen(row) for i, row in zip(items, rows, strict=True)}
+    sys.stdout.write("\n".join(plain_lines(headers, rows, widths)) + "\n")
+    sys.stdout.flush()
+    for key, obj in changes:
+        if isinstance(obj, str):
+            shown.pop(key, None)
+            sys.stdout.write(f"{info.singular}/{key} {obj}\n")
+        else:
+            row = table_rows(info, [obj], wide=output == "wide")[1][0]
+            if shown.get(key) == seen(row):
+                continue
+            shown[key] = seen(row)
+            sys.stdout.write(plain_lines(None, [row], widths)[0] + "\n")
+        sys.stdout.flush()
 
 
 def describe(

@@ -244,6 +244,34 @@ def test_get_watch_prints_changes(vp: Vp, server: ServerProcess, tmp_path: Path)
         watcher.communicate(timeout=10)
 
 
+def test_get_watch_follows_only_the_selection_and_only_visible_changes(vp: Vp, server: ServerProcess,
+                                                                       tmp_path: Path) -> None:
+    f = tmp_path / "sel.yaml"
+
+    def apply(*vms: str) -> None:
+        write(f, CLUSTER + "".join("---\n" + v for v in vms))
+        assert vp("apply", "-f", str(f)).returncode == 0
+
+    apply(vm_yaml("sel-1", labels="app: sel"))
+    watcher = subprocess.Popen([VIRTPLANE, "get", "vms", "-l", "app=sel", "-w"], env=server.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        seen = _read_until(watcher, "sel-1", 30)
+        assert seen.splitlines()[0].split()[:2] == ["NAME", "CLUSTER"], seen
+        apply(vm_yaml("sel-1", labels="app: sel"), vm_yaml("other-1", labels="app: other"))  # not selected
+        apply(vm_yaml("sel-1", labels="app: sel", extra="  runStrategy: Manual\n"),
+              vm_yaml("other-1", labels="app: other"))
+        apply(vm_yaml("sel-1", memory="1Gi", labels="app: sel"), vm_yaml("other-1", labels="app: other"))
+        changed = _read_until(watcher, "sel-1", 30)
+        assert changed.splitlines() == [changed.splitlines()[-1]] and "1Gi" in changed, changed
+        apply(vm_yaml("sel-1", memory="1Gi", labels="app: moved"), vm_yaml("other-1", labels="app: other"))
+        left = _read_until(watcher, "sel-1", 30)
+        assert left.strip() == "virtualmachine/sel-1 no longer matches app=sel", left
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=10)
+
+
 def test_export_keeps_comments(vp: Vp, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     f = write(

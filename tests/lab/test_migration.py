@@ -9,6 +9,8 @@ serial log shows it was not rebooted (one READY marker). Root only (see conftest
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -183,14 +185,58 @@ def test_migrate_by_constraint(world: World) -> None:
     assert "Completed" in info, info
 
 
+class Watcher:
+    """`virtplane get migrations -w`, its output read after it is stopped; on a pseudo-terminal when ``tty``."""
+
+    def __init__(self, w: World, tty: bool) -> None:
+        self.tty = tty
+        env = {**w.server.env, "COLUMNS": "200", "LINES": "40"}
+        args = [VIRTPLANE, "get", "migrations", "-w"]
+        if tty:
+            self.master, slave = pty.openpty()
+            self.proc = subprocess.Popen(args, env=env, stdin=slave, stdout=slave, stderr=slave)
+            os.close(slave)
+        else:
+            self.proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        if not self.tty:
+            return self.proc.communicate(timeout=10)[0]
+        self.proc.wait(timeout=10)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(self.master)
+        return b"".join(chunks).decode(errors="replace")
+
+
 def test_migrate_by_request_with_the_cli(world: World) -> None:
     w = world
     w.apply(w.vm("mig-a")[1])  # no constraint any more: it stays where it is
+    watchers = [Watcher(w, tty=False), Watcher(w, tty=True)]
+    time.sleep(2)  # both listed and watching
     done = w.vp("migrate", "vm/mig-a", "--to", "lab-1", "--wait", "--timeout", "120")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Succeeded" in done.stdout and "downtime" in done.stdout, done.stdout
     print(f"\n{done.stdout.strip()}")
     assert_moved(w, "mig-a", "lab-2", "lab-1")
+
+    # `get -w` follows the Migration with a progress bar: a line per change through a pipe, one table
+    # redrawn in place on a terminal.
+    time.sleep(1.5)
+    lines, screen = (watcher.stop() for watcher in watchers)
+    rows = [line for line in lines.splitlines() if "mig-a" in line]
+    assert rows and "Succeeded" in rows[-1] and "[====================] 100%" in rows[-1], lines
+    assert lines.count("PROGRESS") == 1, lines
+    assert "Succeeded" in screen and "[====================] 100%" in screen, screen
+    assert screen.count("PROGRESS") >= 2, f"the live table was not redrawn: {screen!r}"
 
     refused = w.vp("migrate", "vm/mig-a", "--to", "lab-9", "--wait", "--timeout", "60")
     assert refused.returncode == 1, refused.stdout + refused.stderr
