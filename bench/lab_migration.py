@@ -11,6 +11,9 @@ n times. Per migration:
 - libvirt call: how long virDomainMigrate3 blocked (log line "completed after X s");
 - QEMU time and downtime: `virsh domjobinfo --completed` on the target ("Time elapsed", "Total downtime");
 - end to end: the apply returned -> `virsh list` shows the guest on the target only.
+Baseline in the same run, interleaved with ours: a copy of the same guest (our codec's XML without our
+metadata, its own disk) migrated n times with plain `virsh migrate --live --persistent --undefinesource
+--unsafe` after `virsh migrate-setmaxdowntime` to the same limit: the call's time and the downtime reported.
 Everything is stopped at the end.
 """
 
@@ -18,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +71,44 @@ def started_times(log: Path) -> list[float]:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class PlainVirsh:
+    """The baseline: a foreign copy of bm (its own disk), migrated with plain virsh, alternating hosts."""
+
+    def __init__(self, uris: dict[str, str], work: Path, max_downtime_ms: int) -> None:
+        self.uris, self.max_downtime_ms, self.on = uris, max_downtime_ms, "lab-1"
+        on = next(h for h, u in uris.items() if "bm" in virsh(u, "list", "--name").split())
+        root = ET.fromstring(virsh(uris[on], "dumpxml", "--inactive", "bm"))
+        root.find("name").text = "rawmig"  # type: ignore[union-attr]
+        for tag in ("uuid", "metadata"):
+            for el in root.findall(tag):
+                root.remove(el)
+        source = root.find("./devices/disk/source")
+        assert source is not None
+        disk = Path(source.attrib["file"]).with_name("rawmig.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+        source.attrib["file"] = str(disk)
+        (work / "rawmig.xml").write_text(ET.tostring(root, encoding="unicode"))
+        virsh(uris["lab-1"], "define", str(work / "rawmig.xml"))
+        virsh(uris["lab-1"], "start", "rawmig")
+
+    def migrate(self) -> tuple[float, float]:
+        """(virsh migrate's wall time, downtime reported on the target) in ms."""
+        target = "lab-2" if self.on == "lab-1" else "lab-1"
+        virsh(self.uris[self.on], "migrate-setmaxdowntime", "rawmig", str(self.max_downtime_ms))
+        t0 = time.monotonic()
+        virsh(self.uris[self.on], "migrate", "--live", "--persistent", "--undefinesource", "--unsafe", "rawmig",
+              self.uris[target], "tcp://127.0.0.1")
+        call_ms = (time.monotonic() - t0) * 1000
+        self.on = target
+        info = virsh(self.uris[target], "domjobinfo", "--completed", "rawmig")
+        job = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        return call_ms, float(job["Total downtime"].split()[0])
+
+    def remove(self) -> None:
+        virsh(self.uris[self.on], "destroy", "rawmig")
+        virsh(self.uris[self.on], "undefine", "rawmig")
 
 
 def main() -> None:
@@ -121,8 +164,10 @@ def main() -> None:
 
         api.apply([cluster, *docs, disk, vm("lab-1")])
         wait("bm running on lab-1", lambda: "bm" in virsh(uris["lab-1"], "list", "--name").split())
-        time.sleep(5)  # let the guest finish booting: an idle guest is measured
+        baseline = PlainVirsh(uris, work, args.max_downtime_ms)
+        time.sleep(5)  # let the guests finish booting: idle guests are measured
         rows = []
+        raw = []
         for i in range(args.n):
             source, target = ("lab-1", "lab-2") if i % 2 == 0 else ("lab-2", "lab-1")
             sent = time.time()
@@ -153,13 +198,24 @@ def main() -> None:
                 flush=True,
             )
             time.sleep(1)
+            raw.append(baseline.migrate())  # interleaved, so both see the same machine
+            time.sleep(1)
+        baseline.remove()
         for label, col in (("overhead", 0), ("libvirt call", 4), ("QEMU total", 1), ("downtime", 2), ("end to end", 3)):
             values = [r[col] for r in rows]
             print(
                 f"{label:>12}: p50 {statistics.median(values):.0f} ms, p95 {pct(values, 0.95):.0f} ms, "
                 f"max {max(values):.0f} ms"
             )
-        print(f"accel {accel}, guest 256 MiB 1 vCPU, maxDowntimeMs {args.max_downtime_ms}, n={args.n}")
+        for label, col in (("libvirt call", 0), ("downtime", 1)):
+            values = [r[col] for r in raw]
+            print(
+                f"{'plain virsh ' + label:>24}: p50 {statistics.median(values):.0f} ms, "
+                f"p95 {pct(values, 0.95):.0f} ms, max {max(values):.0f} ms"
+            )
+        one, five, _ = os.getloadavg()
+        print(f"accel {accel}, guest 256 MiB 1 vCPU, maxDowntimeMs {args.max_downtime_ms}, n={args.n}; "
+              f"load avg {one:.2f} (1 min) {five:.2f} (5 min) at the end, {os.cpu_count()} cores")
         api.close()
     finally:
         if server is not None:

@@ -98,12 +98,13 @@ def migration_context(rt: Runtime, vm: VirtualMachine, storage_domains: list[str
     name = vm.metadata.name
     tracker = migrations_of(rt)
     cluster = rt.cache.get("Cluster", vm.spec.cluster, Cluster)
-    uris = {HostName(h.metadata.name): uri for h in rt.cache.all("Host", Host)
-            if h.spec.cluster == vm.spec.cluster and (uri := migrate_uri(h)) is not None}
+    hosts = [h for h in rt.cache.all("Host", Host) if h.spec.cluster == vm.spec.cluster]
+    uris = {HostName(h.metadata.name): uri for h in hosts if (uri := migrate_uri(h)) is not None}
     return MigrationContext(
         policy=cluster.spec.migration if cluster is not None else MigrationPolicy(),
         request=open_request(rt, name), in_flight=tracker.in_flight(name), busy=tracker.busy(),
         shared_storage=all_disks_shared(rt, storage_domains), migrate_uris=uris,
+        libvirt_uris={HostName(h.metadata.name): h.spec.uri for h in hosts},
         retry_blocked=tracker.retry_blocked(name, RETRY_BACKOFF_S),
     )
 
@@ -131,7 +132,7 @@ def describe_outcome(job: MigrationJob) -> tuple[str, str, bool]:
     took = f"{job.elapsed(job.finished or job.started):.1f} s"
     if job.error is None:
         downtime = job.completed.downtime_ms if job.completed else None
-        extra = f", downtime {downtime} ms (QEMU)" if downtime is not None else ""
+        extra = f", downtime {downtime} ms" if downtime is not None else ""
         return "Migrated", f"{job.source} -> {job.target} in {took}{extra}; {job.reason}", False
     if job.aborting:
         return ("MigrationAborted", f"{job.source} -> {job.target} aborted after {took}: {job.reason} "

@@ -234,6 +234,7 @@ class MigrationSettings:
     post_copy: bool = False  # allow switching to post-copy later (VIR_MIGRATE_POSTCOPY)
     unsafe: bool = False  # every disk is on a storage domain declared shared (VIR_MIGRATE_UNSAFE)
     migrate_uri: str | None = None  # where the data goes, e.g. tcp://10.0.0.2; None = libvirt's choice
+    peer_uri: str | None = None  # the target's libvirt URI for a peer-to-peer migration; None = relayed by us
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class MigrationContext:
     busy: Mapping[HostName, int] = field(default_factory=dict)  # migrations in flight per host (either end)
     shared_storage: bool = False  # every disk of the VM is on a storage domain declared shared
     migrate_uris: Mapping[HostName, str] = field(default_factory=dict)  # data URI per target host
+    libvirt_uris: Mapping[HostName, str] = field(default_factory=dict)  # each Host's spec.uri (peer to peer)
     retry_blocked: str | None = None  # an automatic move failed recently: why (no retry until it clears)
 
 
@@ -103,6 +104,7 @@ def settings_for(ctx: MigrationContext, target: HostName) -> MigrationSettings:
     return MigrationSettings(
         max_downtime_ms=p.maxDowntimeMs, bandwidth_mib_s=p.bandwidthMiBps, auto_converge=p.autoConverge,
         post_copy=p.postCopy, unsafe=ctx.shared_storage, migrate_uri=ctx.migrate_uris.get(target),
+        peer_uri=ctx.libvirt_uris.get(target) if p.peerToPeer else None,
     )
 
 

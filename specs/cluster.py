@@ -72,6 +72,13 @@ class MigrationPolicy(StrictModel):
         description="Allow switching to post-copy (guest runs on the target, pages fetched on demand). "
         "Guarantees completion but a network failure during post-copy loses the guest.",
     )
+    peerToPeer: bool = Field(
+        default=True,
+        description="The source host's libvirtd drives the migration and connects to the target Host's uri "
+        "itself (that URI must work from the source host: qemu+tls, or qemu+ssh with keys between hosts). The "
+        "switch-over then never waits for the controller, and a migration keeps going if the controller "
+        "restarts. false: the controller relays between the two libvirtds (only it needs to reach the hosts).",
+    )
     bandwidthMiBps: int | None = Field(
         default=None, ge=1, le=100000, description="Bandwidth cap per migration in MiB/s; unset = unlimited."
     )

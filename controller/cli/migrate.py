@@ -53,7 +53,7 @@ def migrate(
     message = _message(status)
     if phase == "Succeeded":
         downtime = status.get("downtimeMs")
-        extra = f" (downtime {downtime} ms)" if downtime is not None else ""
+        extra = f" (downtime {downtime} ms)" if downtime is not None and "downtime" not in message else ""
         sys.stdout.write(f"migration/{migration} Succeeded: {message}{extra}\n")
         return
     if phase in TERMINAL:

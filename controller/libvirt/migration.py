@@ -7,6 +7,11 @@ thread ends, the outcome is handed to the event loop (``on_finish``), which requ
 controller then collects it (``Migrations.collect``) and reports it. Meanwhile the planner sees the job
 through ``Migrations.in_flight`` and the source domain's job stats (``ObservedDomain.job``).
 
+Peer to peer (the cluster policy's default, ``settings.peer_uri`` set): the source libvirtd connects to the
+target's libvirt URI and drives every phase itself (``migrateToURI3`` with ``VIR_MIGRATE_PEER2PEER``), so the
+switch-over never waits for this process, and a migration goes on if the controller restarts. Otherwise
+libvirt's client library in this process relays between the two hosts (``migrate3``).
+
 Flags: ``VIR_MIGRATE_LIVE | PERSIST_DEST | UNDEFINE_SOURCE`` always; ``UNSAFE`` only when every disk is on
 a storage domain declared shared (libvirt cannot tell that a POSIX directory is shared); ``AUTO_CONVERGE``
 and ``POSTCOPY`` (post-copy allowed, switched to by ``start_post_copy``) from the cluster policy. The data
@@ -49,6 +54,8 @@ def migration_flags(settings: MigrationSettings) -> int:
         flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
     if settings.post_copy:
         flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    if settings.peer_uri:
+        flags |= libvirt.VIR_MIGRATE_PEER2PEER
     return int(flags)
 
 
@@ -66,8 +73,12 @@ def migrate_blocking(source: Conn, target: Conn, name: str, settings: MigrationS
     as the target reports them. Blocks until the migration ends; raises ``libvirtError`` on failure."""
     dom = source.lookupByName(name)
     dom.migrateSetMaxDowntime(settings.max_downtime_ms, 0)
-    moved = dom.migrate3(target, migration_params(settings), migration_flags(settings))
+    if settings.peer_uri:
+        dom.migrateToURI3(settings.peer_uri, migration_params(settings), migration_flags(settings))
+    else:
+        dom.migrate3(target, migration_params(settings), migration_flags(settings))
     try:
+        moved = target.lookupByName(name)
         # KEEP_COMPLETED: fetching must not erase them (`virsh domjobinfo --completed` shows them too).
         keep = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
         return job_from_stats(moved.jobStats(keep))

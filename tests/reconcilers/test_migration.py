@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -73,12 +74,18 @@ def test_settings_come_from_the_policy_and_shared_storage() -> None:
     policy = MigrationPolicy(maxDowntimeMs=50, bandwidthMiBps=8, autoConverge=False, postCopy=True,
                              fallback="PostCopy", convergenceTimeoutSeconds=10)
     ctx = MigrationContext(policy=policy, request=MigrationRequest("m1", H2), shared_storage=False,
-                           migrate_uris={H2: "tcp://10.0.0.2"})
+                           migrate_uris={H2: "tcp://10.0.0.2"},
+                           libvirt_uris={H1: "qemu+tls://h1/system", H2: "qemu+tls://h2/system"})
     action = plan_vm(inputs(vm, domains, VirtualMachineStatus(host=H1), migration=ctx)).plan.actions[0]
     assert isinstance(action, MigrateDomain) and action.migration == "m1"
     s = action.settings
     assert (s.max_downtime_ms, s.bandwidth_mib_s, s.auto_converge, s.post_copy, s.unsafe, s.migrate_uri) == (
         50, 8, False, True, False, "tcp://10.0.0.2")
+    assert s.peer_uri == "qemu+tls://h2/system"  # peer to peer by default: the source dials the target
+
+    relayed = replace(ctx, policy=policy.model_copy(update={"peerToPeer": False}))
+    action = plan_vm(inputs(vm, domains, VirtualMachineStatus(host=H1), migration=relayed)).plan.actions[0]
+    assert isinstance(action, MigrateDomain) and action.settings.peer_uri is None
 
 
 def test_request_to_a_host_that_cannot_take_it_is_rejected() -> None:
