@@ -20,14 +20,15 @@ import logging
 from datetime import timedelta
 from typing import Any, cast
 
+from controller.libvirt.errors import ReconcileError
 from controller.libvirt.migration import MigrationJob, Migrations
 from controller.runtime import Runtime
 from controller.workqueue import Result
 from reconcilers.actions import MigrationSettings
-from reconcilers.domain import HostName, ObservedJob
+from reconcilers.domain import HostName, ObservedDomain, ObservedJob
 from reconcilers.migration import MigrationContext, MigrationRequest, MoveDecision
 from specs.cluster import Cluster, MigrationPolicy
-from specs.host import Host
+from specs.host import Host, HostStatus
 from specs.meta import Condition
 from specs.migration import Migration, MigrationStatus
 from specs.storage import StorageDomain
@@ -172,10 +173,19 @@ async def reconcile_migration(rt: Runtime, name: str) -> Result | None:
         rt.queue.add(("VirtualMachine", m.spec.vm))
         return Result(requeue_after=PROGRESS_EVERY_S)
     elif prev.phase in ("Running", "PostCopy"):
-        # We lost track of it (controller restart): judge by where the VM runs now.
-        ok = here is not None and here == prev.targetHost
-        status = _finished(rt, m, prev, "Succeeded" if ok else "Failed", "Interrupted",
-                           f"the controller restarted during the migration; the VM runs on {here or 'no host'}")
+        # We lost track of it (controller restart). Peer to peer, libvirt may still be migrating: ask it.
+        where = await _where_libvirt_has_it(rt, m.spec.vm, prev)
+        if where in ("migrating", "unknown"):
+            why = ("libvirt is still migrating the VM" if where == "migrating"
+                   else "waiting for both hosts to answer before judging where the VM runs")
+            status = prev.model_copy(update={"conditions": rt.with_times((_cond(
+                "Complete", False, "Running", f"the controller restarted; {why}"),), prev)})
+            requeue = PROGRESS_EVERY_S
+        else:
+            here = where or here
+            ok = here is not None and here == prev.targetHost
+            status = _finished(rt, m, prev, "Succeeded" if ok else "Failed", "Interrupted",
+                               f"the controller restarted during the migration; the VM runs on {here or 'no host'}")
     else:
         waiting = tracker.waiting.get(name)
         phase = "Scheduling" if waiting is not None else "Pending"
@@ -192,6 +202,33 @@ async def reconcile_migration(rt: Runtime, name: str) -> Result | None:
                       source="migration-controller")
         return await _expire(rt, m, status)
     return Result(requeue_after=requeue) if requeue else None
+
+
+async def _where_libvirt_has_it(rt: Runtime, vm: str, prev: MigrationStatus) -> str | None:
+    """"migrating" while the source still reports the outgoing migration job; "unknown" while a host is not
+    connected yet (just after a restart) and not known to be down; else the host (source or target) where
+    the domain runs, or None when neither runs it."""
+    found: dict[str, ObservedDomain | None] = {}
+    for host in (prev.sourceHost, prev.targetHost):
+        if host is None:
+            continue
+        runtime = rt.hosts.hosts.get(HostName(host))
+        if runtime is None or not runtime.ready:
+            seen = rt.cache.status["Host"].get(host)
+            if isinstance(seen, HostStatus) and seen.phase in ("NotResponding", "Fenced", "PoweredOff"):
+                continue  # down: judge by the other host (and the VM's status)
+            return "unknown"
+        try:
+            found[host] = await runtime.conn.observe_domain(vm)
+        except ReconcileError as exc:
+            log.info("migration of %s: cannot ask %s: %s", vm, host, exc)
+    source = found.get(prev.sourceHost or "")
+    if source is not None and source.job is not None and source.job.operation == "migration_out":
+        return "migrating"
+    for host, domain in found.items():
+        if domain is not None and domain.state == "running":
+            return host
+    return None
 
 
 def _cond(type_: str, ok: bool, reason: str, message: str) -> Condition:

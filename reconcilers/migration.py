@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from reconcilers.actions import AbortMigration, MigrateDomain, MigrationSettings, StartPostCopy
-from reconcilers.domain import DomainName, HostName
+from reconcilers.domain import DomainName, HostName, ObservedJob
 from reconcilers.plan import Action
 from reconcilers.scheduler import ClusterPolicy, HostView, Request, place, reject_reason
 from specs.cluster import MigrationPolicy
@@ -128,6 +128,15 @@ def plan_in_flight(ctx: MigrationContext, domain: DomainName) -> MoveDecision:
     return MoveDecision("migrating", actions, _cond(True, "Migrating", note), job.target, note, OBSERVE_EVERY_S)
 
 
+def plan_unowned(job: ObservedJob) -> MoveDecision:
+    """libvirt migrates the domain but this controller did not start it (it restarted meanwhile, and a
+    peer-to-peer migration goes on without it; or somebody ran `virsh migrate`): start nothing, watch it."""
+    note = "a migration this controller did not start (or started before it restarted) is running"
+    if job.time_elapsed_ms is not None:
+        note += f" for {job.time_elapsed_ms / 1000:.0f} s"
+    return MoveDecision("migrating", (), _cond(True, "Migrating", note), None, note, OBSERVE_EVERY_S)
+
+
 def plan_move(
     ctx: MigrationContext,
     req: Request,
@@ -189,5 +198,5 @@ def _choose_target(
 
 __all__ = [
     "InFlight", "MigrationContext", "MigrationRequest", "MoveDecision", "move_reason", "plan_in_flight",
-    "plan_move", "settings_for",
+    "plan_move", "plan_unowned", "settings_for",
 ]

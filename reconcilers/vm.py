@@ -37,7 +37,7 @@ from reconcilers.domain import (
     HostName,
     ObservedDomain,
 )
-from reconcilers.migration import MigrationContext, MoveDecision, plan_move
+from reconcilers.migration import MigrationContext, MoveDecision, plan_move, plan_unowned
 from reconcilers.plan import Action, Plan
 from reconcilers.scheduler import ClusterPolicy, HostView, Request, place
 from reconcilers.vm_domain import ResolvedDisk, ResolvedNetwork, config_differences, desired_domain
@@ -232,6 +232,8 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
 def _plan_move(inputs: VmInputs, vm: VirtualMachine, host: HostName, d: ObservedDomain | None) -> MoveDecision | None:
     """Live migration applies to a running guest of ours (or one already moving)."""
     if inputs.migration.in_flight is None:
+        if d is not None and _ours(vm, d) and d.job is not None and d.job.operation == "migration_out":
+            return plan_unowned(d.job)
         if d is None or not _ours(vm, d) or d.state != "running" or d.config is None:
             return None
         if _should_run(vm, inputs.status, d) is False:

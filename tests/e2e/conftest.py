@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -44,6 +45,14 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def _config_names(data_dir: Path, url: str) -> bool:
+    """The CLI config in ``data_dir`` points at ``url`` (a restarted server rewrites it shortly after it listens)."""
+    try:
+        return bool(json.loads((data_dir / "config.json").read_text()).get("server") == url)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
 def start_server(
     data_dir: Path, *extra: str, etcd: EmbeddedEtcd | None = None, env_extra: dict[str, str] | None = None
 ) -> ServerProcess:
@@ -65,7 +74,7 @@ def start_server(
         if proc.poll() is not None:
             raise AssertionError(f"server exited {proc.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200 and (data_dir / "config.json").exists():
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200 and _config_names(data_dir, url):
                 return server
         except httpx.TransportError:
             pass

@@ -68,6 +68,7 @@ class World:
     image: GuestImage
     accel: str
     dir: Path
+    etcd: EmbeddedEtcd
 
     @property
     def uris(self) -> dict[str, str]:
@@ -143,15 +144,15 @@ def world(lab: Lab, guest_image: GuestImage, accel: str, etcd: EmbeddedEtcd,
     server = start_server(data, etcd=etcd, env_extra={"VIRTPLANE_LOG_LEVEL": "INFO"})
     config = json.loads((data / "config.json").read_text())
     api = Client(config["server"], config.get("token"))
-    w = World(lab, server, api, guest_image, accel, data)
+    w = World(lab, server, api, guest_image, accel, data, etcd)
     try:
         w.apply(w.cluster(), *w.hosts())
         wait_for("hosts Ready", lambda: all(
             w.status("hosts", h).get("phase") == "Ready" for h in ("lab-1", "lab-2")), 60)
         yield w
     finally:
-        api.close()
-        server.stop()
+        w.api.close()
+        w.server.stop()  # the one running now (a test may have restarted it)
         for uri in w.uris.values():  # leave the lab's hosts empty for the next module
             for name in defined(uri):
                 subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True, check=False)
@@ -311,3 +312,39 @@ def test_not_converging_aborts_then_post_copy_completes(world: World) -> None:
     switched = [m for m in events if "StartPostCopy mig-d on lab-1" in m]
     assert switched, f"the budget passed without a switch to post-copy: {events}"
     print(f"post-copy fallback: Succeeded after {took:.1f} s: {done.stdout.strip()}")
+
+
+def test_server_killed_mid_migration_the_migration_completes_and_is_reported(world: World) -> None:
+    """Peer to peer, the source libvirtd drives the migration: SIGKILL of the only server (controllers
+    included) does not stop it. After a restart the controller watches it instead of starting another,
+    then reports the VM on the target and the Migration Succeeded; the VM ran on one host at a time."""
+    w = world
+    w.apply(w.cluster(bandwidthMiBps=12))  # slow enough (several s) to kill the server and restart it meanwhile
+    w.apply(*w.vm("mig-k", allowed=["lab-1"]))
+    w.boot("mig-k", "lab-1")
+    w.apply(w.vm("mig-k")[1])
+    assert w.vp("migrate", "vm/mig-k", "--to", "lab-2").returncode == 0
+    name, _ = wait_for("Migration Running", lambda: (m := _migration_of(w, "mig-k"))[1].get("phase") == "Running"
+                       and m, 30, interval=0.2)
+    assert "Unbounded" in virsh(w.uris["lab-1"], "domjobinfo", "mig-k")  # libvirt is migrating it
+    killed = time.monotonic()
+    w.server.proc.kill()
+    w.server.proc.wait()
+    assert "Unbounded" in virsh(w.uris["lab-1"], "domjobinfo", "mig-k"), "the migration stopped with the server"
+
+    restarted = start_server(w.dir, etcd=w.etcd, env_extra={"VIRTPLANE_LOG_LEVEL": "INFO"})
+    config = json.loads((w.dir / "config.json").read_text())
+    api = Client(config["server"], config.get("token"))
+    old_api, w.server, w.api = w.api, restarted, api
+    try:
+        status = wait_for(f"migration/{name} finished", lambda: (s := w.status("migrations", name)).get("phase")
+                          in ("Succeeded", "Failed") and s, 120, interval=0.3)
+        print(f"\nserver killed {time.monotonic() - killed:.1f} s before: migration/{name} {status['phase']}: "
+              f"{status['conditions'][0]['message']}")
+        assert status["phase"] == "Succeeded", status
+        assert_moved(w, "mig-k", "lab-1", "lab-2")
+        started = [e for e in w.events("mig-k") if "MigrateDomain" in e["message"]]
+        assert len(started) <= 1, f"a second migration was started: {[e['message'] for e in started]}"
+    finally:
+        old_api.close()
+        w.apply(w.cluster())

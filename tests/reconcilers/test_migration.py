@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconcilers.actions import AbortMigration, MigrateDomain, StartPostCopy
-from reconcilers.domain import HostName, ObservedDomain
+from reconcilers.domain import HostName, ObservedDomain, ObservedJob
 from reconcilers.migration import InFlight, MigrationContext, MigrationRequest
 from reconcilers.plan import Impact
 from reconcilers.vm import plan_vm
@@ -66,6 +66,21 @@ def test_capacity_never_triggers_a_move_and_silent_hosts_are_left_alone() -> Non
     assert not decision.plan and decision.phase == "Running"
     conds = {c.type: c for c in decision.conditions}
     assert conds["Migration"].reason == "NoTarget" and "h2: not Ready" in conds["Migration"].message
+
+
+def test_a_migration_libvirt_runs_without_us_is_watched_not_repeated() -> None:
+    """After a controller restart a peer-to-peer migration goes on in libvirt with no record of ours: the
+    planner must not start a second one (nor touch the VM) while the source reports it."""
+    domains = running_on(H1)
+    job = ObservedJob("unbounded", "migration_out", data_total=100, data_remaining=40, time_elapsed_ms=3200)
+    domains = {H1: replace(domains[H1], job=job)}
+    vm = make_vm(placement={"allowedHosts": [H2]}, memory={"size": "1Gi"})  # wants to move, and a live change
+    decision = plan_vm(inputs(vm, domains, VirtualMachineStatus(host=H1),
+                              migration=MigrationContext(shared_storage=True, request=MigrationRequest("m1", H2))))
+    assert not decision.plan and decision.phase == "Migrating" and decision.host == H1
+    conds = {c.type: c for c in decision.conditions}
+    assert conds["Migration"].reason == "Migrating" and "did not start" in conds["Migration"].message
+    assert "for 3 s" in conds["Migration"].message and decision.requeue_after
 
 
 def test_settings_come_from_the_policy_and_shared_storage() -> None:
