@@ -28,17 +28,19 @@ def cluster(lab: Lab, guest_image: GuestImage, accel: str, etcd: EmbeddedEtcd,
     yield from lab_cluster(lab, guest_image, tmp_path_factory.mktemp("vp"), etcd, accel)
 
 
-def node(uri: str, domain: str) -> str:
-    """The node name of the guest's first disk (HMP qemu-io wants a node name with -blockdev)."""
-    reply = json.loads(virsh(uri, "qemu-monitor-command", domain, '{"execute":"query-block"}'))
-    return str(reply["return"][0]["inserted"]["node-name"])
-
-
-def hmp(uri: str, domain: str, command: str) -> str:
-    command = command.replace("-d virtio-disk0", node(uri, domain))
+def hmp(uri: str, domain: str, command: str) -> None:
+    """An HMP command that prints nothing when it works (qemu-io's own output goes to QEMU's log)."""
     out = virsh(uri, "qemu-monitor-command", "--hmp", domain, command)
-    assert "error" not in out.lower(), f"{command}: {out}"
-    return out
+    assert not out.strip(), f"{command}: {out}"
+
+
+def write_pattern(uri: str, domain: str, byte: int) -> None:
+    """64 KiB of ``byte`` at offset 0 of the running guest's first disk, through its QEMU (qemu-io on the
+    disk's device: its node is refused, the device holds the write permission), flushed."""
+    reply = json.loads(virsh(uri, "qemu-monitor-command", domain, '{"execute":"query-block"}'))
+    device = reply["return"][0]["qdev"]
+    hmp(uri, domain, f'qemu-io -d {device} "write -P 0x{byte:02x} 0 64k"')
+    hmp(uri, domain, f'qemu-io -d {device} "flush"')
 
 
 def image_snapshots(path: str) -> list[str]:
@@ -69,6 +71,7 @@ def test_snapshots_revert_delete_and_clone(cluster: LabCluster) -> None:
     print(f"\nvm apply -> Running: {time.monotonic() - started:.2f} s")
     path = cluster.status("Disk", "sv-root")["path"]
     time.sleep(4)  # let the guest boot (TCG ~3 s)
+    write_pattern(uri, "sv", 0xA1)  # the disk as the disk-only snapshot will hold it
 
     # -- disk-only, live
     started = time.monotonic()
@@ -79,6 +82,7 @@ def test_snapshots_revert_delete_and_clone(cluster: LabCluster) -> None:
     assert "sv-disk" in virsh(uri, "snapshot-list", "sv", "--name").split()
     assert "sv-disk" in image_snapshots(path)
     assert virsh(uri, "domstate", "sv").strip() == "running"
+    write_pattern(uri, "sv", 0xB2)  # the disk moves on after the snapshot
 
     # -- with memory, live
     started = time.monotonic()
@@ -96,9 +100,12 @@ def test_snapshots_revert_delete_and_clone(cluster: LabCluster) -> None:
     clone = cluster.wait_phase("Disk", "sv-clone", "Ready", timeout=60)
     cluster.wait_phase("VirtualMachine", "sv-clone-vm", "Running", timeout=120)
     print(f"clone from snapshot -> VM Running: {time.monotonic() - started:.2f} s")
-    assert read_byte(clone["path"]) == read_byte(path)  # both blank at offset 0; proves the clone is a valid qcow2
     assert clone["format"] == "qcow2" and image_snapshots(clone["path"]) == []
     assert virsh(uri, "domstate", "sv-clone-vm").strip() == "running"
+    # The clone holds the disk as it was at the snapshot, not as it is now; its guest reads that too.
+    assert read_byte(clone["path"]) == b"\xa1" and read_byte(path) == b"\xb2"
+    seen = wait_for("sv-clone-vm reports its disk", lambda: console_disk_bytes(cluster, "sv-clone-vm"), 90)
+    assert seen == "a1" * 16, seen
 
     # -- revert to the memory snapshot: the guest keeps running (resumed from saved RAM)
     done = cluster.vp("snapshot", "revert", "sv-mem", "--timeout", "120")
@@ -113,6 +120,7 @@ def test_snapshots_revert_delete_and_clone(cluster: LabCluster) -> None:
     print(f"revert (disk-only): {done.stdout.strip()}")
     assert virsh(uri, "domstate", "sv").strip() == "running"
     assert virsh(uri, "domid", "sv").strip() != dom_id, "a disk-only revert restarts the guest"
+    assert read_byte(path) == b"\xa1", "the disk is back as it was at the snapshot"
     assert cluster.status("Snapshot", "sv-disk")["lastRevert"]["phase"] == "Succeeded"
 
     # -- delete: libvirt snapshot and the image's internal snapshot go, the object goes
