@@ -137,6 +137,7 @@ def _lab_demo(data_dir: Path, env: dict[str, str]) -> None:
             print(f"\n$ virsh -c {uri} list    # {host}", flush=True)
             subprocess.run(["virsh", "-c", uri, "list"], check=False)
         _run(["migrate", "vm/lab-vm", "--wait"], env, check=False)
+        _run(["get", "migrations", "-o", "wide"], env, check=False)
         for host, uri in sorted(uris.items()):
             print(f"\n$ virsh -c {uri} list    # {host}", flush=True)
             subprocess.run(["virsh", "-c", uri, "list"], check=False)

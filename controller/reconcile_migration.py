@@ -138,7 +138,11 @@ def describe_outcome(job: MigrationJob) -> tuple[str, str, bool]:
     if job.aborting:
         return ("MigrationAborted", f"{job.source} -> {job.target} aborted after {took}: {job.reason} "
                 f"({job.error}); the VM still runs on {job.source}", True)
-    return ("MigrationFailed", f"{job.source} -> {job.target} failed after {took}: {job.error}; "
+    hint = ""
+    if job.settings.peer_uri and "connect" in (job.error or "").lower():
+        hint = (f" (peer to peer, {job.source} itself connects to {job.settings.peer_uri}; make that URI work "
+                "from the hosts, or set the Cluster's spec.migration.peerToPeer: false)")
+    return ("MigrationFailed", f"{job.source} -> {job.target} failed after {took}: {job.error}{hint}; "
             f"the VM still runs on {job.source}", True)
 
 

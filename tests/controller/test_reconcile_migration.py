@@ -16,7 +16,7 @@ from controller.cache import Cache
 from controller.hosts import HostRegistry
 from controller.libvirt.migration import MigrationJob
 from controller.metrics import Registry
-from controller.reconcile_migration import migrations_of, open_request, reconcile_migration
+from controller.reconcile_migration import describe_outcome, migrations_of, open_request, reconcile_migration
 from controller.runtime import Runtime
 from controller.store import Store
 from controller.workqueue import WorkQueue
@@ -99,3 +99,15 @@ async def test_a_migration_of_a_missing_vm_fails_with_the_reason(store: Store, t
     status = phase(rt, "m2")
     assert status.phase == "Failed" and status.conditions[0].reason == "VMNotFound"
     assert "nope does not exist" in status.conditions[0].message
+
+
+def test_a_peer_to_peer_connection_failure_says_what_to_do() -> None:
+    peer = MigrationSettings(peer_uri="qemu+ssh://h2/system")
+    job = MigrationJob("web", HostName("h1"), HostName("h2"), peer, "m1", "requested", 0.0, done=True,
+                       error="Cannot recv data: ssh: connect to host h2 port 22: Connection refused", finished=1.0)
+    reason, message, warning = describe_outcome(job)
+    assert reason == "MigrationFailed" and warning
+    assert "h1 itself connects to qemu+ssh://h2/system" in message and "peerToPeer: false" in message
+    assert message.endswith("the VM still runs on h1")
+    job.error = "operation failed: migration out job: unexpectedly failed"
+    assert "peerToPeer" not in describe_outcome(job)[1]  # only for a failure to connect
