@@ -68,6 +68,9 @@ def open_request(rt: Runtime, vm: str) -> MigrationRequest | None:
         status = rt.cache.status["Migration"].get(m.metadata.name)
         if isinstance(status, MigrationStatus) and status.phase in TERMINAL:
             continue
+        if isinstance(status, MigrationStatus) and status.phase in ("Running", "PostCopy") \
+                and tracker.by_migration(m.metadata.name) is None:
+            continue  # under way before a restart: the Migration controller settles it by asking libvirt
         candidates.append(m)
     if not candidates:
         return None
@@ -188,8 +191,9 @@ async def reconcile_migration(rt: Runtime, name: str) -> Result | None:
         else:
             here = where or here
             ok = here is not None and here == prev.targetHost
-            status = _finished(rt, m, prev, "Succeeded" if ok else "Failed", "Interrupted",
-                               f"the controller restarted during the migration; the VM runs on {here or 'no host'}")
+            message = (f"{prev.sourceHost} -> {here}, completed by libvirt while the controller restarted" if ok
+                       else f"the controller restarted during the migration; the VM runs on {here or 'no host'}")
+            status = _finished(rt, m, prev, "Succeeded" if ok else "Failed", "Interrupted", message)
     else:
         waiting = tracker.waiting.get(name)
         phase = "Scheduling" if waiting is not None else "Pending"

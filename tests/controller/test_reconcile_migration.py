@@ -111,3 +111,17 @@ def test_a_peer_to_peer_connection_failure_says_what_to_do() -> None:
     assert message.endswith("the VM still runs on h1")
     job.error = "operation failed: migration out job: unexpectedly failed"
     assert "peerToPeer" not in describe_outcome(job)[1]  # only for a failure to connect
+
+
+async def test_a_migration_left_running_by_a_restart_is_not_carried_out_again(store: Store, tmp_path: Path) -> None:
+    """After a restart no in-memory job backs a Running Migration: the VM controller must not start it anew
+    (peer to peer, libvirt may still be carrying it out); the Migration controller settles it."""
+    rt = await runtime(store, tmp_path, Clock())
+    assert open_request(rt, "web") is not None  # Pending: carried out
+    await rt.write_status("Migration", "m1", MigrationStatus(phase="Running", sourceHost="h1", targetHost="h2"))
+    await rt.cache.load()
+    assert phase(rt, "m1").phase == "Running"
+    assert open_request(rt, "web") is None
+    tracker = migrations_of(rt)
+    tracker.jobs["web"] = MigrationJob("web", HostName("h1"), HostName("h2"), MigrationSettings(), "m1", "r", 0.0)
+    assert open_request(rt, "web") is not None  # ours, in flight: the planner sees it as in flight anyway

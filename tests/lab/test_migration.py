@@ -342,6 +342,8 @@ def test_server_killed_mid_migration_the_migration_completes_and_is_reported(wor
         print(f"\nserver killed {time.monotonic() - killed:.1f} s before: migration/{name} {status['phase']}: "
               f"{status['conditions'][0]['message']}")
         assert status["phase"] == "Succeeded", status
+        assert status["sourceHost"] == "lab-1" and status["targetHost"] == "lab-2", status
+        assert "lab-1 -> lab-2" in status["conditions"][0]["message"], status
         assert_moved(w, "mig-k", "lab-1", "lab-2")
         started = [e for e in w.events("mig-k") if "MigrateDomain" in e["message"]]
         assert len(started) <= 1, f"a second migration was started: {[e['message'] for e in started]}"
