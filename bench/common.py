@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,3 +190,17 @@ def _yaml(value: object, indent: int = 0) -> str:
 def write_yaml(path: Path, docs: list[dict]) -> None:
     """Block-style multi-document YAML, as a Git repository would hold it."""
     path.write_text("".join("---\n" + _yaml(d) for d in docs))
+
+
+def foreign_domain(xml: str, name: str) -> ET.Element:
+    """One of our domain XMLs as somebody else's domain (a baseline for plain virsh): renamed, without uuid,
+    MACs or virtplane metadata, so our controllers leave it alone."""
+    root = ET.fromstring(xml)
+    root.find("name").text = name  # type: ignore[union-attr]
+    for tag in ("uuid", "metadata"):
+        for el in root.findall(tag):
+            root.remove(el)
+    for iface in root.findall("./devices/interface"):
+        for mac in iface.findall("mac"):
+            iface.remove(mac)
+    return root

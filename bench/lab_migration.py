@@ -35,6 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import foreign_domain
+
 from controller.client import Client
 from controller.etcd_server import EmbeddedEtcd
 from controller.lab.cli import lab_manifests
@@ -79,11 +81,7 @@ class PlainVirsh:
     def __init__(self, uris: dict[str, str], work: Path, max_downtime_ms: int) -> None:
         self.uris, self.max_downtime_ms, self.on = uris, max_downtime_ms, "lab-1"
         on = next(h for h, u in uris.items() if "bm" in virsh(u, "list", "--name").split())
-        root = ET.fromstring(virsh(uris[on], "dumpxml", "--inactive", "bm"))
-        root.find("name").text = "rawmig"  # type: ignore[union-attr]
-        for tag in ("uuid", "metadata"):
-            for el in root.findall(tag):
-                root.remove(el)
+        root = foreign_domain(virsh(uris[on], "dumpxml", "--inactive", "bm"), "rawmig")
         source = root.find("./devices/disk/source")
         assert source is not None
         disk = Path(source.attrib["file"]).with_name("rawmig.qcow2")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -29,17 +28,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import foreign_domain, load_note
+
 from controller.client import Client
 from controller.etcd_server import EmbeddedEtcd
 from controller.lab.cli import lab_manifests
 from controller.lab.guest import build_guest_image, probe_accel
 from controller.lab.hosts import Lab
 from tests.e2e.conftest import start_server
-
-
-def load_note() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load avg {one:.2f} (1 min) {five:.2f} (5 min) on {os.cpu_count()} cores"
 
 CACHE = Path("/var/cache/virtplane-lab")
 
@@ -66,19 +62,6 @@ def vm(name: str, image: Any, hosts: list[str] | None = None) -> dict[str, Any]:
     return {"apiVersion": "virtplane.io/v1", "kind": "VirtualMachine", "metadata": {"name": name}, "spec": spec}
 
 
-def foreign_copy(xml: str, name: str) -> str:
-    """Our domain XML as somebody else's domain: renamed, no uuid, MACs or virtplane metadata."""
-    root = ET.fromstring(xml)
-    root.find("name").text = name  # type: ignore[union-attr]
-    for tag in ("uuid", "metadata"):
-        for el in root.findall(tag):
-            root.remove(el)
-    for iface in root.findall("./devices/interface"):
-        for mac in iface.findall("mac"):
-            iface.remove(mac)
-    return ET.tostring(root, encoding="unicode")
-
-
 def raw_batch(uris: dict[str, str], xml: str, n: int, work: Path, per_host: int = 4) -> list[float]:
     """n foreign domains defined + started with plain virsh, half per host, ``per_host`` at once on each;
     seconds from the batch start until each one's `virsh start` returned."""
@@ -87,7 +70,7 @@ def raw_batch(uris: dict[str, str], xml: str, n: int, work: Path, per_host: int 
     for i in range(n):
         name, host = f"raw{i:02d}", hosts[i % len(hosts)]
         path = work / f"{name}.xml"
-        path.write_text(foreign_copy(xml, name))
+        path.write_text(ET.tostring(foreign_domain(xml, name), encoding="unicode"))
         jobs.append((host, name, path))
     t0 = time.monotonic()
 
