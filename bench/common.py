@@ -12,8 +12,11 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,3 +207,53 @@ def foreign_domain(xml: str, name: str) -> ET.Element:
         for mac in iface.findall("mac"):
             iface.remove(mac)
     return root
+
+
+LAB_CACHE = Path("/var/cache/virtplane-lab")
+
+
+@dataclass
+class LabRun:
+    """A lab bench's world: 2 lab hosts, an etcd and a `virtplane server` with controllers, under ``work``."""
+
+    work: Path
+    lab: object  # controller.lab.hosts.Lab
+    server: object  # tests.e2e.conftest.ServerProcess (its .log is read)
+    api: object  # controller.client.Client
+    uris: dict[str, str]
+    docs: list[dict]  # the lab's Host (accelerator annotated) and StorageDomain manifests
+    image: object  # controller.lab.guest.GuestImage
+    accel: str
+
+
+@contextmanager
+def lab_with_server(prefix: str, hosts: int = 2) -> Iterator[LabRun]:
+    """Start the lab hosts, etcd and the server (root only); stop all of them, by PID, whatever happens."""
+    from controller.client import Client
+    from controller.lab.cli import lab_manifests
+    from controller.lab.guest import build_guest_image, probe_accel
+    from controller.lab.hosts import Lab
+    from tests.e2e.conftest import start_server as start_lab_server
+
+    image = build_guest_image(LAB_CACHE / "guest")
+    accel = probe_accel(image, LAB_CACHE / "guest").accel
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    lab = Lab(work / "lab", qemu_caps_dir=LAB_CACHE / "qemu-caps")
+    etcd = EmbeddedEtcd(work / "etcd")
+    server = None
+    try:
+        lab.up(hosts)
+        etcd.start()
+        server = start_lab_server(work / "server", etcd=etcd)
+        config = json.loads((work / "server" / "config.json").read_text())
+        api = Client(config["server"], config.get("token"))
+        try:
+            docs = lab_manifests(lab.status(), lab.shared_dir, "lab", None if accel == "kvm" else "tcg")
+            yield LabRun(work, lab, server, api, {h.name: h.uri for h in lab.status()}, docs, image, accel)
+        finally:
+            api.close()
+    finally:
+        if server is not None:
+            server.stop()
+        etcd.stop()
+        lab.down()

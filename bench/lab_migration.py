@@ -20,13 +20,11 @@ Everything is stopped at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from datetime import datetime
@@ -35,16 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import foreign_domain
+from common import foreign_domain, lab_with_server, pct
 
-from controller.client import Client
-from controller.etcd_server import EmbeddedEtcd
-from controller.lab.cli import lab_manifests
-from controller.lab.guest import build_guest_image, probe_accel
-from controller.lab.hosts import Lab
-from tests.e2e.conftest import start_server
-
-CACHE = Path("/var/cache/virtplane-lab")
 STARTED = re.compile(r"^(\S+ \S+) INFO virtplane.migration migration of (\S+) started")
 COMPLETED = re.compile(r"migration of \S+ completed after ([0-9.]+) s")
 
@@ -68,11 +58,6 @@ def started_times(log: Path) -> list[float]:
         if m:
             out.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class PlainVirsh:
@@ -114,23 +99,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--max-downtime-ms", type=int, default=100)
     args = ap.parse_args()
-    image = build_guest_image(CACHE / "guest")
-    accel = probe_accel(image, CACHE / "guest").accel
-    work = Path(tempfile.mkdtemp(prefix="bench-migration-"))
-    lab = Lab(work / "lab", qemu_caps_dir=CACHE / "qemu-caps")
-    etcd = EmbeddedEtcd(work / "etcd")
-    server = None
-    try:
-        lab.up(2)
-        etcd.start()
-        server = start_server(work / "server", etcd=etcd)
-        config = json.loads((work / "server" / "config.json").read_text())
-        api = Client(config["server"], config.get("token"))
-        uris = {h.name: h.uri for h in lab.status()}
-        docs = lab_manifests(lab.status(), lab.shared_dir, "lab")
-        for d in docs:
-            if d["kind"] == "Host" and accel != "kvm":
-                d["metadata"]["annotations"] = {"virtplane.io/accelerator": "tcg"}
+    with lab_with_server("bench-migration-") as run:
+        api, uris, docs, image, accel = run.api, run.uris, run.docs, run.image, run.accel
+        work, server = run.work, run.server
         cluster = {
             "apiVersion": "virtplane.io/v1",
             "kind": "Cluster",
@@ -202,24 +173,18 @@ def main() -> None:
         for label, col in (("overhead", 0), ("libvirt call", 4), ("QEMU total", 1), ("downtime", 2), ("end to end", 3)):
             values = [r[col] for r in rows]
             print(
-                f"{label:>12}: p50 {statistics.median(values):.0f} ms, p95 {pct(values, 0.95):.0f} ms, "
+                f"{label:>12}: p50 {statistics.median(values):.0f} ms, p95 {pct(values, 95):.0f} ms, "
                 f"max {max(values):.0f} ms"
             )
         for label, col in (("libvirt call", 0), ("downtime", 1)):
             values = [r[col] for r in raw]
             print(
                 f"{'plain virsh ' + label:>24}: p50 {statistics.median(values):.0f} ms, "
-                f"p95 {pct(values, 0.95):.0f} ms, max {max(values):.0f} ms"
+                f"p95 {pct(values, 95):.0f} ms, max {max(values):.0f} ms"
             )
         one, five, _ = os.getloadavg()
         print(f"accel {accel}, guest 256 MiB 1 vCPU, maxDowntimeMs {args.max_downtime_ms}, n={args.n}; "
               f"load avg {one:.2f} (1 min) {five:.2f} (5 min) at the end, {os.cpu_count()} cores")
-        api.close()
-    finally:
-        if server is not None:
-            server.stop()
-        etcd.stop()
-        lab.down()
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ runs on lab-2 only (total, and per VM). Everything is stopped at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
@@ -28,26 +26,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import foreign_domain, load_note
-
-from controller.client import Client
-from controller.etcd_server import EmbeddedEtcd
-from controller.lab.cli import lab_manifests
-from controller.lab.guest import build_guest_image, probe_accel
-from controller.lab.hosts import Lab
-from tests.e2e.conftest import start_server
-
-CACHE = Path("/var/cache/virtplane-lab")
+from common import foreign_domain, lab_with_server, load_note, pct
 
 
 def running(uri: str) -> set[str]:
     out = subprocess.run(["virsh", "-c", uri, "list", "--name"], capture_output=True, text=True, check=True).stdout
     return {line.strip() for line in out.splitlines() if line.strip()}
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def vm(name: str, image: Any, hosts: list[str] | None = None) -> dict[str, Any]:
@@ -109,20 +93,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--evacuate", type=int, default=10)
     args = ap.parse_args()
-    image = build_guest_image(CACHE / "guest")
-    accel = probe_accel(image, CACHE / "guest").accel
-    work = Path(tempfile.mkdtemp(prefix="bench-labvms-"))
-    lab = Lab(work / "lab", qemu_caps_dir=CACHE / "qemu-caps")
-    etcd = EmbeddedEtcd(work / "etcd")
-    server = None
-    try:
-        lab.up(2)
-        etcd.start()
-        server = start_server(work / "server", etcd=etcd)
-        config = json.loads((work / "server" / "config.json").read_text())
-        api = Client(config["server"], config.get("token"))
-        uris = {h.name: h.uri for h in lab.status()}
-        docs = lab_manifests(lab.status(), lab.shared_dir, "lab", None if accel == "kvm" else "tcg")
+    with lab_with_server("bench-labvms-") as run:
+        api, uris, docs, image, accel, work = run.api, run.uris, run.docs, run.image, run.accel, run.work
         # 2 real cores per lab host: allow 16 vCPUs each (the default overcommit, 4, would stop at 16 VMs).
         cluster = {
             "apiVersion": "virtplane.io/v1",
@@ -149,7 +121,7 @@ def main() -> None:
         placed = {h: sum(1 for n in names if n in running(u)) for h, u in uris.items()}
         print(
             f"(1) {args.n} VMs, one apply -> running (virsh list): p50 {statistics.median(latencies):.2f} s, "
-            f"p95 {pct(latencies, 0.95):.2f} s, max {max(latencies):.2f} s; placed {placed}",
+            f"p95 {pct(latencies, 95):.2f} s, max {max(latencies):.2f} s; placed {placed}",
             flush=True,
         )
 
@@ -167,8 +139,8 @@ def main() -> None:
         raw = raw_batch(uris, xml, args.n, work)
         print(
             f"    baseline, plain virsh define+start of the same {args.n} domains (4 at once per host): "
-            f"p50 {statistics.median(raw):.2f} s, p95 {pct(raw, 0.95):.2f} s, max {max(raw):.2f} s "
-            f"-> ratio p95 ours/raw {pct(latencies, 0.95) / pct(raw, 0.95):.2f}x",
+            f"p50 {statistics.median(raw):.2f} s, p95 {pct(raw, 95):.2f} s, max {max(raw):.2f} s "
+            f"-> ratio p95 ours/raw {pct(latencies, 95) / pct(raw, 95):.2f}x",
             flush=True,
         )
         deadline = time.monotonic() + 60
@@ -197,15 +169,9 @@ def main() -> None:
         per_vm = list(moved.values())
         print(
             f"(2) evacuation of lab-1 running {args.evacuate} VMs (maintenance: true): all on lab-2 after "
-            f"{total:.1f} s; per VM p50 {statistics.median(per_vm):.1f} s, p95 {pct(per_vm, 0.95):.1f} s",
+            f"{total:.1f} s; per VM p50 {statistics.median(per_vm):.1f} s, p95 {pct(per_vm, 95):.1f} s",
             flush=True,
         )
-        api.close()
-    finally:
-        if server is not None:
-            server.stop()
-        etcd.stop()
-        lab.down()
 
 
 if __name__ == "__main__":

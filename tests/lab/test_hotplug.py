@@ -32,7 +32,8 @@ import yaml
 from controller.etcd_server import EmbeddedEtcd
 from controller.lab.guest import GuestImage
 from controller.lab.hosts import Lab
-from tests.lab.vplab import CLUSTER, LabCluster, lab_cluster, virsh, wait_for
+from tests.e2e.helpers import virsh, wait_for
+from tests.lab.vplab import CLUSTER, LabCluster, lab_cluster
 
 pytestmark = pytest.mark.lab
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 from xml.sax.saxutils import escape
 
 import pytest
@@ -18,32 +16,11 @@ from typer.testing import CliRunner
 from controller.lab.cli import app
 from controller.lab.guest import DEVICES_MARKER, READY_MARKER, GuestImage
 from controller.lab.hosts import Lab, LabHost
+from tests.e2e.helpers import virsh, wait_for
 
 pytestmark = pytest.mark.lab
 
-T = TypeVar("T")
 BOOT_TIMEOUT = 90.0
-
-
-def virsh(uri: str, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(
-        ["virsh", "-c", uri, *args], capture_output=True, text=True, timeout=120, check=False
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"virsh {' '.join(args)} on {uri} failed: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def guest_xml(name: str, image: GuestImage, accel: str, disk: Path, serial_log: Path) -> str:

@@ -13,10 +13,10 @@ import os
 import pty
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -27,18 +27,11 @@ from controller.lab.cli import lab_manifests
 from controller.lab.guest import READY_MARKER, GuestImage
 from controller.lab.hosts import Lab
 from tests.e2e.conftest import VIRTPLANE, ServerProcess, etcdctl_run, start_server
+from tests.e2e.helpers import virsh, wait_for
 
 pytestmark = pytest.mark.lab
 
-T = TypeVar("T")
 CLUSTER = "lab"
-
-
-def virsh(uri: str, *args: str) -> str:
-    proc = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True, timeout=60, check=False)
-    if proc.returncode != 0:
-        raise AssertionError(f"virsh {' '.join(args)} on {uri} failed: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 def running(uri: str) -> set[str]:
@@ -47,17 +40,6 @@ def running(uri: str) -> set[str]:
 
 def defined(uri: str) -> set[str]:
     return set(virsh(uri, "list", "--all", "--name").split())
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass

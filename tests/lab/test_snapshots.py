@@ -17,7 +17,8 @@ import pytest
 from controller.etcd_server import EmbeddedEtcd
 from controller.lab.guest import DISK_MARKER, GuestImage
 from controller.lab.hosts import Lab
-from tests.lab.vplab import LabCluster, lab_cluster, virsh, wait_for
+from tests.e2e.helpers import virsh, wait_for
+from tests.lab.vplab import LabCluster, lab_cluster
 
 pytestmark = pytest.mark.lab
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
@@ -17,27 +16,9 @@ from controller.lab.cli import lab_manifests
 from controller.lab.guest import GuestImage
 from controller.lab.hosts import Lab
 from tests.e2e.conftest import REPO, VIRTPLANE, ServerProcess, start_server
+from tests.e2e.helpers import wait_for
 
-T = TypeVar("T")
 CLUSTER = "lab"
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def virsh(uri: str, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True, timeout=120, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"virsh {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 @dataclass
