@@ -25,7 +25,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from controller.etcd_server import EmbeddedEtcd, free_port  # noqa: E402
+from controller.server.etcd import EmbeddedEtcd, free_port  # noqa: E402
 
 VIRTPLANE = str(Path(sys.executable).parent / "virtplane")
 
@@ -217,22 +217,22 @@ class LabRun:
     """A lab bench's world: 2 lab hosts, an etcd and a `virtplane server` with controllers, under ``work``."""
 
     work: Path
-    lab: object  # controller.lab.hosts.Lab
+    lab: object  # controller.dev.lab.hosts.Lab
     server: object  # tests.e2e.conftest.ServerProcess (its .log is read)
-    api: object  # controller.client.Client
+    api: object  # controller.client.sdk.Client
     uris: dict[str, str]
     docs: list[dict]  # the lab's Host (accelerator annotated) and StorageDomain manifests
-    image: object  # controller.lab.guest.GuestImage
+    image: object  # controller.dev.lab.guest.GuestImage
     accel: str
 
 
 @contextmanager
 def lab_with_server(prefix: str, hosts: int = 2) -> Iterator[LabRun]:
     """Start the lab hosts, etcd and the server (root only); stop all of them, by PID, whatever happens."""
-    from controller.client import Client
-    from controller.lab.cli import lab_manifests
-    from controller.lab.guest import build_guest_image, probe_accel
-    from controller.lab.hosts import Lab
+    from controller.client.sdk import Client
+    from controller.dev.lab.cli import lab_manifests
+    from controller.dev.lab.guest import build_guest_image, probe_accel
+    from controller.dev.lab.hosts import Lab
     from tests.e2e.conftest import start_server as start_lab_server
 
     image = build_guest_image(LAB_CACHE / "guest")

@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import libvirt
 from common import cluster_doc, host_doc, load_note, pct, ratio, start_etcd, stop_on_sigterm, vm_doc
 
-from controller.libvirt import codec as lvcodec
-from controller.manager import Manager, ManagerOptions
-from controller.reconcile_vm import FINALIZER as VM_FINALIZER
+from controller.adapters.libvirt import codec as lvcodec
+from controller.controllers.registry import default_registry
+from controller.controllers.vm import FINALIZER as VM_FINALIZER
+from controller.runtime.manager import Manager, ManagerOptions
 from controller.store import Store
 from specs.kinds import parse_resource
 from specs.vm import VirtualMachineStatus
@@ -163,7 +164,8 @@ def raw_libvirt(base: Path, hosts: int, n: int, xml: str, cpus: int, mem_gib: in
 async def main_async(args: argparse.Namespace, base: Path) -> None:
     etcd = start_etcd(base)
     store = await Store.connect([etcd.endpoint], max_txn_ops=etcd.max_txn_ops, max_request_bytes=etcd.max_request_bytes)
-    manager = Manager(store, ManagerOptions(data_dir=base / "mgr", workers=args.workers, lease_ttl=args.lease_ttl))
+    manager = Manager(store, default_registry(),
+                      ManagerOptions(data_dir=base / "mgr", workers=args.workers, lease_ttl=args.lease_ttl))
     task: asyncio.Task[None] | None = None
     try:
         cpus, mem = 64, max(16, (args.vms // args.hosts + 1) * 64 // 1024 * 2 + 16)
@@ -315,7 +317,7 @@ async def main_async(args: argparse.Namespace, base: Path) -> None:
         mod_host_status, _ = await key_versions(store, b"/virtplane/status/Host/", rev_r0)
         ev = await count_created(store, b"/virtplane/events/", rev_r0)
         keys = manager.queue.metrics().processed - proc0
-        from controller.runtime import _comparable
+        from controller.runtime.context import _comparable
 
         changed = [
             k

@@ -254,6 +254,10 @@ class DirPoolConfig:
     path: str
 
 
+# Every pool type a storage backend can ask for (reconcilers.storage.backends); grows with the backends.
+PoolConfig = DirPoolConfig
+
+
 @dataclass(frozen=True, slots=True)
 class VolumeConfig:
     name: VolumeName

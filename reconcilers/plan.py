@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from reconcilers.domain import HostName
+
 
 class Impact(StrEnum):
     """What an action does to a running guest, from harmless to harmful."""
@@ -53,6 +55,13 @@ class Action:
 
 
 @dataclass(frozen=True)
+class HostAction(Action):
+    """An action carried out on one libvirt host. The executor needs that host to be connected and Ready."""
+
+    host: HostName
+
+
+@dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...] = ()
 
@@ -79,6 +88,10 @@ class Plan:
 
     def to_wire(self) -> list[dict[str, Any]]:
         return [a.to_wire() for a in self.actions]
+
+    def hosts(self) -> frozenset[HostName]:
+        """The hosts the plan acts on."""
+        return frozenset(a.host for a in self.actions if isinstance(a, HostAction))
 
 
 class InconsistentResult(Exception):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 from reconcilers.domain import HostName
@@ -54,42 +55,73 @@ class ClusterPolicy:
     memory_overcommit: float = 1.0
 
 
+class Reject(StrEnum):
+    """Why a host cannot take a VM: the typed code decisions are made on (the message is for people)."""
+
+    OTHER_CLUSTER = "OtherCluster"
+    NOT_READY = "NotReady"
+    MAINTENANCE = "Maintenance"
+    NOT_ALLOWED = "NotAllowed"  # placement.allowedHosts
+    LABEL_MISSING = "LabelMissing"  # placement.hostSelector
+    ANTI_AFFINITY = "AntiAffinity"
+    NO_STORAGE = "NoStorage"
+    NO_NETWORK = "NoNetwork"
+    CPU = "Cpu"
+    MEMORY = "Memory"
+
+
+# Rejections that say the VM must not run on the host at all (as opposed to: there is no room for it).
+PLACEMENT_RULES = frozenset({Reject.MAINTENANCE, Reject.NOT_ALLOWED, Reject.LABEL_MISSING, Reject.ANTI_AFFINITY})
+
+
+@dataclass(frozen=True)
+class Rejection:
+    code: Reject
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass(frozen=True)
 class Placement:
     host: HostName | None
-    rejected: tuple[tuple[HostName, str], ...] = ()  # (host, why) for every filtered-out host
+    rejected: tuple[tuple[HostName, Rejection], ...] = ()  # (host, why) for every filtered-out host
 
     def explain(self) -> str:
         if not self.rejected:
             return "no hosts in the cluster"
-        return "; ".join(f"{h}: {why}" for h, why in self.rejected)
+        return "; ".join(f"{h}: {why.message}" for h, why in self.rejected)
 
 
-def reject_reason(host: HostView, req: Request, policy: ClusterPolicy, *, moving: bool = False) -> str | None:
+def reject_reason(host: HostView, req: Request, policy: ClusterPolicy, *, moving: bool = False) -> Rejection | None:
     """Why ``host`` cannot take the VM, or None when it can. ``moving``: the VM already counts elsewhere."""
     if host.cluster != req.cluster:
-        return f"in cluster {host.cluster!r}, not {req.cluster!r}"
+        return Rejection(Reject.OTHER_CLUSTER, f"in cluster {host.cluster!r}, not {req.cluster!r}")
     if not host.ready:
-        return "not Ready"
+        return Rejection(Reject.NOT_READY, "not Ready")
     if host.maintenance:
-        return "in maintenance"
+        return Rejection(Reject.MAINTENANCE, "in maintenance")
     if req.allowed_hosts and host.name not in req.allowed_hosts:
-        return "not in placement.allowedHosts"
+        return Rejection(Reject.NOT_ALLOWED, "not in placement.allowedHosts")
     for key, value in req.host_selector.items():
         if host.labels.get(key) != value:
-            return f"label {key}={value} not present"
+            return Rejection(Reject.LABEL_MISSING, f"label {key}={value} not present")
     if req.anti_affinity_group and req.anti_affinity_group in host.groups:
-        return f"runs a VM of anti-affinity group {req.anti_affinity_group!r}"
+        return Rejection(Reject.ANTI_AFFINITY, f"runs a VM of anti-affinity group {req.anti_affinity_group!r}")
     if host.storage_domains is not None and not req.storage_domains <= host.storage_domains:
-        return f"cannot see storage {', '.join(sorted(req.storage_domains - host.storage_domains))}"
+        missing = ", ".join(sorted(req.storage_domains - host.storage_domains))
+        return Rejection(Reject.NO_STORAGE, f"cannot see storage {missing}")
     if host.networks is not None and not req.networks <= host.networks:
-        return f"lacks network {', '.join(sorted(req.networks - host.networks))}"
+        return Rejection(Reject.NO_NETWORK, f"lacks network {', '.join(sorted(req.networks - host.networks))}")
     cpu_limit = int(host.cpus * policy.cpu_overcommit)
     if host.allocated_cpus + req.cpus > cpu_limit:
-        return f"CPU {host.allocated_cpus}+{req.cpus} > {cpu_limit} (overcommit {policy.cpu_overcommit:g})"
+        return Rejection(Reject.CPU, f"CPU {host.allocated_cpus}+{req.cpus} > {cpu_limit} "
+                                     f"(overcommit {policy.cpu_overcommit:g})")
     mem_limit = int(host.memory_bytes * policy.memory_overcommit)
     if host.allocated_memory_bytes + req.memory_bytes > mem_limit:
-        return f"memory {(host.allocated_memory_bytes + req.memory_bytes) >> 20} MiB > {mem_limit >> 20} MiB"
+        return Rejection(Reject.MEMORY, f"memory {(host.allocated_memory_bytes + req.memory_bytes) >> 20} MiB > "
+                                        f"{mem_limit >> 20} MiB")
     return None
 
 
@@ -107,7 +139,7 @@ def _weight(host: HostView, req: Request, policy: ClusterPolicy) -> tuple[float,
 
 
 def place(req: Request, hosts: Sequence[HostView], policy: ClusterPolicy) -> Placement:
-    rejected: list[tuple[HostName, str]] = []
+    rejected: list[tuple[HostName, Rejection]] = []
     fits: list[HostView] = []
     for host in hosts:
         why = reject_reason(host, req, policy)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from anyio.pytest_plugin import get_runner
 
-from controller.etcd_server import EmbeddedEtcd
+from controller.server.etcd import EmbeddedEtcd
 from controller.store import ROOT, Store
 
 ETCDCTL = "/usr/bin/etcdctl"

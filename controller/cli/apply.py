@@ -12,7 +12,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from controller.cli.common import EXIT_DIFFERS, client, reporting
 from controller.cli.output import err, out, plan_lines, unified_diff
-from controller.manifest import ManifestError, ManifestObject, load_paths
+from controller.gitops.manifest import ManifestError, ManifestObject, load_paths
 
 PROGRESS_THRESHOLD = 200
 
@@ -153,9 +153,9 @@ def diff(
         differs = True
         for line in unified_diff(change["kind"], change["name"], change.get("before"), change.get("after")):
             out.print(line)
-        if change.get("plan"):
+        if change.get("plan") or change.get("planNote"):
             out.print(f"  [bold]plan for {change['kind'].lower()}/{change['name']}:[/]")
-            for line in plan_lines(change["plan"]):
+            for line in plan_lines(change.get("plan") or [], change.get("planNote")):
                 out.print(line)
     if differs:
         raise typer.Exit(EXIT_DIFFERS)

@@ -13,9 +13,9 @@ from typing import NoReturn
 import typer
 
 from controller.cli.output import err
-from controller.client import ApiError, Client, Conflict, Invalid, NotFound, ServerUnreachable, Unauthorized
-from controller.config import ConfigMissing
-from controller.manifest import ManifestError, ManifestObject
+from controller.client.config import ConfigMissing
+from controller.client.sdk import ApiError, Client, Conflict, Invalid, NotFound, ServerUnreachable, Unauthorized
+from controller.gitops.manifest import ManifestError, ManifestObject
 from specs.kinds import KindInfo, UnknownKind, resolve_kind
 
 EXIT_DIFFERS = 1

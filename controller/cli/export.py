@@ -12,8 +12,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from controller.cli.common import client, kind_info, reporting
 from controller.cli.output import err
-from controller.manifest import load_paths
-from controller.wire import spec_to_wire
+from controller.common.wire import spec_to_wire
+from controller.gitops.manifest import load_paths
 from specs.kinds import KINDS, parse_resource
 
 

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from controller.cli.common import EXIT_DIFFERS, EXIT_INVALID, client, fail, reporting, split_ref
 from controller.cli.output import err
-from controller.client import Client, NotFound
+from controller.client.sdk import Client, NotFound
 from specs.meta import API_VERSION
 
 EXIT_FAILED = EXIT_DIFFERS

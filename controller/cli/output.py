@@ -153,9 +153,16 @@ IMPACT_STYLE = {
 }
 
 
-def plan_lines(plan: Sequence[Mapping[str, Any]]) -> list[Text]:
+def plan_lines(plan: Sequence[Mapping[str, Any]], note: str | None = None) -> list[Text]:
+    """One line per action; the actions that follow a move under a "then, on the target" line."""
     lines = []
+    if not plan:
+        lines.append(Text(f"    ({note})" if note else "    (nothing to do)", style="dim"))
+    moved = False
     for action in plan:
+        if action.get("after") == "move" and not moved:
+            moved = True
+            lines.append(Text("    then, once it runs on the target:", style="italic"))
         impact = action.get("impact", "")
         text = Text("    ")
         text.append(f"{action.get('action', '?'):<16}", style="bold")

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from controller.cli.common import EXIT_DIFFERS, EXIT_INVALID, client, fail, reporting, split_ref
 from controller.cli.output import age, cell, err, out, plain_lines, print_table, rich_table, table_rows, to_yaml
-from controller.client import NotFound
+from controller.client.sdk import NotFound
 from specs.kinds import KindInfo
 from specs.selector import LabelSelector
 

@@ -14,8 +14,8 @@ import typer
 
 from controller.cli.common import EXIT_INVALID, client, fail, reporting
 from controller.cli.output import out
-from controller.client import NotFound
-from reconcilers.snapshot import REVERT_ANNOTATION
+from controller.client.sdk import NotFound
+from reconcilers.snapshot.plan import REVERT_ANNOTATION
 
 app = typer.Typer(help="Snapshots: revert a VM to one.", no_args_is_help=True)
 EXIT_FAILED = 1

@@ -24,7 +24,8 @@ from controller.store.errors import (
     StoreUnavailable,
     TooLargeError,
 )
-from controller.store.store import Selector, Store
+from controller.store.leases import Leases
+from controller.store.store import Selector, Snapshot, Store
 from controller.store.watch import WatchEvent
 
 __all__ = [
@@ -35,10 +36,12 @@ __all__ = [
     "ApplyResult",
     "Change",
     "ConflictError",
+    "Leases",
     "NotFoundError",
     "PartialApplyError",
     "RevisionCompacted",
     "Selector",
+    "Snapshot",
     "Store",
     "StoreError",
     "StoreUnavailable",

@@ -62,6 +62,11 @@ class ApplyResult:
     transactions: int  # write transactions used: 0 (nothing to write / dry run), 1, or the batch count
 
 
+# The embedded etcd is started with these limits (--max-txn-ops, --max-request-bytes).
+DEFAULT_MAX_TXN_OPS = 16384
+DEFAULT_MAX_REQUEST_BYTES = 33_554_432
+
+
 @dataclass(frozen=True)
 class Limits:
     max_txn_ops: int

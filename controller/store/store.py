@@ -19,7 +19,10 @@ Public API (all coroutines unless noted)::
     list_status(kind) -> dict[name, StatusBase]
     put_status(kind, name, status, expected_revision) -> new status mod_revision
     emit_event(event) -> Event;  list_events(involved=None, correlation_id=None, limit=500)
-    watch(prefixes, start_revision, *, known=None) -> AsyncGenerator[WatchEvent]   (not a coroutine)
+    load_all(kinds) -> Snapshot                  every spec and status of kinds, read at ONE revision
+    watch_objects(start_revision, *, kinds, parts=("spec","status"), known=None) -> AsyncGenerator[WatchEvent]
+    watch_events(start_revision) -> AsyncGenerator[WatchEvent]     (watches are not coroutines)
+    leases: Leases   grant, keepalive, revoke, acquire(scope, identity, lease), holder(scope)
 
 Metadata rules: uid (uuid4), creationTimestamp and generation 1 are set on create; generation grows
 only when spec changes; resourceVersion is the spec key's mod_revision; every write records its
@@ -31,20 +34,24 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
 from uuid import uuid4
 
-from controller.etcd_server import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS
 from controller.store import codec
 from controller.store._etcd import EtcdKV, compare_exists, compare_mod, op_delete, op_get, op_put
-from controller.store.apply import ApplyResult, Limits, apply_objects
-from controller.store.errors import ConflictError, NotFoundError, StoreError
+from controller.store.apply import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, ApplyResult, Limits, apply_objects
+from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError
+from controller.store.leases import Leases
 from controller.store.watch import WatchEvent, watch_prefixes
 from specs.event import Event, EventMeta
 from specs.meta import Resource, StatusBase
+
+log = logging.getLogger("virtplane.store")
 
 DEFAULT_EVENT_TTL = 3600
 FINALIZER_RETRIES = 10
@@ -52,6 +59,16 @@ FINALIZER_RETRIES = 10
 
 class Selector(Protocol):
     def matches(self, labels: Mapping[str, str]) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every spec and status of some kinds, read at one etcd revision (``load_all``)."""
+
+    revision: int
+    specs: dict[str, builtins.list[Resource]]
+    statuses: dict[str, dict[str, tuple[StatusBase, int]]]  # kind -> name -> (status, mod_revision)
+    undecodable: builtins.list[str]  # keys whose value does not validate (skipped, logged)
 
 
 def _utcnow() -> datetime:
@@ -78,6 +95,7 @@ class Store:
         self.limits = Limits(max_txn_ops, max_request_bytes)
         self.event_ttl = event_ttl
         self.clock = clock
+        self.leases = Leases(kv)
         self._lease: tuple[int, float] | None = None  # (lease id, reuse until loop time)
         self._lease_lock = asyncio.Lock()
 
@@ -136,6 +154,43 @@ class Store:
         if selector is not None:
             items = [r for r in items if selector.matches(r.metadata.labels)]
         return items, revision
+
+    async def load_all(self, kinds: Sequence[str]) -> Snapshot:
+        """Every spec and status of ``kinds`` at ONE revision (the first read's; later reads are pinned to
+        it), so that a watch from ``revision + 1`` misses nothing written meanwhile. Values that do not
+        validate are skipped and named in ``undecodable``."""
+        while True:
+            try:
+                return await self._load_at_one_revision(kinds)
+            except RevisionCompacted:  # compacted between two reads: read again at a newer revision
+                continue
+
+    async def _load_at_one_revision(self, kinds: Sequence[str]) -> Snapshot:
+        revision = 0
+        specs: dict[str, builtins.list[Resource]] = {}
+        statuses: dict[str, dict[str, tuple[StatusBase, int]]] = {}
+        bad: builtins.list[str] = []
+        for kind in kinds:
+            kvs, revision = await self.kv.range_prefix(codec.kind_prefix(kind), revision=revision)
+            specs[kind] = []
+            for kv in kvs:
+                try:
+                    specs[kind].append(codec.decode_resource(kv.value, kv.mod_revision))
+                except ValueError as exc:
+                    bad.append(bytes(kv.key).decode())
+                    log.warning("skipping %s: it does not decode: %s", bytes(kv.key).decode(), exc)
+        for kind in kinds:
+            prefix = codec.kind_prefix(kind, "status")
+            kvs, revision = await self.kv.range_prefix(prefix, revision=revision)
+            statuses[kind] = {}
+            for kv in kvs:
+                try:
+                    name = bytes(kv.key)[len(prefix):].decode()
+                    statuses[kind][name] = (codec.decode_status(kind, kv.value), int(kv.mod_revision))
+                except ValueError as exc:
+                    bad.append(bytes(kv.key).decode())
+                    log.warning("skipping %s: it does not decode: %s", bytes(kv.key).decode(), exc)
+        return Snapshot(revision, specs, statuses, bad)
 
     async def apply(
         self,
@@ -325,9 +380,29 @@ class Store:
 
     # -- watch ------------------------------------------------------------------------------------
 
+    def watch_objects(
+        self,
+        start_revision: int,
+        *,
+        kinds: Sequence[str],
+        parts: Sequence[str] = ("spec", "status"),
+        known: Mapping[tuple[str, str], int] | None = None,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Changes to specs and/or statuses of ``kinds`` from ``start_revision`` on (see
+        ``controller.store.watch``). ``known``: (kind, name) -> resourceVersion of the specs the consumer
+        listed, so that a re-list after compaction also reports those deleted meanwhile."""
+        prefixes = [codec.kind_prefix(kind, part).decode() for part in ("spec", "status") if part in parts
+                    for kind in kinds]
+        keys = {codec.spec_key(k, n).decode(): rev for (k, n), rev in known.items()} if known is not None else None
+        return watch_prefixes(self.kv, prefixes, start_revision, known=keys)
+
+    def watch_events(self, start_revision: int) -> AsyncGenerator[WatchEvent, None]:
+        """Events stored from ``start_revision`` on."""
+        return watch_prefixes(self.kv, [codec.EVENTS], start_revision)
+
     def watch(
         self, prefixes: Sequence[str], start_revision: int, *, known: Mapping[str, int] | None = None
     ) -> AsyncGenerator[WatchEvent, None]:
-        """Changes under ``prefixes`` from ``start_revision`` on; see ``controller.store.watch``."""
+        """Changes under raw key ``prefixes`` (store-internal and tests; see ``controller.store.watch``)."""
         return watch_prefixes(self.kv, prefixes, start_revision, known=known)
 

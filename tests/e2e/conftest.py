@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.etcd_server import EmbeddedEtcd, free_port
+from controller.server.etcd import EmbeddedEtcd, free_port
 
 VIRTPLANE = str(Path(sys.executable).parent / "virtplane")
 REPO = Path(__file__).resolve().parents[2]

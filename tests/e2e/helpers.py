@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from controller.client import Client, NotFound
+from controller.client.sdk import Client, NotFound
 from specs.kinds import resolve_kind
 from tests.e2e.conftest import REPO, VIRTPLANE, ServerProcess
 
@@ -212,7 +212,7 @@ def running_lab(directory: Path, hosts: int) -> Iterator[Any]:
     machine cannot run one (not root, tools missing) — the same rules and caches as tests/lab."""
     import pytest
 
-    from controller.lab.hosts import Lab
+    from controller.dev.lab.hosts import Lab
     from tests.lab.conftest import QEMU_CAPS, _bring_down, _skip_reason
 
     reason = _skip_reason()
@@ -228,7 +228,7 @@ def running_lab(directory: Path, hosts: int) -> Iterator[Any]:
 
 def lab_guest_image() -> Any:
     """The test guest (kernel + initrd), built once and cached like tests/lab does."""
-    from controller.lab.guest import build_guest_image
+    from controller.dev.lab.guest import build_guest_image
     from tests.lab.conftest import GUEST_CACHE
 
     return build_guest_image(GUEST_CACHE)
@@ -236,7 +236,7 @@ def lab_guest_image() -> Any:
 
 def lab_accel(image: Any) -> str:
     """"kvm" or "tcg": what the (cached) probe boot of the test guest found, as tests/lab uses."""
-    from controller.lab.guest import probe_accel
+    from controller.dev.lab.guest import probe_accel
     from tests.lab.conftest import GUEST_CACHE
 
     return str(probe_accel(image, GUEST_CACHE).accel)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.etcd_server import EmbeddedEtcd
+from controller.server.etcd import EmbeddedEtcd
 from tests.e2e.conftest import REPO, VIRTPLANE, ServerProcess, Vp, etcd_revision, etcdctl_run, start_server
 
 CLUSTER = """\

@@ -23,8 +23,9 @@ import anyio
 import libvirt
 import pytest
 
-from controller.etcd_server import EmbeddedEtcd
-from controller.manager import Manager, ManagerOptions
+from controller.controllers.registry import default_registry
+from controller.runtime.manager import Manager, ManagerOptions
+from controller.server.etcd import EmbeddedEtcd
 from controller.store import Store
 from tests.e2e.conftest import REPO, ServerProcess, Vp, etcdctl_run, start_server
 from tests.e2e.helpers import (
@@ -303,6 +304,84 @@ def test_pool_scale_down_deletes_the_replicas_disks(cli: Cli, tmp_path: Path) ->
     wait_for("replica boot disks deleted", lambda: boot_disks() == [f"{c}-runners-0-boot"], 10, interval=0.2)
 
 
+# -- diff plans every kind ---------------------------------------------------------------------------
+
+def plan_of(diff_out: str, ref: str) -> list[str]:
+    """The plan lines `diff` printed under "plan for <ref>:"."""
+    lines = diff_out.splitlines()
+    start = lines.index(f"  plan for {ref}:") + 1
+    plan = []
+    for line in lines[start:]:
+        if not line.startswith("    "):
+            break
+        plan.append(line.strip())
+    return plan
+
+
+def test_diff_shows_the_plan_of_every_kind(cli: Cli, tmp_path: Path) -> None:
+    c = "dk"
+    infra = cluster_with_hosts(c, 1)
+    net = {"apiVersion": "virtplane.io/v1", "kind": "Network", "metadata": {"name": f"{c}-nat"},
+           "spec": {"cluster": c, "type": "nat", "ipv4": {"cidr": "192.168.150.0/24"}}}
+    data = {"apiVersion": "virtplane.io/v1", "kind": "Disk", "metadata": {"name": f"{c}-data"},
+            "spec": {"storageDomain": f"{c}-sd", "size": "1Gi"}}
+    base = [*infra, *pool_docs(c, 1)]
+    # Before its hosts answer, a new network can only say so.
+    early = cli("diff", "-f", str(write(tmp_path / "d0.yaml", manifest(*base, net))))
+    assert plan_of(early.stdout, f"network/{c}-nat") == [f"(waiting: no Ready host in cluster {c} yet)"]
+    cli.apply(write(tmp_path / "d1.yaml", manifest(*base)))
+    wait_for("1 replica Ready", lambda: len(v := pool_vms(cli, c)) == 1 and all(map(is_ready, v.values())), READY_S)
+    # New objects in a running cluster: the network and the disk the controllers will create.
+    first = cli("diff", "-f", str(write(tmp_path / "d1.yaml", manifest(*base, net, data))))
+    assert first.returncode == 1, first.stderr
+    assert any(line.startswith("EnsureNetwork") and f"vp-{c}-nat on {c}-h1" in line
+               for line in plan_of(first.stdout, f"network/{c}-nat")), first.stdout
+    create = plan_of(first.stdout, f"disk/{c}-data")
+    assert len(create) == 1 and create[0].startswith("CreateVolume") and f"vp-{c}-sd/{c}-data.qcow2" in create[0]
+    cli.apply(write(tmp_path / "d1.yaml", manifest(*base, net, data)))
+    wait_for("disk Ready", lambda: (cli.obj("disk", f"{c}-data") or {}).get("status", {}).get("phase") == "Ready",
+             READY_S)
+
+    # A Disk grown, a pool scaled up: diff names the resize (live) and the replicas it will create.
+    bigger = {**data, "spec": {**data["spec"], "size": "2Gi"}}
+    grown = cli("diff", "-f", str(write(tmp_path / "d2.yaml", manifest(*infra, *pool_docs(c, 3), net, bigger))))
+    assert grown.returncode == 1, grown.stderr
+    resize = plan_of(grown.stdout, f"disk/{c}-data")
+    assert len(resize) == 1 and resize[0].startswith("ResizeVolume") and "[live]" in resize[0], grown.stdout
+    assert str(2 << 30) in resize[0], resize
+    scale = plan_of(grown.stdout, f"virtualmachinepool/{c}-runners")
+    assert len(scale) == 1 and scale[0].startswith("ApplyObjects"), grown.stdout
+    assert f"virtualmachine/{c}-runners-1" in scale[0] and f"disk/{c}-runners-2-boot" in scale[0], scale
+
+    # Pruned: a Disk removed from Git is deleted with its image; diff --prune says so and exits 1.
+    cli.ok("apply", "--source", "dk-src", "-f", str(write(tmp_path / "d4.yaml", manifest(*base, net, data))))
+    pruned = cli("diff", "--prune", "--source", "dk-src", "-f",
+                 str(write(tmp_path / "d5.yaml", manifest(*base, net))))
+    assert pruned.returncode == 1, pruned.stderr
+    assert f"-  name: {c}-data" in pruned.stdout, pruned.stdout
+    delete = plan_of(pruned.stdout, f"disk/{c}-data")
+    assert len(delete) == 1 and delete[0].startswith("DeleteVolume") and "[destructive]" in delete[0], pruned.stdout
+    # Nothing was written by either diff.
+    assert (cli.obj("disk", f"{c}-data") or {}).get("spec", {}).get("size") == "1Gi"
+
+
+def test_diff_of_a_move_shows_what_follows_it(cli: Cli, tmp_path: Path) -> None:
+    c = "mv"
+    vm = vm_doc(f"{c}-vm", c, max_memory="1Gi", placement={"allowedHosts": [f"{c}-h1"]})
+    cli.apply(write(tmp_path / "m1.yaml", manifest(*cluster_with_hosts(c, 2), vm)))
+    cli.wait_ready([f"{c}-vm"], READY_S)
+    moved = vm_doc(f"{c}-vm", c, max_memory="1Gi", placement={"allowedHosts": [f"{c}-h2"]}, memory="768Mi")
+    out = cli("diff", "-f", str(write(tmp_path / "m2.yaml", manifest(*cluster_with_hosts(c, 2), moved))))
+    assert out.returncode == 1, out.stderr
+    plan = plan_of(out.stdout, f"virtualmachine/{c}-vm")
+    assert plan[0].startswith("MigrateDomain") and "[migration]" in plan[0] and f"to {c}-h2" in plan[0], plan
+    assert plan[1] == "then, once it runs on the target:", plan
+    # On the target the new memory size is set live and the definition restamped (no restart).
+    assert any(step.startswith("SetMemory") and "[live]" in step for step in plan[2:]), plan
+    assert any(step.startswith("DefineDomain") and f"on {c}-h2" in step for step in plan[2:]), plan
+    assert not any("[restart]" in step for step in plan), plan
+
+
 # -- clones of a Disk ------------------------------------------------------------------------------
 
 def test_the_base_of_an_overlay_clone_stays_until_the_clone_is_deleted(cli: Cli, tmp_path: Path) -> None:
@@ -369,7 +448,7 @@ def test_examples_converge(cli: Cli, tmp_path: Path) -> None:
 
 @asynccontextmanager
 async def running_manager(store: Store, data_dir: Path) -> AsyncIterator[Manager]:
-    manager = Manager(store, ManagerOptions(data_dir=data_dir, identity="inproc-e2e", workers=8))
+    manager = Manager(store, default_registry(), ManagerOptions(data_dir=data_dir, identity="inproc-e2e", workers=8))
     async with anyio.create_task_group() as tg:
         tg.start_soon(manager.run)
         try:

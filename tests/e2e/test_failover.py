@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.etcd_server import EmbeddedEtcd
-from controller.lab.guest import GuestImage
-from controller.lab.hosts import Lab
+from controller.dev.lab.guest import GuestImage
+from controller.dev.lab.hosts import Lab
+from controller.server.etcd import EmbeddedEtcd
 from tests.e2e.conftest import etcdctl_run
 from tests.e2e.helpers import (
     Cli,
@@ -129,3 +129,66 @@ def test_sigkill_leader_other_replica_takes_over_vms_stay(replicas: Servers, lab
     assert sorted(virsh_names(uri)) == ["fo-1", "fo-2", "fo-3"]
     assert all(is_ready(cli_f.obj("vm", n)) for n in names)
     assert "PlanExecuted VirtualMachine/fo-3" in replicas.current[follower].log.read_text()
+
+
+def reconciles(server_url: str, kind: str) -> float:
+    """virtplane_reconciles_total{kind} from a replica's /metrics."""
+    import httpx
+
+    for line in httpx.get(f"{server_url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(f'virtplane_reconciles_total{{kind="{kind}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_snapshots_and_migrations_are_reconciled_by_the_leader_only(replicas: Servers, lab: Lab,
+                                                                      guest_image: GuestImage,
+                                                                      tmp_path: Path) -> None:
+    """Snapshot and Migration have no spec.cluster: they are led through their VM's cluster. The follower
+    never reconciles them (it has no host connections, and would overwrite the leader's status or drop a
+    finalizer early); after the leader dies the new leader does."""
+    from tests.e2e.helpers import identity_of
+
+    a, b = replicas.current["a"], replicas.current["b"]
+    ids = {identity_of(a): "a", identity_of(b): "b"}
+    uri = lab.host("lab-1").uri
+    shared = {"apiVersion": "virtplane.io/v1", "kind": "StorageDomain", "metadata": {"name": "fo-shared"},
+              "spec": {"cluster": CLUSTER, "type": "posix", "posix": {"path": str(lab.shared_dir)}}}
+    disk = {"apiVersion": "virtplane.io/v1", "kind": "Disk", "metadata": {"name": "fo-s-root"},
+            "spec": {"storageDomain": "fo-shared", "size": "64Mi", "format": "qcow2"}}
+    docs = [cluster_doc(CLUSTER), host_doc("lab-1", CLUSTER, uri), shared, disk,
+            guest_vm_doc("fo-s", CLUSTER, guest_image, disks=[{"disk": "fo-s-root"}])]
+    cli_a = Cli(a)
+    cli_a.apply(write(tmp_path / "m.yaml", manifest(*docs)), correlation_id="fo-snap")
+    cli_a.wait_ready(["fo-s"], 90)
+    leader_id = wait_for("a leader in Cluster status", lambda: leader_of(cli_a), 30)
+    leader, follower = ids[leader_id], "b" if ids[leader_id] == "a" else "a"
+    snap = {"apiVersion": "virtplane.io/v1", "kind": "Snapshot", "metadata": {"name": "fo-snap"},
+            "spec": {"vm": "fo-s", "memory": False}}
+    mig = {"apiVersion": "virtplane.io/v1", "kind": "Migration", "metadata": {"name": "fo-mig"},
+           "spec": {"vm": "fo-s", "targetHost": "lab-9"}}
+    cli_a.apply(write(tmp_path / "s.yaml", manifest(snap, mig)), correlation_id="fo-snap-mig")
+    wait_for("Snapshot Ready", lambda: ((cli_a.obj("snapshot", "fo-snap") or {}).get("status") or {})
+             .get("phase") == "Ready", 60)
+    wait_for("Migration Failed (no host lab-9)", lambda: ((cli_a.obj("migration", "fo-mig") or {}).get("status")
+                                                          or {}).get("phase") == "Failed", 60)
+    assert "fo-snap" in virsh(uri, "snapshot-list", "fo-s", "--name").split()
+    leader_url, follower_url = replicas.current[leader].url, replicas.current[follower].url
+    # Both replicas have resynced everything since (their start-up resync), so a follower that reconciled
+    # these kinds would have done so by now.
+    for kind in ("Snapshot", "Migration"):
+        assert reconciles(leader_url, kind) > 0, kind
+        assert reconciles(follower_url, kind) == 0, f"the follower reconciled a {kind}"
+    assert "SnapshotCreated" not in replicas.current[follower].log.read_text()
+
+    replicas.kill(leader)
+    cli_f = Cli(replicas.current[follower])
+    follower_id = next(i for i, n in ids.items() if n == follower)
+    wait_for("the follower leads", lambda: leader_of(cli_f) == follower_id, TAKEOVER_BOUND_S + 5)
+    wait_for("the new leader reconciles the Snapshot", lambda: reconciles(follower_url, "Snapshot") > 0, 30)
+    assert cli_f.obj("snapshot", "fo-snap")["status"]["phase"] == "Ready"
+    assert cli_f.obj("migration", "fo-mig")["status"]["phase"] == "Failed"
+    # And it acts on them: deleting the Snapshot removes the libvirt snapshot, then the object.
+    cli_f.ok("delete", "snapshot/fo-snap")
+    wait_for("Snapshot gone", lambda: cli_f.obj("snapshot", "fo-snap") is None, 60)
+    assert "fo-snap" not in virsh(uri, "snapshot-list", "fo-s", "--name").split()

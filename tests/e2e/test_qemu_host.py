@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from controller.etcd_server import EmbeddedEtcd
-from controller.lab.guest import POWEROFF_MARKER, READY_MARKER, GuestImage
-from controller.lab.hosts import Lab
+from controller.dev.lab.guest import POWEROFF_MARKER, READY_MARKER, GuestImage
+from controller.dev.lab.hosts import Lab
+from controller.server.etcd import EmbeddedEtcd
 from tests.e2e.helpers import (
     Cli,
     Servers,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.guest import AccelProbe, GuestImage, build_guest_image, probe_accel
-from controller.lab.hosts import Lab
+from controller.dev.lab.guest import AccelProbe, GuestImage, build_guest_image, probe_accel
+from controller.dev.lab.hosts import Lab
 
 CACHE = Path(os.environ.get("VIRTPLANE_LAB_CACHE", "/var/cache/virtplane-lab"))
 GUEST_CACHE = CACHE / "guest"

@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.etcd_server import EmbeddedEtcd
-from controller.lab.guest import GuestImage
-from controller.lab.hosts import Lab
+from controller.dev.lab.guest import GuestImage
+from controller.dev.lab.hosts import Lab
+from controller.server.etcd import EmbeddedEtcd
 from tests.e2e.helpers import virsh, wait_for
 from tests.lab.vplab import CLUSTER, LabCluster, lab_cluster
 

@@ -13,9 +13,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from controller.lab.cli import app
-from controller.lab.guest import DEVICES_MARKER, READY_MARKER, GuestImage
-from controller.lab.hosts import Lab, LabHost
+from controller.dev.lab.cli import app
+from controller.dev.lab.guest import DEVICES_MARKER, READY_MARKER, GuestImage
+from controller.dev.lab.hosts import Lab, LabHost
+from specs.kinds import parse_resource
 from tests.e2e.helpers import virsh, wait_for
 
 pytestmark = pytest.mark.lab
@@ -188,9 +189,8 @@ def test_cli_up_prints_manifests_and_down_leaves_nothing(
 
 
 def _validate_with_specs(docs: list[dict[str, object]]) -> None:
-    kinds = pytest.importorskip("specs.kinds")
     for doc in docs:
-        kinds.parse_resource(doc)
+        parse_resource(doc)
 
 
 def _alive(pid: int) -> bool:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.lab.cli import lab_manifests, render_manifests
-from controller.lab.guest import GuestImageError, build_cpio, order_modules
-from controller.lab.hosts import (
+from controller.dev.lab.cli import lab_manifests, render_manifests
+from controller.dev.lab.guest import GuestImageError, build_cpio, order_modules
+from controller.dev.lab.hosts import (
     LabError,
     LabHost,
     host_index,
@@ -22,6 +22,7 @@ from controller.lab.hosts import (
     render_libvirtd_conf,
     render_qemu_conf,
 )
+from specs.kinds import parse_resource
 
 
 def test_each_host_gets_its_own_migration_ports() -> None:
@@ -98,7 +99,6 @@ def test_initramfs_archive_reads_back(tmp_path: Path) -> None:
 
 
 def test_printed_manifests_are_valid_resources() -> None:
-    kinds = pytest.importorskip("specs.kinds")
     hosts = [
         LabHost(
             f"lab-{i}",
@@ -113,6 +113,6 @@ def test_printed_manifests_are_valid_resources() -> None:
     ]
     text = render_manifests(lab_manifests(hosts, Path("/l/shared"), "lab"))
     docs = list(yaml.safe_load_all(text))
-    resources = [kinds.parse_resource(doc) for doc in docs]
+    resources = [parse_resource(doc) for doc in docs]
     assert [r.kind for r in resources] == ["Host", "Host", "StorageDomain"]
     assert resources[2].spec.posix.path == "/l/shared"

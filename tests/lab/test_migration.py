@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.client import Client, NotFound
-from controller.etcd_server import EmbeddedEtcd
-from controller.lab.cli import lab_manifests
-from controller.lab.guest import READY_MARKER, GuestImage
-from controller.lab.hosts import Lab
+from controller.client.sdk import Client, NotFound
+from controller.dev.lab.cli import lab_manifests
+from controller.dev.lab.guest import READY_MARKER, GuestImage
+from controller.dev.lab.hosts import Lab
+from controller.server.etcd import EmbeddedEtcd
 from tests.e2e.conftest import VIRTPLANE, ServerProcess, etcdctl_run, start_server
 from tests.e2e.helpers import virsh, wait_for
 
@@ -169,52 +170,70 @@ def test_migrate_by_constraint(world: World) -> None:
 
 
 class Watcher:
-    """`virtplane get migrations -w`, its output read after it is stopped; on a pseudo-terminal when ``tty``."""
+    """`virtplane get migrations -w`, its output collected as it comes (a reader thread); on a pseudo-terminal
+    when ``tty``."""
 
     def __init__(self, w: World, tty: bool) -> None:
         self.tty = tty
+        self.chunks: list[bytes] = []
         env = {**w.server.env, "COLUMNS": "200", "LINES": "40"}
         args = [VIRTPLANE, "get", "migrations", "-w"]
         if tty:
-            self.master, slave = pty.openpty()
+            self.fd, slave = pty.openpty()
             self.proc = subprocess.Popen(args, env=env, stdin=slave, stdout=slave, stderr=slave)
             os.close(slave)
         else:
-            self.proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            read, write = os.pipe()
+            self.proc = subprocess.Popen(args, env=env, stdout=write, stderr=write)
+            os.close(write)
+            self.fd = read
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
-    def stop(self) -> str:
-        self.proc.terminate()
-        if not self.tty:
-            return self.proc.communicate(timeout=10)[0]
-        self.proc.wait(timeout=10)
-        chunks = []
+    def _read(self) -> None:
         while True:
             try:
-                chunk = os.read(self.master, 65536)
+                chunk = os.read(self.fd, 65536)
             except OSError:  # EIO: the terminal's other end is closed and drained
                 break
             if not chunk:
                 break
-            chunks.append(chunk)
-        os.close(self.master)
-        return b"".join(chunks).decode(errors="replace")
+            self.chunks.append(chunk)
+        os.close(self.fd)
+
+    @property
+    def output(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
+
+    def wait_for(self, *texts: str, timeout: float = 30) -> None:
+        """Until the output shows one of ``texts``."""
+        wait_for(f"{texts!r} from get -w (tty={self.tty})", lambda: any(t in self.output for t in texts), timeout)
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.reader.join(timeout=10)
+        return self.output
 
 
 def test_migrate_by_request_with_the_cli(world: World) -> None:
     w = world
     w.apply(w.vm("mig-a")[1])  # no constraint any more: it stays where it is
     watchers = [Watcher(w, tty=False), Watcher(w, tty=True)]
-    time.sleep(2)  # both listed and watching
-    done = w.vp("migrate", "vm/mig-a", "--to", "lab-1", "--wait", "--timeout", "120")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "Succeeded" in done.stdout and "downtime" in done.stdout, done.stdout
-    print(f"\n{done.stdout.strip()}")
-    assert_moved(w, "mig-a", "lab-2", "lab-1")
-
-    # `get -w` follows the Migration with a progress bar: a line per change through a pipe, one table
-    # redrawn in place on a terminal.
-    time.sleep(1.5)
-    lines, screen = (watcher.stop() for watcher in watchers)
+    try:
+        for watcher in watchers:  # listed (a header, or on a terminal the empty table) and watching
+            watcher.wait_for("PROGRESS", "No migrations found.")
+        done = w.vp("migrate", "vm/mig-a", "--to", "lab-1", "--wait", "--timeout", "120")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Succeeded" in done.stdout and "downtime" in done.stdout, done.stdout
+        print(f"\n{done.stdout.strip()}")
+        assert_moved(w, "mig-a", "lab-2", "lab-1")
+        # `get -w` follows the Migration with a progress bar: a line per change through a pipe, one table
+        # redrawn in place on a terminal.
+        for watcher in watchers:
+            watcher.wait_for("[====================] 100%")
+    finally:
+        lines, screen = (watcher.stop() for watcher in watchers)
     rows = [line for line in lines.splitlines() if "mig-a" in line]
     assert rows and "Succeeded" in rows[-1] and "[====================] 100%" in rows[-1], lines
     assert lines.count("PROGRESS") == 1, lines

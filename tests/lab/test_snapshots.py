@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.etcd_server import EmbeddedEtcd
-from controller.lab.guest import DISK_MARKER, GuestImage
-from controller.lab.hosts import Lab
+from controller.dev.lab.guest import DISK_MARKER, GuestImage
+from controller.dev.lab.hosts import Lab
+from controller.server.etcd import EmbeddedEtcd
 from tests.e2e.helpers import virsh, wait_for
 from tests.lab.vplab import LabCluster, lab_cluster
 
@@ -71,7 +71,7 @@ def test_snapshots_revert_delete_and_clone(cluster: LabCluster) -> None:
     cluster.wait_phase("VirtualMachine", "sv", "Running", timeout=120)
     print(f"\nvm apply -> Running: {time.monotonic() - started:.2f} s")
     path = cluster.status("Disk", "sv-root")["path"]
-    time.sleep(4)  # let the guest boot (TCG ~3 s)
+    cluster.wait_booted("sv")
     write_pattern(uri, "sv", 0xA1)  # the disk as the disk-only snapshot will hold it
 
     # -- disk-only, live

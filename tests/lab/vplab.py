@@ -11,10 +11,10 @@ from typing import Any
 
 import yaml
 
-from controller.etcd_server import EmbeddedEtcd
-from controller.lab.cli import lab_manifests
-from controller.lab.guest import GuestImage
-from controller.lab.hosts import Lab
+from controller.dev.lab.cli import lab_manifests
+from controller.dev.lab.guest import READY_MARKER, GuestImage
+from controller.dev.lab.hosts import Lab
+from controller.server.etcd import EmbeddedEtcd
 from tests.e2e.conftest import REPO, VIRTPLANE, ServerProcess, start_server
 from tests.e2e.helpers import wait_for
 
@@ -52,6 +52,15 @@ class LabCluster:
 
     def uri(self, host: str) -> str:
         return self.lab.host(host).uri
+
+    def console(self, vm: str, host: str = "lab-1") -> str:
+        """What the guest printed on its serial console so far (the lab logs it on the host)."""
+        path = self.lab.dir / "hosts" / host / "log" / "qemu" / f"{vm}.console.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_booted(self, vm: str, host: str = "lab-1", timeout: float = 60) -> None:
+        """Until the test guest says it is up (its READY marker on the console)."""
+        wait_for(f"{vm} booted on {host}", lambda: READY_MARKER in self.console(vm, host), timeout)
 
     def disk(self, name: str, size: str = "64Mi", source: dict[str, Any] | None = None) -> dict[str, Any]:
         spec: dict[str, Any] = {"storageDomain": "lab-shared", "format": "qcow2"}

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from reconcilers import actions as a
 from reconcilers.domain import DomainUUID, HostName, MacAddress, ObservedDomain
+from reconcilers.migration import actions as m
 from reconcilers.plan import Plan
+from reconcilers.vm import actions as a
 
 
 def _fill(config, uuid: str, n: int):  # type: ignore[no-untyped-def]
@@ -72,13 +73,13 @@ def apply_plan(plan: Plan, domains: dict[HostName, ObservedDomain]) -> dict[Host
                 d = out[h]
                 assert d.live is not None and d.config is not None
                 out[h] = replace(d, live=replace(d.live, vcpus=n), config=replace(d.config, vcpus=n))
-            case a.MigrateDomain(host=h, target_host=t):
+            case m.MigrateDomain(host=h, target_host=t):
                 # Live migration with PERSIST_DEST | UNDEFINE_SOURCE: the running guest and its persistent
                 # config are on the target afterwards, and nothing is left on the source.
                 d = out.pop(h)
                 assert d.active and t not in out, "migrating a guest that is not running, or onto a copy"
                 out[t] = replace(d, host=t, persistent=True, job=None)
-            case a.StartPostCopy() | a.AbortMigration():
+            case m.StartPostCopy() | m.AbortMigration():
                 pass  # they act on a job in flight; the outcome is observed later
             case _:
                 raise AssertionError(f"simulator has no rule for {action.name}")

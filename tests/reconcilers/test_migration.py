@@ -8,11 +8,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconcilers.actions import AbortMigration, MigrateDomain, StartPostCopy
 from reconcilers.domain import HostName, ObservedDomain, ObservedJob
-from reconcilers.migration import InFlight, MigrationContext, MigrationRequest
+from reconcilers.migration.actions import AbortMigration, MigrateDomain, StartPostCopy
+from reconcilers.migration.plan import InFlight, MigrationContext, MigrationRequest
 from reconcilers.plan import Impact
-from reconcilers.vm import plan_vm
+from reconcilers.vm.plan import plan_vm
 from specs.cluster import MigrationPolicy
 from specs.vm import VirtualMachineStatus
 from tests.reconcilers.sim import apply_plan

@@ -5,17 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from reconcilers.domain import HostName
-from reconcilers.snapshot import (
-    REVERT_ANNOTATION,
-    CreateSnapshot,
-    DeleteSnapshot,
-    ObservedSnapshot,
-    RevertSnapshot,
-    SnapshotDisk,
-    SnapshotInputs,
-    SnapshotName,
-    plan_snapshot,
-)
+from reconcilers.snapshot.actions import CreateSnapshot, DeleteSnapshot, RevertSnapshot, SnapshotName
+from reconcilers.snapshot.plan import REVERT_ANNOTATION, ObservedSnapshot, SnapshotDisk, SnapshotInputs, plan_snapshot
 from specs.kinds import parse_resource
 from specs.snapshot import RevertStatus, Snapshot, SnapshotStatus
 

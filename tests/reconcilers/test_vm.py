@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from reconcilers.domain import FileSource, HostName, ObservedDomain
 from reconcilers.plan import Impact
 from reconcilers.scheduler import ClusterPolicy, HostView
-from reconcilers.vm import VmInputs, plan_vm
-from reconcilers.vm_domain import ResolvedDisk, ResolvedNetwork
+from reconcilers.vm.domain import ResolvedDisk, ResolvedNetwork
+from reconcilers.vm.plan import VmInputs, plan_vm
 from specs.kinds import parse_resource
 from specs.vm import VirtualMachine, VirtualMachineStatus
 from tests.reconcilers.sim import apply_plan

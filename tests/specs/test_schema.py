@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -74,7 +75,6 @@ def test_examples_point_editors_at_the_schema(path: str) -> None:
 
 
 def test_editor_schema_accepts_examples_and_rejects_mistakes() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     validator = jsonschema.Draft202012Validator(export_schemas()["all.json"])
     docs = _example_documents()
     assert len(docs) > 20

@@ -1,0 +1,505 @@
+"""One libvirt connection per host: lazy open, worker threads, keepalive, reconnect, call counters, events.
+
+Every blocking libvirt call runs in a worker thread through ``anyio.to_thread.run_sync(...,
+limiter=<per-host CapacityLimiter>)``, so one slow host cannot eat the thread pool and no host gets more than
+``capacity`` calls in flight. Every ``libvirtError`` goes through :func:`controller.adapters.libvirt.errors.classify`.
+
+Test driver: ``test:///path/node.xml`` keeps its state *in the connection object* — opening the same file
+twice gives two unrelated hosts — while ``test:///default`` is one process-wide shared state (refcounted:
+it resets when its last connection closes). So a HostConnection opens a test URI once and never reopens
+it; keep one HostConnection per host for the life of the process, and give each simulated host its own
+node file.
+:meth:`HostConnection.for_test_host` writes a node file giving a simulated host its CPUs and memory.
+
+Connection loss (RPC errors, keepalive timeout, close callback) marks the connection broken; the next call
+reopens it, with exponential backoff between failed attempts (``ConnectionLost.retry_after`` tells callers
+when to come back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeAlias, TypeVar
+
+import anyio
+import anyio.to_thread
+import libvirt
+
+from controller.adapters.libvirt import codec, resources
+from controller.adapters.libvirt.errors import ConflictError, ConnectionLost, ReconcileError, classify
+from controller.adapters.libvirt.eventloop import ensure_event_loop
+from controller.adapters.libvirt.observe import (
+    DomainEvent,
+    job_from_stats,
+    lifecycle_event,
+    observe_domain_blocking,
+    version_string,
+)
+from reconcilers.domain import (
+    DirPoolConfig,
+    DomainConfig,
+    DomainName,
+    HostName,
+    NetworkConfig,
+    NetworkName,
+    ObservedDomain,
+    ObservedHost,
+    ObservedJob,
+    ObservedNetwork,
+    ObservedVolume,
+    PoolName,
+    VolumeConfig,
+    VolumeName,
+)
+
+log = logging.getLogger("virtplane.libvirt")
+
+T = TypeVar("T")
+EventCallback = Callable[[DomainEvent], None]
+Conn: TypeAlias = libvirt.virConnect
+
+
+def _affect(live: bool, config: bool) -> int:
+    if not (live or config):
+        raise ValueError("at least one of live / config must be set")
+    flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0
+    return flags | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0)
+
+
+def _affect_each(live: bool, config: bool) -> list[int]:
+    """One call per target: the test driver refuses LIVE|CONFIG together for memory and vCPUs."""
+    _affect(live, config)
+    targets = ((libvirt.VIR_DOMAIN_AFFECT_LIVE, live), (libvirt.VIR_DOMAIN_AFFECT_CONFIG, config))
+    return [flag for flag, wanted in targets if wanted]
+
+
+def _set_vcpus(dom: libvirt.virDomain, *, vcpus: int, flags: int) -> None:
+    dom.setVcpusFlags(vcpus, flags)
+
+
+def _set_memory(dom: libvirt.virDomain, *, memory_kib: int, flags: int) -> None:
+    dom.setMemoryFlags(memory_kib, flags)
+
+
+def _code(exc: libvirt.libvirtError) -> int:
+    return int(exc.get_error_code())
+
+
+class HostConnection:
+    def __init__(
+        self,
+        name: HostName | str,
+        uri: str,
+        *,
+        capacity: int = 4,
+        keepalive: tuple[int, int] = (5, 3),
+        reconnect_base: float = 0.5,
+        reconnect_cap: float = 30.0,
+    ) -> None:
+        self.name = HostName(name)
+        self.uri = uri
+        self.capacity = capacity
+        self._keepalive = keepalive
+        self._reconnect_base = reconnect_base
+        self._reconnect_cap = reconnect_cap
+        self._conn: Conn | None = None
+        self._broken = False
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._open_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # guards the call counters and the subscriber list
+        self._calls: Counter[str] = Counter()
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._subscribers: list[tuple[asyncio.AbstractEventLoop, EventCallback]] = []
+        self._event_ids: list[int] = []
+        self._jobs_supported = True
+
+    @classmethod
+    def for_test_host(
+        cls, name: str, directory: Path, *, cpus: int, memory_kib: int, capacity: int = 4
+    ) -> HostConnection:
+        """A simulated host on libvirt's test driver with the given capacity (node file in ``directory``)."""
+        path = directory / f"{name}.xml"
+        path.write_text(codec.render_test_host(cpus=cpus, memory_kib=memory_kib))
+        return cls(name, f"test://{path.resolve()}", capacity=capacity)
+
+    @property
+    def is_test(self) -> bool:
+        return self.uri.startswith("test://")
+
+    @property
+    def calls(self) -> Counter[str]:
+        """libvirt API calls made so far, by API name (a copy)."""
+        with self._count_lock:
+            return Counter(self._calls)
+
+    def _count(self, op: str, n: int = 1) -> None:
+        with self._count_lock:
+            self._calls[op] += n
+
+    # ================================================================ connection management
+
+    async def open(self) -> None:
+        await self._connection()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await anyio.to_thread.run_sync(self._close_blocking, conn, limiter=self._get_limiter())
+
+    async def __aenter__(self) -> HostConnection:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _get_limiter(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.capacity)
+        return self._limiter
+
+    async def _connection(self) -> Conn:
+        conn = self._conn
+        if conn is not None and not self._broken:
+            return conn
+        now = anyio.current_time()
+        return await anyio.to_thread.run_sync(self._open_blocking, now, limiter=self._get_limiter())
+
+    def _open_blocking(self, now: float) -> Conn:
+        with self._open_lock:
+            if self._conn is not None and (not self._broken or self.is_test):
+                return self._conn
+            if now < self._next_attempt:
+                raise ConnectionLost(
+                    f"reconnect after {self._failures} failure(s) in {self._next_attempt - now:.1f}s",
+                    retry_after=self._next_attempt - now, host=self.name, op="open",
+                )  # fmt: skip
+            if self._conn is not None:
+                self._close_blocking(self._conn)
+                self._conn = None
+            ensure_event_loop()
+            self._count("open")
+            try:
+                conn = libvirt.open(self.uri)
+                if not self.is_test:
+                    conn.setKeepAlive(*self._keepalive)
+                conn.registerCloseCallback(self._on_close, None)
+            except libvirt.libvirtError as exc:
+                self._failures += 1
+                delay = min(self._reconnect_cap, self._reconnect_base * 2 ** (self._failures - 1))
+                self._next_attempt = now + delay
+                err = classify(exc, host=self.name, op="open")
+                raise ConnectionLost(err.message, retry_after=delay, host=self.name, op="open") from exc
+            self._conn, self._broken, self._failures, self._next_attempt = conn, False, 0, 0.0
+            if self._subscribers:
+                self._register_events(conn)
+            return conn
+
+    def _close_blocking(self, conn: Conn) -> None:
+        for callback_id in self._event_ids:
+            try:
+                conn.domainEventDeregisterAny(callback_id)
+            except libvirt.libvirtError:
+                break  # the connection is gone; its callbacks with it
+        self._event_ids = []
+        try:
+            conn.unregisterCloseCallback()
+            conn.close()
+        except libvirt.libvirtError as exc:
+            # Closing a connection whose host is gone (powered off, lab down) fails in several ways
+            # ("client socket is closed"); the connection is released either way.
+            log.info("host %s: closing a dead connection: %s", self.name, exc)
+
+    def _on_close(self, _conn: Conn, reason: int, _opaque: object) -> None:
+        if reason != libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
+            self._broken = True
+
+    async def run(self, op: str, fn: Callable[[Conn], T]) -> T:
+        """Run ``fn(conn)`` in a worker thread under this host's limiter, counting ``op`` and classifying
+        libvirt errors: the seam for operations kept in their own modules (migration, snapshots)."""
+        self._count(op)
+        return await self._run(op, fn)
+
+    async def _run(self, op: str, fn: Callable[[Conn], T]) -> T:
+        conn = await self._connection()
+        try:
+            return await anyio.to_thread.run_sync(fn, conn, limiter=self._get_limiter())
+        except libvirt.libvirtError as exc:
+            err = classify(exc, host=self.name, op=op)
+            if isinstance(err, ConnectionLost) and not self.is_test:
+                self._broken = True
+            raise err from exc
+
+    def _domain(self, conn: Conn, name: str) -> libvirt.virDomain:
+        self._count("lookupByName")
+        return conn.lookupByName(name)
+
+    # ================================================================ observation
+
+    async def observe_host(self) -> ObservedHost:
+        """Capacity and versions; never raises for an unreachable host (ready=False, error=...)."""
+        try:
+            return await self._run("observe_host", self._observe_host_blocking)
+        except ReconcileError as exc:
+            return ObservedHost(name=self.name, uri=self.uri, ready=False, error=str(exc))
+
+    def _observe_host_blocking(self, conn: Conn) -> ObservedHost:
+        self._count("getInfo")
+        info = conn.getInfo()
+        self._count("getFreeMemory")
+        free = conn.getFreeMemory()
+        if self.is_test and free == 0:
+            # A custom test-driver node file has no NUMA cells, so libvirt reports 0 free: simulate a host
+            # whose free memory is what its running domains leave.
+            self._count("listAllDomains")
+            used_kib = sum(d.info()[2] for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+            free = max(0, int(info[1]) * 1024 * 1024 - used_kib * 1024)
+        self._count("getCapabilities")
+        caps = conn.getCapabilities()
+        self._count("getHostname")
+        hostname = conn.getHostname()
+        self._count("getLibVersion")
+        lib_version = conn.getLibVersion()
+        self._count("getVersion")
+        hv_version = conn.getVersion()
+        return ObservedHost(
+            name=self.name,
+            uri=self.uri,
+            ready=True,
+            hostname=hostname,
+            libvirt_version=version_string(lib_version),
+            hypervisor_version=version_string(hv_version),
+            cpus=int(info[2]),
+            memory_bytes=int(info[1]) * 1024 * 1024,
+            free_memory_bytes=int(free),
+            host_uuid=codec.parse_host_uuid(caps),
+        )
+
+    async def list_domains(self) -> list[ObservedDomain]:
+        """Every domain on the host, in one worker-thread pass: the state of all domains in one call, then
+        the inactive and live XML of each (parsing is cached by XML text: an unchanged domain costs no parse).
+        """
+        return await self._run("list_domains", self._list_blocking)
+
+    def _list_blocking(self, conn: Conn) -> list[ObservedDomain]:
+        self._count("getAllDomainStats")
+        stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
+        self._count("listAllDomains")
+        transient = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)}
+        out = []
+        for dom, values in stats:
+            try:
+                persistent = dom.UUIDString() not in transient
+                state, reason = values["state.state"], values["state.reason"]
+                observed = observe_domain_blocking(
+                    self.name, dom, state, reason, persistent, self._count, self._job
+                )
+                out.append(observed)
+            except libvirt.libvirtError as exc:
+                if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:  # undefined since the listing: skip it
+                    raise
+        return out
+
+    async def observe_domain(self, name: DomainName | str) -> ObservedDomain | None:
+        return await self._run("observe_domain", lambda conn: self._observe_one_blocking(conn, name))
+
+    def _observe_one_blocking(self, conn: Conn, name: str) -> ObservedDomain | None:
+        try:
+            dom = self._domain(conn, name)
+            self._count("state")
+            state, reason = dom.state()
+            self._count("isPersistent")
+            persistent = bool(dom.isPersistent())
+            return observe_domain_blocking(self.name, dom, state, reason, persistent, self._count, self._job)
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def _job(self, dom: libvirt.virDomain) -> ObservedJob | None:
+        if not self._jobs_supported:
+            return None
+        try:
+            self._count("jobStats")
+            return job_from_stats(dom.jobStats(0))
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_NO_SUPPORT:  # the test driver has no jobs
+                self._jobs_supported = False
+                return None
+            if _code(exc) == libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
+                # The target of an incoming migration: "statistics are available only on the source host".
+                return None
+            raise
+
+    # ================================================================ domain lifecycle
+
+    async def define_domain(self, config: DomainConfig) -> DomainConfig:
+        """Define (or redefine) the persistent domain; returns it as libvirt stored it (with the UUID and
+        MACs libvirt filled in — keep those in status)."""
+        xml = codec.render_domain(config)
+
+        def define(conn: Conn) -> str:
+            self._count("defineXML")
+            dom = conn.defineXML(xml)
+            self._count("XMLDesc")
+            return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+        return codec.parse_domain(await self._run("define", define))[0]
+
+    async def start_domain(self, name: DomainName | str) -> None:
+        await self._domain_call("start", name, lambda d: d.create())
+
+    async def shutdown_domain(self, name: DomainName | str) -> None:
+        """Ask the guest to power off (ACPI); observe the state later, don't wait here."""
+        await self._domain_call("shutdown", name, lambda d: d.shutdown())
+
+    async def destroy_domain(self, name: DomainName | str) -> None:
+        await self._domain_call("destroy", name, lambda d: d.destroy())
+
+    async def undefine_domain(
+        self, name: DomainName | str, *, keep_snapshots_metadata: bool = False, keep_nvram: bool = False
+    ) -> None:
+        flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        if not keep_snapshots_metadata:
+            flags |= libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+        if not self.is_test:  # the test driver rejects the NVRAM and checkpoint flags ("unsupported flags")
+            flags |= (
+                libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM if keep_nvram else libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+            )
+            if not keep_snapshots_metadata:
+                flags |= libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+        await self._domain_call("undefine", name, lambda d: d.undefineFlags(flags))
+
+    async def attach_device(self, name: DomainName | str, xml: str, *, live: bool, config: bool) -> None:
+        flags = _affect(live, config)
+        await self._domain_call("attachDevice", name, lambda d: d.attachDeviceFlags(xml, flags))
+
+    async def detach_device(self, name: DomainName | str, xml: str, *, live: bool, config: bool) -> None:
+        """Request the detach; a live unplug completes when the guest agrees (a "device-removed" event)."""
+        flags = _affect(live, config)
+        await self._domain_call("detachDevice", name, lambda d: d.detachDeviceFlags(xml, flags))
+
+    async def set_vcpus(self, name: DomainName | str, vcpus: int, *, live: bool, config: bool) -> None:
+        for flags in _affect_each(live, config):
+            await self._domain_call("setVcpus", name, partial(_set_vcpus, vcpus=vcpus, flags=flags))
+
+    async def set_memory(self, name: DomainName | str, memory_kib: int, *, live: bool, config: bool) -> None:
+        for flags in _affect_each(live, config):
+            set_memory = partial(_set_memory, memory_kib=memory_kib, flags=flags)
+            await self._domain_call("setMemory", name, set_memory)
+
+    async def _domain_call(self, op: str, name: str, fn: Callable[[libvirt.virDomain], Any]) -> None:
+        def call(conn: Conn) -> None:
+            dom = self._domain(conn, name)
+            self._count(op)
+            fn(dom)
+
+        await self._run(op, call)
+
+    # ================================================================ storage and networks
+
+    async def ensure_pool(self, pool: DirPoolConfig) -> DirPoolConfig:
+        """Define, build, start and autostart a dir pool if needed; a same-named pool elsewhere conflicts."""
+        xml = await self._run(
+            "ensure_pool", partial(resources.ensure_pool_blocking, pool=pool, count=self._count)
+        )
+        observed = codec.parse_pool(xml)
+        if observed.path != pool.path:
+            raise ConflictError(
+                f"pool {pool.name} exists with path {observed.path}, not {pool.path}",
+                host=self.name,
+                op="ensure_pool",
+            )
+        return observed
+
+    async def create_volume(self, pool: PoolName | str, volume: VolumeConfig) -> ObservedVolume:
+        """Create the volume unless one of that name exists; returns it as observed."""
+        create = partial(resources.create_volume_blocking, pool=pool, volume=volume, count=self._count)
+        return codec.parse_volume(await self._run("create_volume", create))
+
+    async def delete_volume(self, pool: PoolName | str, name: VolumeName | str) -> bool:
+        """Delete a volume; False if it was already gone."""
+        delete = partial(resources.delete_volume_blocking, pool=pool, name=name, count=self._count)
+        return await self._run("delete_volume", delete)
+
+    async def copy_volume(
+        self, pool: PoolName | str, volume: VolumeConfig, source_path: str, source_format: str | None = None
+    ) -> ObservedVolume:
+        """Create ``volume`` as a full copy (format conversion by libvirt) of the pool volume at
+        ``source_path``, unless it exists. A source outside every pool raises NotFound."""
+        copy = partial(
+            resources.copy_volume_blocking,
+            pool=pool, volume=volume, source_path=source_path, source_format=source_format, count=self._count,
+        )  # fmt: skip
+        return codec.parse_volume(await self._run("copy_volume", copy))
+
+    async def resize_volume(
+        self, pool: PoolName | str, name: VolumeName | str, capacity_bytes: int
+    ) -> ObservedVolume:
+        """Grow a volume (shrinking is refused by libvirt: SpecInvalid)."""
+        resize = partial(
+            resources.resize_volume_blocking,
+            pool=pool,
+            name=name,
+            capacity_bytes=capacity_bytes,
+            count=self._count,
+        )
+        return codec.parse_volume(await self._run("resize_volume", resize))
+
+    async def list_volumes(self, pool: PoolName | str) -> list[ObservedVolume]:
+        list_all = partial(resources.list_volumes_blocking, pool=pool, count=self._count)
+        return [codec.parse_volume(xml) for xml in await self._run("list_volumes", list_all)]
+
+    async def ensure_network(self, network: NetworkConfig) -> ObservedNetwork:
+        """Define, start and autostart a network if needed; returns it as observed (compare configs there)."""
+        ensure = partial(resources.ensure_network_blocking, network=network, count=self._count)
+        xml, uuid, active, persistent, autostart = await self._run("ensure_network", ensure)
+        config = codec.parse_network(xml)
+        return ObservedNetwork(NetworkName(network.name), uuid, active, persistent, autostart, config)
+
+    async def delete_network(self, name: NetworkName | str) -> bool:
+        """Stop and undefine a network; False if it was already gone."""
+        delete = partial(resources.delete_network_blocking, name=name, count=self._count)
+        return await self._run("delete_network", delete)
+
+    # ================================================================ events
+
+    async def watch_events(self, callback: EventCallback) -> None:
+        """Deliver this host's domain lifecycle and device-removed events to ``callback``, called on the
+        current (asyncio) event loop. Subscriptions survive reconnects."""
+        with self._count_lock:
+            self._subscribers.append((asyncio.get_running_loop(), callback))
+        if not self._event_ids:
+            await self._run("domainEventRegisterAny", self._register_events)
+
+    def _register_events(self, conn: Conn) -> None:
+        self._count("domainEventRegisterAny", 2)
+        lifecycle, removed = libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED
+        self._event_ids = [
+            conn.domainEventRegisterAny(None, lifecycle, self._on_lifecycle, None),
+            conn.domainEventRegisterAny(None, removed, self._on_removed, None),
+        ]
+
+    def _on_lifecycle(self, _c: Conn, dom: libvirt.virDomain, event: int, detail: int, _o: object) -> None:
+        self._deliver(lifecycle_event(self.name, dom.name(), event, detail))
+
+    def _on_removed(self, _c: Conn, dom: libvirt.virDomain, alias: str, _o: object) -> None:
+        self._deliver(DomainEvent(self.name, DomainName(dom.name()), "device-removed", alias))
+
+    def _deliver(self, event: DomainEvent) -> None:
+        # Runs on libvirt's event thread: hand over to each subscriber's loop, drop closed loops.
+        with self._count_lock:
+            subscribers = list(self._subscribers)
+        for loop, callback in subscribers:
+            try:
+                loop.call_soon_threadsafe(callback, event)
+            except RuntimeError:  # that loop is closed: forget the subscriber
+                with self._count_lock:
+                    self._subscribers.remove((loop, callback))

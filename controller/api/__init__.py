@@ -1,0 +1,1 @@
+"""The HTTP API: the Starlette app and its handlers, wire models, OpenAPI, authentication and authorization."""

@@ -1,0 +1,446 @@
+"""The REST + JSON API under /api/v1 (Starlette, served by uvicorn).
+
+Routes::
+
+    GET    /api/v1/{plural}                  list (?labelSelector=)
+    GET    /api/v1/{plural}/{name}           get (spec + status)
+    POST   /api/v1/{plural}                  create (409 if it exists)
+    PUT    /api/v1/{plural}/{name}           create or replace (metadata.resourceVersion -> precondition, 409)
+    DELETE /api/v1/{plural}/{name}           delete (?resourceVersion=)
+    GET    /api/v1/{plural}/{name}/status    status only (read-only for users)
+    POST   /api/v1/apply                     many objects, one transaction (?dryRun=true: what would change)
+    GET    /api/v1/watch                     JSON lines from ?resourceVersion= (?kinds=A,B)
+    GET    /api/v1/events                    (?for=Kind/name&correlationId=&watch=true)
+    GET    /healthz /readyz /metrics /openapi.json
+
+Every write carries a correlation id (``X-Correlation-Id``, generated when absent, echoed back).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from controller import store as store_mod
+from controller.api.auth import Authenticator, Authorizer, Identity, Verb
+from controller.api.openapi import openapi_document
+from controller.common.metrics import Registry
+from controller.common.wire import (
+    CORRELATION_HEADER,
+    error_body,
+    resource_to_wire,
+    spec_to_wire,
+    strip_server_fields,
+    validation_problems,
+)
+from specs.event import Event
+from specs.kinds import KINDS, KindInfo, UnknownKind, parse_resource, resolve_kind
+from specs.meta import Resource
+from specs.selector import LabelSelector
+
+# The controllers' diff planners: (kind, name) -> {"plan": [action, ...], "note"?: text} per change.
+PlanHook = Callable[[list[Any]], Awaitable[dict[tuple[str, str], dict[str, Any]]]]
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details
+
+
+@dataclass
+class ApiContext:
+    store: store_mod.Store
+    authn: Authenticator
+    authz: Authorizer
+    metrics: Registry
+    plan_hook: PlanHook | None = None  # set by the controllers: plans for a dry-run apply
+    # Finalizers the running controllers put on new objects of a kind (set when they start), so that
+    # creating an object costs one write rather than a create and a later finalizer update.
+    default_finalizers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _kind_from_path(request: Request) -> KindInfo:
+    try:
+        return resolve_kind(request.path_params["plural"])
+    except UnknownKind as e:
+        raise ApiError(404, "NotFound", str(e)) from e
+
+
+def _correlation_id(request: Request) -> str:
+    return request.headers.get(CORRELATION_HEADER) or uuid.uuid4().hex[:16]
+
+
+def _parse_objects(raw: list[Any]) -> list[Resource]:
+    objects: list[Resource] = []
+    problems: list[dict[str, Any]] = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            problems.append({"index": index, "field": "", "message": "expected an object"})
+            continue
+        try:
+            objects.append(parse_resource(strip_server_fields(item) | _precondition(item)))
+        except UnknownKind as e:
+            problems.append({"index": index, "field": "kind", "message": str(e)})
+        except ValidationError as e:
+            name = (item.get("metadata") or {}).get("name")
+            for p in validation_problems(e):
+                problems.append({"index": index, "kind": item.get("kind"), "name": name, **p})
+    if problems:
+        raise ApiError(422, "Invalid", f"{len(problems)} invalid field(s)", problems=problems)
+    return objects
+
+
+def _precondition(item: dict[str, Any]) -> dict[str, Any]:
+    rv = (item.get("metadata") or {}).get("resourceVersion")
+    if rv is None:
+        return {}
+    meta = dict(strip_server_fields(item)["metadata"])
+    meta["resourceVersion"] = str(rv)
+    return {"metadata": meta}
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, "BadRequest", f"request body is not JSON: {e}") from e
+
+
+def _change_to_wire(
+    change: Any, plans: dict[tuple[str, str], dict[str, Any]] | None, *, bodies: bool
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"kind": change.kind, "name": change.name, "action": change.action}
+    if bodies and change.action != "unchanged":
+        body["before"] = spec_to_wire(change.before)
+        body["after"] = spec_to_wire(change.after) if change.action != "deleted" else None
+    preview = plans.get((change.kind, change.name)) if plans is not None else None
+    if preview is not None:
+        body["plan"] = preview["plan"]
+        if preview.get("note"):
+            body["planNote"] = preview["note"]
+    return body
+
+
+class Api:
+    """Request handlers. One instance per server; state lives in ``ctx``."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        m = ctx.metrics
+        self.requests = m.counter("virtplane_api_requests_total", "API requests by route and status code.")
+        self.latency = m.histogram("virtplane_api_request_seconds", "API request latency by route.")
+        self.applied = m.counter("virtplane_apply_objects_total", "Objects handled by apply, by action.")
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _authorize(self, request: Request, verb: Verb, kind: str | None) -> Identity:
+        who = self.ctx.authn.authenticate(request.headers.get("authorization"))
+        if who is None:
+            raise ApiError(401, "Unauthorized", "missing or invalid bearer token (see `virtplane server` output)")
+        if not self.ctx.authz.allowed(who, verb, kind):
+            raise ApiError(403, "Forbidden", f"{who.name} may not {verb} {kind or 'this'}")
+        return who
+
+    def route(
+        self, name: str, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            start = time.perf_counter()
+            try:
+                response = await handler(request)
+            except ApiError as e:
+                response = JSONResponse(error_body(e.code, e.reason, e.message, **e.details), status_code=e.code)
+            except store_mod.ConflictError as e:
+                response = JSONResponse(error_body(409, "Conflict", str(e), kind=e.kind, name=e.name), 409)
+            except store_mod.TooLargeError as e:
+                response = JSONResponse(error_body(413, "TooLarge", str(e), kind=e.kind, name=e.name), 413)
+            except store_mod.NotFoundError as e:
+                response = JSONResponse(error_body(404, "NotFound", str(e)), 404)
+            except store_mod.PartialApplyError as e:
+                response = JSONResponse(
+                    error_body(
+                        500,
+                        "PartialApply",
+                        str(e),
+                        written=[list(k) for k in e.written],
+                        notWritten=[list(k) for k in e.not_written],
+                    ),
+                    500,
+                )
+            except store_mod.StoreUnavailable as e:
+                response = JSONResponse(error_body(503, "StoreUnavailable", str(e)), 503)
+            self.requests.inc(route=name, code=str(response.status_code))
+            self.latency.observe(time.perf_counter() - start, route=name)
+            return response
+
+        return endpoint
+
+    def _with_finalizers(self, obj: Resource) -> Resource:
+        """Finalizers for a new object (the store keeps the stored ones on update)."""
+        wanted = self.ctx.default_finalizers.get(obj.kind)
+        if not wanted:
+            return obj
+        return obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"finalizers": wanted})})
+
+    # --- objects --------------------------------------------------------------------------------
+
+    async def list_objects(self, request: Request) -> Response:
+        info = _kind_from_path(request)
+        self._authorize(request, "list", info.kind)
+        selector = None
+        if request.query_params.get("labelSelector"):
+            try:
+                selector = LabelSelector.parse(request.query_params["labelSelector"])
+            except ValueError as e:
+                raise ApiError(400, "BadRequest", f"labelSelector: {e}") from e
+        items, revision = await self.ctx.store.list(info.kind, selector)
+        statuses = await self.ctx.store.list_status(info.kind)
+        return JSONResponse(
+            {
+                "apiVersion": "virtplane.io/v1",
+                "kind": f"{info.kind}List",
+                "metadata": {"resourceVersion": str(revision)},
+                "items": [resource_to_wire(r, statuses.get(r.metadata.name)) for r in items],
+            }
+        )
+
+    async def get_object(self, request: Request) -> Response:
+        info = _kind_from_path(request)
+        self._authorize(request, "get", info.kind)
+        name = request.path_params["name"]
+        obj = await self.ctx.store.get(info.kind, name)
+        if obj is None:
+            raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
+        status, _ = await self.ctx.store.get_status(info.kind, name)
+        return JSONResponse(resource_to_wire(obj, status))
+
+    async def get_status(self, request: Request) -> Response:
+        info = _kind_from_path(request)
+        self._authorize(request, "get", info.kind)
+        name = request.path_params["name"]
+        if await self.ctx.store.get(info.kind, name) is None:
+            raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
+        status, revision = await self.ctx.store.get_status(info.kind, name)
+        body = status.model_dump(mode="json", exclude_none=True) if status is not None else {}
+        return JSONResponse({"status": body, "resourceVersion": str(revision)})
+
+    async def put_object(self, request: Request) -> Response:
+        info = _kind_from_path(request)
+        self._authorize(request, "update", info.kind)
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "expected one object")
+        body.setdefault("kind", info.kind)
+        body.setdefault("apiVersion", "virtplane.io/v1")
+        name = request.path_params["name"]
+        if (body.get("metadata") or {}).get("name", name) != name or body["kind"] != info.kind:
+            raise ApiError(400, "BadRequest", f"body must be {info.kind} {name!r} to match the URL")
+        body.setdefault("metadata", {})["name"] = name
+        return await self._write_one(request, body, create_only=False)
+
+    async def create_object(self, request: Request) -> Response:
+        info = _kind_from_path(request)
+        self._authorize(request, "create", info.kind)
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "expected one object")
+        body.setdefault("kind", info.kind)
+        body.setdefault("apiVersion", "virtplane.io/v1")
+        return await self._write_one(request, body, create_only=True)
+
+    async def _write_one(self, request: Request, body: dict[str, Any], *, create_only: bool) -> Response:
+        (obj,) = _parse_objects([body])
+        if create_only and await self.ctx.store.get(obj.kind, obj.metadata.name) is not None:
+            raise ApiError(409, "AlreadyExists", f"{obj.kind} {obj.metadata.name!r} already exists")
+        cid = _correlation_id(request)
+        result = await self.ctx.store.apply([self._with_finalizers(obj)], correlation_id=cid)
+        stored = await self.ctx.store.get(obj.kind, obj.metadata.name)
+        assert stored is not None
+        code = 201 if result.changes and result.changes[0].action == "created" else 200
+        return JSONResponse(resource_to_wire(stored), status_code=code, headers={CORRELATION_HEADER: cid})
+
+    async def delete_object(self, request: Request) -> Response:
+        info = _kind_from_path(request)
+        self._authorize(request, "delete", info.kind)
+        name = request.path_params["name"]
+        cid = _correlation_id(request)
+        removed = await self.ctx.store.delete(
+            info.kind, name, correlation_id=cid, resource_version=request.query_params.get("resourceVersion")
+        )
+        if removed is None:
+            raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
+        return JSONResponse(resource_to_wire(removed), headers={CORRELATION_HEADER: cid})
+
+    async def apply(self, request: Request) -> Response:
+        body = await _json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
+            raise ApiError(400, "BadRequest", 'expected {"objects": [...]}')
+        dry_run = request.query_params.get("dryRun", "").lower() in ("1", "true", "all") or bool(body.get("dryRun"))
+        objects = _parse_objects(body["objects"])
+        for kind in {o.kind for o in objects}:
+            self._authorize(request, "update", kind)
+        prune = bool(body.get("prune"))
+        source = body.get("source")
+        if prune and not source:
+            raise ApiError(400, "BadRequest", "prune needs a source (apply --prune --source NAME)")
+        if prune:
+            for kind in KINDS:
+                self._authorize(request, "delete", kind)
+        cid = _correlation_id(request)
+        objects = [self._with_finalizers(o) for o in objects]
+        result = await self.ctx.store.apply(objects, correlation_id=cid, source=source, dry_run=dry_run, prune=prune)
+        plans = None
+        if dry_run and self.ctx.plan_hook is not None and body.get("plan", True):
+            plans = await self.ctx.plan_hook([c for c in result.changes if c.action != "unchanged"])
+        if not dry_run:
+            for change in result.changes:
+                self.applied.inc(action=change.action)
+        return JSONResponse(
+            {
+                "revision": result.revision,
+                "transactions": result.transactions,
+                "dryRun": dry_run,
+                "correlationId": cid,
+                # Specs before/after only for a dry run (what diff shows); an apply reports actions.
+                "changes": [_change_to_wire(c, plans, bodies=dry_run) for c in result.changes],
+            },
+            headers={CORRELATION_HEADER: cid},
+        )
+
+    # --- streams --------------------------------------------------------------------------------
+
+    async def watch(self, request: Request) -> Response:
+        kinds = [resolve_kind(k).kind for k in request.query_params.get("kinds", "").split(",") if k] or list(KINDS)
+        for kind in kinds:
+            self._authorize(request, "watch", kind)
+        parts = [p for p in request.query_params.get("parts", "spec,status").split(",") if p in ("spec", "status")]
+        start = request.query_params.get("resourceVersion")
+        start_revision = int(start) if start else await self.ctx.store.revision() + 1
+        return StreamingResponse(self._stream(kinds, parts, start_revision), media_type="application/x-ndjson")
+
+    async def _stream(self, kinds: list[str], parts: list[str], start_revision: int) -> AsyncIterator[bytes]:
+        async for event in self.ctx.store.watch_objects(start_revision, kinds=kinds, parts=parts):
+            value = event.value
+            body = value.model_dump(mode="json", exclude_none=True) if value is not None else None
+            yield (
+                json.dumps(
+                    {
+                        "type": event.type,
+                        "kind": event.kind,
+                        "name": event.name,
+                        "part": event.part,
+                        "revision": event.mod_revision,
+                        "object": body,
+                    }
+                )
+                + "\n"
+            ).encode()
+
+    async def events(self, request: Request) -> Response:
+        self._authorize(request, "list", "Event")
+        involved = None
+        if request.query_params.get("for"):
+            kind_text, _, name = request.query_params["for"].partition("/")
+            try:
+                involved = (resolve_kind(kind_text).kind, name)
+            except UnknownKind as e:
+                raise ApiError(400, "BadRequest", str(e)) from e
+        cid = request.query_params.get("correlationId")
+        limit = int(request.query_params.get("limit", "500"))
+        events = await self.ctx.store.list_events(involved=involved, correlation_id=cid, limit=limit)
+        if request.query_params.get("watch", "").lower() not in ("1", "true"):
+            return JSONResponse({"items": [e.model_dump(mode="json", exclude_none=True) for e in events]})
+        revision = await self.ctx.store.revision()
+        return StreamingResponse(
+            self._event_stream(events, revision + 1, involved, cid), media_type="application/x-ndjson"
+        )
+
+    async def _event_stream(
+        self, initial: list[Any], start: int, involved: tuple[str, str] | None, cid: str | None
+    ) -> AsyncIterator[bytes]:
+        for e in initial:
+            yield (json.dumps(e.model_dump(mode="json", exclude_none=True)) + "\n").encode()
+        async for event in self.ctx.store.watch_events(start):
+            e = event.value
+            if not isinstance(e, Event) or event.type != "PUT":
+                continue
+            if involved and (e.involvedObject.kind, e.involvedObject.name) != involved:
+                continue
+            if cid and e.correlationId != cid:
+                continue
+            yield (json.dumps(e.model_dump(mode="json", exclude_none=True)) + "\n").encode()
+
+    # --- health ---------------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(self, request: Request) -> Response:
+        try:
+            await self.ctx.store.revision()
+        except store_mod.StoreUnavailable as e:
+            return PlainTextResponse(f"etcd unavailable: {e}", status_code=503)
+        return PlainTextResponse("ok")
+
+    async def metrics(self, request: Request) -> Response:
+        return PlainTextResponse(self.ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+
+class _CorrelationEcho:
+    """Echo the client's correlation id on every response, including errors."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cid = next((v for k, v in scope["headers"] if k == b"x-correlation-id"), None)
+
+        async def send_with_header(message: Any) -> None:
+            if cid and message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k == b"x-correlation-id" for k, _ in headers):
+                    headers.append((b"x-correlation-id", cid))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def create_app(ctx: ApiContext) -> Starlette:
+    api = Api(ctx)
+    r = api.route
+    routes = [
+        Route("/healthz", r("healthz", api.healthz)),
+        Route("/readyz", r("readyz", api.readyz)),
+        Route("/metrics", r("metrics", api.metrics)),
+        Route("/openapi.json", r("openapi", api.openapi)),
+        Route("/api/v1/apply", r("apply", api.apply), methods=["POST"]),
+        Route("/api/v1/watch", r("watch", api.watch)),
+        Route("/api/v1/events", r("events", api.events)),
+        Route("/api/v1/{plural}", r("list", api.list_objects), methods=["GET"]),
+        Route("/api/v1/{plural}", r("create", api.create_object), methods=["POST"]),
+        Route("/api/v1/{plural}/{name}", r("get", api.get_object), methods=["GET"]),
+        Route("/api/v1/{plural}/{name}", r("put", api.put_object), methods=["PUT"]),
+        Route("/api/v1/{plural}/{name}", r("delete", api.delete_object), methods=["DELETE"]),
+        Route("/api/v1/{plural}/{name}/status", r("status", api.get_status), methods=["GET"]),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(_CorrelationEcho)])

@@ -1,0 +1,179 @@
+"""Python SDK: a small synchronous client for the virtplane API.
+
+    from controller.client.sdk import Client
+    with Client.from_config() as vp:
+        for vm in vp.list("vm"):
+            print(vm["metadata"]["name"], vm.get("status", {}).get("phase"))
+
+Errors::
+
+    ApiError(code, reason, message, details)
+    ├── Conflict      409: lost a compare-and-swap, or the object already exists
+    ├── NotFound      404
+    ├── Invalid       422: validation problems in details["problems"]
+    └── Unauthorized  401
+    ServerUnreachable: nothing answered at the server URL
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+
+from controller.client.config import load_client_config
+from controller.common.wire import CORRELATION_HEADER
+
+
+class ServerUnreachable(Exception):
+    pass
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
+
+
+class Conflict(ApiError):
+    pass
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Invalid(ApiError):
+    pass
+
+
+class Unauthorized(ApiError):
+    pass
+
+
+_BY_CODE: dict[int, type[ApiError]] = {409: Conflict, 404: NotFound, 422: Invalid, 401: Unauthorized}
+
+
+class Client:
+    def __init__(self, server: str, token: str | None, *, timeout: float = 120.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.server = server
+        self._http = httpx.Client(base_url=server, headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_config(cls, server: str | None = None, token: str | None = None) -> Client:
+        config = load_client_config(server, token)
+        return cls(config.server, config.token)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ---
+
+    def _request(self, method: str, path: str, *, correlation_id: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = {CORRELATION_HEADER: correlation_id} if correlation_id else None
+        try:
+            response = self._http.request(method, path, headers=headers, **kwargs)
+        except httpx.TransportError as e:
+            raise ServerUnreachable(f"cannot reach the virtplane server at {self.server}: {e}") from e
+        if response.status_code >= 400:
+            try:
+                err = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(response.status_code, "Error", response.text) from None
+            raise _BY_CODE.get(err["code"], ApiError)(err["code"], err["reason"], err["message"], err.get("details"))
+        return response
+
+    # --- objects ---
+
+    def list(self, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
+        return self.list_at(kind, selector)[0]
+
+    def list_at(self, kind: str, selector: str | None = None) -> tuple[builtins.list[dict[str, Any]], int]:
+        """The objects and the store revision they were read at: ``watch(resource_version=revision + 1)``
+        then misses nothing and repeats nothing."""
+        params = {"labelSelector": selector} if selector else None
+        body = self._request("GET", f"/api/v1/{kind}", params=params).json()
+        return body["items"], int(body["metadata"]["resourceVersion"])
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._request("GET", f"/api/v1/{kind}/{name}").json()
+        return body
+
+    def put(self, obj: dict[str, Any], *, correlation_id: str | None = None) -> dict[str, Any]:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        body: dict[str, Any] = self._request(
+            "PUT", f"/api/v1/{kind}/{name}", json=obj, correlation_id=correlation_id
+        ).json()
+        return body
+
+    def delete(self, kind: str, name: str, *, correlation_id: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = self._request("DELETE", f"/api/v1/{kind}/{name}", correlation_id=correlation_id).json()
+        return body
+
+    def apply(
+        self,
+        objects: Sequence[dict[str, Any] | bytes],
+        *,
+        dry_run: bool = False,
+        prune: bool = False,
+        source: str | None = None,
+        correlation_id: str | None = None,
+        plan: bool = True,
+    ) -> dict[str, Any]:
+        # Objects may come pre-serialized (bytes): the body is assembled without re-encoding them.
+        head = json.dumps({"prune": prune, "source": source, "plan": plan}).encode()
+        parts = [o if isinstance(o, bytes) else json.dumps(o).encode() for o in objects]
+        content = head[:-1] + b', "objects": [' + b",".join(parts) + b"]}"
+        body: dict[str, Any] = self._request(
+            "POST",
+            "/api/v1/apply",
+            params={"dryRun": "true"} if dry_run else None,
+            content=content,
+            correlation_id=correlation_id,
+        ).json()
+        return body
+
+    def events(
+        self, *, involved: str | None = None, correlation_id: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        params = {k: v for k, v in (("for", involved), ("correlationId", correlation_id)) if v}
+        items: builtins.list[dict[str, Any]] = self._request("GET", "/api/v1/events", params=params).json()["items"]
+        return items
+
+    # --- streams ---
+
+    def _lines(self, path: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        try:
+            with self._http.stream("GET", path, params=params, timeout=httpx.Timeout(10.0, read=None)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    err = response.json()["error"]
+                    raise _BY_CODE.get(err["code"], ApiError)(err["code"], err["reason"], err["message"])
+                for line in response.iter_lines():
+                    if line:
+                        yield json.loads(line)
+        except httpx.TransportError as e:
+            raise ServerUnreachable(f"lost the watch stream from {self.server}: {e}") from e
+
+    def watch(self, kinds: Sequence[str] = (), resource_version: int | None = None) -> Iterator[dict[str, Any]]:
+        params = {"kinds": ",".join(kinds)}
+        if resource_version is not None:
+            params["resourceVersion"] = str(resource_version)
+        return self._lines("/api/v1/watch", params)
+
+    def watch_events(
+        self, *, involved: str | None = None, correlation_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        params = {k: v for k, v in (("for", involved), ("correlationId", correlation_id)) if v}
+        params["watch"] = "true"
+        return self._lines("/api/v1/events", params)

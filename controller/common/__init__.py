@@ -1,0 +1,4 @@
+"""Leaf modules any part of controller/ may use: the reconcile error tree, wire shapes, metrics.
+
+Imports nothing else of controller/.
+"""

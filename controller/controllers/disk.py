@@ -1,0 +1,259 @@
+"""Disk controller: the image of a Disk in its storage domain's pool (created empty, cloned, imported or
+copied from a snapshot; grown; deleted with the Disk when reclaimPolicy is Delete), or a direct LUN."""
+
+from __future__ import annotations
+
+import os.path
+from collections.abc import Iterable
+from typing import Any
+
+from controller.adapters.libvirt import snapshots as lv
+from controller.common.errors import TransientError
+from controller.runtime.cache import Cache
+from controller.runtime.context import Runtime
+from controller.runtime.registry import GLOBAL, Controller, Handler, Preview, Watch
+from controller.runtime.workqueue import Result
+from controller.store import Change
+from reconcilers.conditions import cond
+from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, ResizeVolume
+from reconcilers.disk.plan import DiskSourceInfo, plan_disk, source_info, volume_name
+from reconcilers.domain import HostName, ObservedVolume, VolumeName
+from reconcilers.plan import Plan
+from reconcilers.storage.backends import backend_for, pool_name
+from specs.disk import Disk, DiskStatus
+from specs.meta import Resource
+from specs.snapshot import SnapshotStatus
+from specs.storage import StorageDomain, StorageDomainStatus
+from specs.vm import VirtualMachine
+
+FINALIZER = "virtplane.io/volume"
+
+
+def _attached(rt: Runtime, name: str) -> tuple[str, ...]:
+    return tuple(sorted(vm.metadata.name for vm in rt.cache.all("VirtualMachine", VirtualMachine)
+                        if any(a.disk == name for a in vm.spec.disks)))
+
+
+def _status(rt: Runtime, disk: Disk, phase: str, reason: str, message: str, **fields: Any) -> DiskStatus:
+    prev = rt.cache.status["Disk"].get(disk.metadata.name)
+    return DiskStatus(
+        observedGeneration=disk.metadata.generation, phase=phase,
+        conditions=rt.with_times((cond("Ready", phase == "Ready", reason, message),), prev), **fields,
+    )
+
+
+async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
+    disk = rt.cache.get("Disk", name, Disk)
+    if disk is None:
+        return None
+    attached = _attached(rt, name)
+    deleting = disk.metadata.deletionTimestamp is not None
+    if disk.spec.lun is not None:
+        return await _reconcile_lun(rt, disk, attached, deleting)
+    if not deleting and FINALIZER not in disk.metadata.finalizers:
+        disk = await rt.store.add_finalizer("Disk", name, FINALIZER)  # type: ignore[assignment]
+    sd_name = disk.spec.storageDomain or ""
+    sd = rt.cache.get("StorageDomain", sd_name, StorageDomain)
+    host = _host_for(rt, sd_name)
+    base = backend_for(sd).image_dir(sd) if sd is not None else None
+    if sd is None or base is None or host is None:
+        if deleting:
+            await rt.store.remove_finalizer("Disk", name, FINALIZER)
+            return None
+        await rt.write_status("Disk", name, _status(rt, disk, "Pending", "StorageNotReady",
+                                                    f"storage domain {sd_name} is not ready", attachedTo=attached))
+        return None
+    observed = await _observe(rt, host, disk)
+    source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt))
+    # The source matters only to create the image: an existing or deleted one never waits for it (the
+    # base of an overlay waits for the overlay to go, so the overlay must not wait for the base).
+    if isinstance(source, str) and observed is None and not deleting:
+        await rt.write_status("Disk", name, _status(rt, disk, "Pending", "SourceNotReady", source,
+                                                    attachedTo=attached))
+        return None
+    overlays = overlay_clones_of(rt, name)
+    if deleting and (attached or overlays):
+        why = [f"attached to {', '.join(attached)}; detach it first"] if attached else []
+        if overlays:
+            why.append(f"backing image of overlay clone {', '.join(overlays)}; delete the clone first")
+        prev = rt.cache.status["Disk"].get(name)
+        status = (prev if isinstance(prev, DiskStatus) else DiskStatus()).model_copy(update={
+            "phase": "Deleting", "conditions": rt.with_times((cond("Ready", False, "InUse", "; ".join(why)),), prev)})
+        await rt.write_status("Disk", name, status)
+        return Result(requeue_after=2.0)  # the VM may be going away too: look again soon
+    plan = plan_disk(disk, host, base, observed, None if isinstance(source, str) else source)
+    if plan:
+        result = await rt.executor.execute(plan, rt)
+        if not result.ok:
+            assert result.error is not None and result.failed is not None
+            await rt.emit(disk, "VolumeFailed", f"{result.failed.name}: {result.error}", warning=True,
+                          source="disk-controller")
+            raise result.error
+        await rt.emit(disk, "PlanExecuted", result.describe_done(), source="disk-controller")
+        observed = await _observe(rt, host, disk)
+    if deleting:
+        await rt.store.remove_finalizer("Disk", name, FINALIZER)
+        return None
+    if observed is None:
+        raise TransientError(f"volume {volume_name(disk)} not visible in {pool_name(sd_name)} on {host} yet",
+                             retry_after=1.0)
+    await rt.write_status("Disk", name, _status(
+        rt, disk, "Ready", "Created", f"in {pool_name(sd_name)} on {host}", path=observed.path,
+        capacity=observed.capacity_bytes, allocation=observed.allocation_bytes, format=observed.format,
+        backingPath=observed.backing_path, attachedTo=attached, correlationId=disk.metadata.correlationId))
+    return None
+
+
+async def _reconcile_lun(rt: Runtime, disk: Disk, attached: tuple[str, ...], deleting: bool) -> Result | None:
+    """A direct LUN is passed through as it is: nothing to create, nothing to delete."""
+    if deleting:
+        if FINALIZER in disk.metadata.finalizers:
+            await rt.store.remove_finalizer("Disk", disk.metadata.name, FINALIZER)
+        return None
+    lun = disk.spec.lun
+    assert lun is not None
+    iscsi = lun.iscsi
+    path = lun.blockPath or (f"iscsi://{iscsi.portal}/{iscsi.iqn}/{iscsi.lun}" if iscsi else "")
+    await rt.write_status("Disk", disk.metadata.name, _status(rt, disk, "Ready", "Lun", "", path=path,
+                                                              attachedTo=attached))
+    return None
+
+
+def _host_for(rt: Runtime, sd_name: str) -> HostName | None:
+    """A Ready host that sees the storage domain (any one: the images are shared by its hosts)."""
+    sd_status = rt.cache.status["StorageDomain"].get(sd_name)
+    hosts = sd_status.readyHosts if isinstance(sd_status, StorageDomainStatus) else ()
+    return next((HostName(h) for h in hosts if rt.hosts.ready(h)), None)
+
+
+async def _observe(rt: Runtime, host: HostName, disk: Disk) -> ObservedVolume | None:
+    assert disk.spec.storageDomain is not None
+    vols = await rt.hosts.connection(host).list_volumes(pool_name(disk.spec.storageDomain))
+    return next((v for v in vols if v.name == volume_name(disk)), None)
+
+
+def overlay_clones_of(rt: Runtime, name: str) -> tuple[str, ...]:
+    """Disks that are qcow2 overlays on Disk ``name``: it must stay while they exist (even while deleting)."""
+    return tuple(sorted(
+        other.metadata.name for other in rt.cache.all("Disk", Disk)
+        if (src := other.spec.source) is not None and src.clone is not None and src.clone.disk == name
+        and src.clone.mode == "overlay"
+    ))
+
+
+def _source_infos(rt: Runtime) -> dict[str, DiskSourceInfo]:
+    infos = {}
+    for name, status in rt.cache.status["Disk"].items():
+        if isinstance(status, DiskStatus) and status.phase == "Ready" and status.path:
+            infos[name] = DiskSourceInfo(status.path, status.format, status.capacity)
+    return infos
+
+
+def ready_snapshot_disks(rt: Runtime) -> dict[str, tuple[str, ...]]:
+    """{Snapshot name: Disks it holds} for the Ready snapshots (sources of Disks)."""
+    return {name: s.disks for name, s in rt.cache.status["Snapshot"].items()
+            if isinstance(s, SnapshotStatus) and s.phase == "Ready"}
+
+
+# ---------------------------------------------------------------- actions
+
+
+async def _create(a: CreateVolume, rt: Runtime) -> None:
+    conn = rt.hosts.connection(a.host)
+    if a.source_path is None:
+        await conn.create_volume(a.pool, a.volume)
+    elif conn.is_test:
+        # libvirt's test driver has no files to copy: a simulated copy is a new volume of that size.
+        await conn.create_volume(a.pool, a.volume)
+    else:
+        await conn.copy_volume(a.pool, a.volume, a.source_path, a.source_format)
+
+
+async def _resize(a: ResizeVolume, rt: Runtime) -> None:
+    await rt.hosts.connection(a.host).resize_volume(a.pool, a.volume, a.capacity_bytes)
+
+
+async def _delete(a: DeleteVolume, rt: Runtime) -> None:
+    await rt.hosts.connection(a.host).delete_volume(a.pool, a.volume)
+
+
+async def _copy_snapshot(a: CopySnapshotDisk, rt: Runtime) -> None:
+    dest = os.path.join(a.dest_dir, a.volume.name)
+    if not os.path.exists(dest):
+        await lv.copy_snapshot_disk(a.source_path, a.snapshot, dest, a.volume.format)
+
+
+HANDLERS: dict[type, Handler] = {
+    CreateVolume: _create, ResizeVolume: _resize, DeleteVolume: _delete, CopySnapshotDisk: _copy_snapshot,
+}
+
+
+# ---------------------------------------------------------------- diff
+
+
+async def preview_disk(rt: Runtime, change: Change) -> Preview:
+    """Create, grow or delete: planned from the Disk's status (what the image is), without asking libvirt."""
+    disk = change.after if isinstance(change.after, Disk) else None
+    if disk is None and change.action == "deleted":
+        current = rt.cache.get("Disk", change.name, Disk)
+        if current is not None:
+            disk = current.model_copy(update={"metadata": current.metadata.model_copy(
+                update={"deletionTimestamp": rt.clock()})})
+    if disk is None:
+        return Preview(Plan())
+    if disk.spec.lun is not None:
+        return Preview(Plan(), note="a direct LUN is passed through as it is")
+    sd = rt.cache.get("StorageDomain", disk.spec.storageDomain or "", StorageDomain)
+    base = backend_for(sd).image_dir(sd) if sd is not None else None
+    host = _host_for(rt, disk.spec.storageDomain or "")
+    if sd is None or base is None or host is None:
+        return Preview(Plan(), note=f"waiting: storage domain {disk.spec.storageDomain} is not ready")
+    status = rt.cache.status["Disk"].get(disk.metadata.name)
+    observed = None
+    if isinstance(status, DiskStatus) and status.path and status.capacity is not None:
+        observed = ObservedVolume(VolumeName(volume_name(disk)), status.path, status.capacity,
+                                  status.allocation or 0, status.format or "qcow2", status.backingPath)
+    source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt))
+    if isinstance(source, str) and observed is None and disk.metadata.deletionTimestamp is None:
+        return Preview(Plan(), note=f"waiting: {source}")
+    return Preview(plan_disk(disk, host, base, observed, None if isinstance(source, str) else source))
+
+
+# ---------------------------------------------------------------- registration
+
+
+def disk_scope(cache: Cache, obj: Resource) -> str:
+    """A Disk is led by the leader of its storage domain's cluster (a LUN without one: the global scope)."""
+    sd = cache.get("StorageDomain", getattr(obj.spec, "storageDomain", None) or "", StorageDomain)
+    return sd.spec.cluster if sd is not None else GLOBAL
+
+
+def _disks_on_domain(rt: Runtime, sd: str, before: Any, after: Any) -> Iterable[str]:
+    return [d.metadata.name for d in rt.cache.all("Disk", Disk) if d.spec.storageDomain == sd]
+
+
+def _clones_of(rt: Runtime, disk: str, before: Any, after: Any) -> Iterable[str]:
+    return [d.metadata.name for d in rt.cache.all("Disk", Disk)
+            if (src := d.spec.source) is not None and src.clone is not None and src.clone.disk == disk]
+
+
+def _copies_of_snapshot(rt: Runtime, snapshot: str, before: Any, after: Any) -> Iterable[str]:
+    if getattr(after, "phase", None) != "Ready":
+        return ()
+    return [d.metadata.name for d in rt.cache.all("Disk", Disk)
+            if (src := d.spec.source) is not None and src.snapshot is not None and src.snapshot.snapshot == snapshot]
+
+
+CONTROLLER = Controller(
+    kind="Disk",
+    reconcile=reconcile_disk,
+    scope=disk_scope,
+    finalizer=FINALIZER,
+    watches=(
+        Watch("StorageDomain", "status", _disks_on_domain),
+        Watch("Disk", "status", _clones_of),
+        Watch("Snapshot", "status", _copies_of_snapshot),
+    ),
+    plan=preview_disk,
+    handlers=HANDLERS,
+)

@@ -1,0 +1,21 @@
+"""The controllers of virtplane, registered with the runtime. Adding a kind: its module in this package
+(reconcile, scope, watches, diff planner, action handlers, ``CONTROLLER``) and one line here."""
+
+from __future__ import annotations
+
+from controller.controllers import cluster, disk, host, migration, network, pool, snapshot, storage, vm
+from controller.runtime.registry import Registry
+
+
+def default_registry() -> Registry:
+    return Registry([
+        cluster.CONTROLLER,
+        host.CONTROLLER,
+        storage.CONTROLLER,
+        network.CONTROLLER,
+        disk.CONTROLLER,
+        vm.CONTROLLER,
+        pool.CONTROLLER,
+        snapshot.CONTROLLER,
+        migration.CONTROLLER,
+    ])

@@ -1,0 +1,157 @@
+"""What the VirtualMachine planner needs, gathered from the cache and the host registry (no I/O).
+
+Used by the VirtualMachine controller to reconcile and by its diff planner (``virtplane diff``), so both
+plan from the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from controller.controllers.migration_state import migration_context
+from controller.runtime.allocations import Usage
+from controller.runtime.context import Runtime
+from reconcilers.disk.plan import volume_name
+from reconcilers.domain import BlockSource, DiskSource, FileSource, HostName, NetworkSource, ObservedDomain
+from reconcilers.migration.plan import MigrationContext
+from reconcilers.scheduler import ClusterPolicy, HostView
+from reconcilers.storage.backends import backend_for
+from reconcilers.vm.domain import ResolvedDisk, ResolvedNetwork
+from reconcilers.vm.plan import VmInputs
+from specs.cluster import Cluster
+from specs.disk import Disk, DiskStatus
+from specs.host import Host
+from specs.network import Network, NetworkStatus
+from specs.storage import StorageDomain
+from specs.vm import VirtualMachine, VirtualMachineStatus
+
+
+def _lun_source(disk: Disk) -> DiskSource:
+    lun = disk.spec.lun
+    assert lun is not None
+    if lun.blockPath is not None:
+        return BlockSource(lun.blockPath)
+    assert lun.iscsi is not None
+    portal = lun.iscsi.portal
+    host, _, port = portal.rpartition(":") if ":" in portal else (portal, "", "3260")
+    return NetworkSource("iscsi", host.strip("[]"), f"{lun.iscsi.iqn}/{lun.iscsi.lun}", int(port or 3260))
+
+
+def resolve_disks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedDisk]:
+    found = {}
+    for attachment in vm.spec.disks:
+        disk = rt.cache.get("Disk", attachment.disk, Disk)
+        if disk is None:
+            continue
+        if disk.spec.lun is not None:
+            found[attachment.disk] = ResolvedDisk(attachment.disk, _lun_source(disk), "raw", disk.spec.shareable,
+                                                  True, None)
+            continue
+        status = rt.cache.status["Disk"].get(attachment.disk)
+        path = status.path if isinstance(status, DiskStatus) else None
+        ready = isinstance(status, DiskStatus) and status.phase == "Ready" and path is not None
+        sd = rt.cache.get("StorageDomain", disk.spec.storageDomain or "", StorageDomain)
+        where = path or f"<pending>/{volume_name(disk)}"
+        source = backend_for(sd).disk_source(sd, where) if sd is not None else FileSource(where)
+        found[attachment.disk] = ResolvedDisk(
+            attachment.disk, source, disk.spec.effective_format or "qcow2", disk.spec.shareable, ready,
+            disk.spec.storageDomain,
+        )
+    return found
+
+
+def resolve_networks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedNetwork]:
+    found = {}
+    for nic in vm.spec.nics:
+        net = rt.cache.get("Network", nic.network, Network)
+        if net is None:
+            continue
+        status = rt.cache.status["Network"].get(nic.network)
+        t = net.spec.type
+        if t == "user":
+            found[nic.network] = ResolvedNetwork(nic.network, "user", None, True)
+        elif t == "bridge":
+            found[nic.network] = ResolvedNetwork(nic.network, "bridge", net.spec.bridge, True)
+        else:
+            ready = isinstance(status, NetworkStatus) and status.phase in ("Ready", "Degraded")
+            found[nic.network] = ResolvedNetwork(nic.network, "network", f"vp-{nic.network}", ready)
+    return found
+
+
+def cluster_policy(rt: Runtime, cluster: str) -> ClusterPolicy:
+    obj = rt.cache.get("Cluster", cluster, Cluster)
+    if obj is None:
+        return ClusterPolicy()
+    s = obj.spec.scheduling
+    return ClusterPolicy(policy=s.policy, cpu_overcommit=s.cpuOvercommit, memory_overcommit=s.memoryOvercommit)
+
+
+def host_views(rt: Runtime, cluster: str, exclude_vm: str) -> tuple[HostView, ...]:
+    """Hosts with allocation from what is placed there (not from libvirt), leaving out the VM itself."""
+    views = []
+    for host in rt.cache.all("Host", Host):
+        if host.spec.cluster != cluster:
+            continue
+        name = host.metadata.name
+        runtime = rt.hosts.hosts.get(HostName(name))
+        observed = runtime.observed if runtime else None
+        cpus, memory, count, groups = rt.allocations.host(name, excluding=exclude_vm)
+        views.append(
+            HostView(
+                name=HostName(name),
+                cluster=host.spec.cluster,
+                ready=bool(runtime and runtime.ready),
+                maintenance=host.spec.maintenance,
+                labels=dict(host.metadata.labels),
+                cpus=(observed.cpus or 0) if observed else 0,
+                memory_bytes=(observed.memory_bytes or 0) if observed else 0,
+                allocated_cpus=cpus,
+                allocated_memory_bytes=memory,
+                vm_count=count,
+                groups=groups,
+            )
+        )
+    return tuple(views)
+
+
+def record_placement(rt: Runtime, vm: VirtualMachine, host: str | None) -> None:
+    if host is None:
+        rt.allocations.remove(vm.metadata.name)
+        return
+    groups = tuple(g for g in (vm.spec.placement.affinityGroup, vm.spec.placement.antiAffinityGroup) if g)
+    rt.allocations.set(vm.metadata.name, Usage(host, vm.spec.cpu.cores, vm.spec.memory.size_bytes, groups))
+
+
+def vm_inputs(
+    rt: Runtime, name: str, vm: VirtualMachine | None, domains: Mapping[HostName, ObservedDomain] | None = None
+) -> VmInputs:
+    status = rt.cache.status["VirtualMachine"].get(name)
+    vm_status = status if isinstance(status, VirtualMachineStatus) else None
+    cluster = vm.spec.cluster if vm is not None else ""
+    cluster_hosts = {HostName(h.metadata.name) for h in rt.cache.all("Host", Host) if h.spec.cluster == cluster}
+    runtimes = rt.hosts.hosts
+    unreachable = frozenset(h for h, r in runtimes.items() if not r.ready) | frozenset(
+        h for h in cluster_hosts if h not in runtimes
+    )
+    # Hosts we have not looked at since this controller started (no connection yet, or connected but
+    # not listed): a VM must not be placed while one of them might already run it.
+    unlisted = frozenset(
+        h for h in cluster_hosts if h not in runtimes or (runtimes[h].ready and not runtimes[h].last_listed)
+    )
+    disks = resolve_disks(rt, vm) if vm else {}
+    migration = migration_context(rt, vm, [d.storage_domain for d in disks.values()]) if vm else MigrationContext()
+    return VmInputs(
+        name=name,
+        vm=vm,
+        status=vm_status,
+        disks=disks,
+        networks=resolve_networks(rt, vm) if vm else {},
+        hosts=host_views(rt, cluster, name) if vm else (),
+        policy=cluster_policy(rt, cluster),
+        domains=dict(domains) if domains is not None else rt.hosts.locate(name),
+        unreachable=unreachable,
+        unlisted=unlisted,
+        pending=rt.pending.ages(name),
+        domain_types={h: r.domain_type for h, r in rt.hosts.hosts.items()},
+        migration=migration,
+    )

@@ -1,0 +1,169 @@
+"""`virtplane lab ...`: start, inspect, power-cycle and stop lab hosts on this machine (root)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from controller.dev.lab.guest import GuestImageError, build_guest_image, probe_accel
+from controller.dev.lab.hosts import DEFAULT_LAB_DIR, Lab, LabError, LabHost
+
+API_VERSION = "virtplane.io/v1"
+STORAGE_DOMAIN_NAME = "lab-shared"
+
+app = typer.Typer(no_args_is_help=True, help="A multi-host libvirt lab on this machine (needs root).")
+
+DirOption = Annotated[
+    Path, typer.Option("--dir", help="Lab state directory (per-host dirs, shared storage, guest image).")
+]
+
+CapsOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="QEMU capabilities cache shared by the hosts (default <dir>/qemu-caps); saves ~8 s a host."
+    ),
+]
+
+
+ACCEL_ANNOTATION = "virtplane.io/accelerator"
+
+
+def lab_manifests(
+    hosts: list[LabHost], shared_dir: Path, cluster: str, accel: str | None = None
+) -> list[dict[str, Any]]:
+    """Host and StorageDomain resources describing the lab, ready for `virtplane apply`. ``accel``
+    ("kvm" or "tcg") goes into each Host's virtplane.io/accelerator annotation."""
+    meta = {"annotations": {ACCEL_ANNOTATION: accel}} if accel else {}
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": API_VERSION,
+            "kind": "Host",
+            "metadata": {"name": host.name, **meta},
+            "spec": {"cluster": cluster, "uri": host.uri, "powerManagement": {"agent": "lab"}},
+        }
+        for host in hosts
+    ]
+    docs.append(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "StorageDomain",
+            "metadata": {"name": STORAGE_DOMAIN_NAME},
+            "spec": {"cluster": cluster, "type": "posix", "posix": {"path": str(shared_dir)}, "shared": True},
+        }
+    )
+    return docs
+
+
+def render_manifests(docs: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, explicit_start=True)
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise typer.BadParameter("the lab mounts and runs libvirtd as root; run it as root")
+
+
+def _fail(err: Exception) -> typer.Exit:
+    typer.echo(f"error: {err}", err=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def up(
+    hosts: Annotated[int, typer.Option("--hosts", "-n", min=1, help="Number of hosts (lab-1..lab-N).")] = 2,
+    directory: DirOption = DEFAULT_LAB_DIR,
+    cluster: Annotated[str, typer.Option(help="Cluster name written into the printed manifests.")] = "lab",
+    qemu_caps_dir: CapsOption = None,
+    accel: Annotated[
+        str, typer.Option(help="auto: probe-boot the test guest with KVM (cached) and fall back to tcg; or kvm/tcg.")
+    ] = "auto",
+) -> None:
+    """Start hosts lab-1..lab-N (those not running yet) and print their Host/StorageDomain YAML."""
+    _need_root()
+    if accel not in ("auto", "kvm", "tcg"):
+        raise typer.BadParameter("--accel is auto, kvm or tcg")
+    if accel == "auto":
+        try:
+            probe = probe_accel(build_guest_image(directory / "guest"), directory / "guest")
+        except GuestImageError as err:
+            raise _fail(err) from err
+        accel = probe.accel
+        typer.echo(f"# accelerator: {accel} ({probe.reason})", err=True)
+    lab = Lab(directory, qemu_caps_dir=qemu_caps_dir)
+    try:
+        started = lab.up(hosts)
+    except LabError as err:
+        raise _fail(err) from err
+    for host in started:
+        typer.echo(f"# {host.name}: libvirtd pid {host.pid}, {host.uri}", err=True)
+    sys.stdout.write(render_manifests(lab_manifests(started, lab.shared_dir, cluster, accel)))
+
+
+@app.command()
+def down(directory: DirOption = DEFAULT_LAB_DIR) -> None:
+    """Stop every lab host: its QEMU processes, its libvirtd, and with them its mounts."""
+    _need_root()
+    try:
+        Lab(directory).down()
+    except LabError as err:
+        raise _fail(err) from err
+
+
+@app.command()
+def status(directory: DirOption = DEFAULT_LAB_DIR) -> None:
+    """One line per host: name, state, libvirtd pid, QEMU pids, URI."""
+    hosts = Lab(directory).status()
+    if not hosts:
+        typer.echo(f"no lab under {directory}")
+        return
+    typer.echo(f"{'NAME':<8} {'STATE':<8} {'PID':>7}  {'QEMU':<16} URI")
+    for host in hosts:
+        state = "running" if host.running else "off"
+        qemus = ",".join(map(str, host.qemu_pids)) or "-"
+        typer.echo(f"{host.name:<8} {state:<8} {host.pid or '-':>7}  {qemus:<16} {host.uri}")
+
+
+@app.command("power-off")
+def power_off(host: str, directory: DirOption = DEFAULT_LAB_DIR) -> None:
+    """SIGKILL the host's libvirtd and QEMU processes, like pulling its plug."""
+    _need_root()
+    try:
+        Lab(directory).power_off(host)
+    except LabError as err:
+        raise _fail(err) from err
+
+
+@app.command("power-on")
+def power_on(host: str, directory: DirOption = DEFAULT_LAB_DIR, qemu_caps_dir: CapsOption = None) -> None:
+    """Start a powered-off host again (its guests stay off, as after a real power loss)."""
+    _need_root()
+    try:
+        state = Lab(directory, qemu_caps_dir=qemu_caps_dir).power_on(host)
+    except LabError as err:
+        raise _fail(err) from err
+    typer.echo(f"{state.name}: libvirtd pid {state.pid}, {state.uri}")
+
+
+@app.command("guest-image")
+def guest_image(
+    directory: DirOption = DEFAULT_LAB_DIR,
+    refresh: Annotated[bool, typer.Option(help="Look for a newer kernel package.")] = False,
+    probe: Annotated[bool, typer.Option(help="Also probe whether the guest boots under KVM.")] = True,
+) -> None:
+    """Build (or reuse) the test guest: Debian cloud kernel + busybox initramfs, under <dir>/guest."""
+    try:
+        image = build_guest_image(directory / "guest", refresh=refresh)
+    except GuestImageError as err:
+        raise _fail(err) from err
+    typer.echo(f"kernel:  {image.kernel}")
+    typer.echo(f"initrd:  {image.initrd}")
+    typer.echo(f"cmdline: {image.cmdline}")
+    typer.echo(f"modules: {' '.join(image.modules)}")
+    if probe:
+        result = probe_accel(image, directory / "guest")
+        typer.echo(f"accel:   {result.accel} ({result.reason})")

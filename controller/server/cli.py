@@ -1,0 +1,54 @@
+"""`virtplane server` as a command (added to the CLI by ``controller.main``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+
+from controller.cli.common import EXIT_INVALID, fail
+from controller.client.config import DEFAULT_LISTEN, default_data_dir
+from controller.runtime.manager import ManagerOptions
+from controller.server.main import BackgroundTask, controllers_task
+
+
+def server(
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to serve the API on.")] = DEFAULT_LISTEN,
+    etcd: Annotated[str | None, typer.Option("--etcd", help="External etcd URL[,URL...]; default: embedded.")] = None,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="State directory (embedded etcd, token).")
+    ] = default_data_dir(),
+    controllers: Annotated[
+        bool, typer.Option("--controllers/--no-controllers", help="Run the controllers too.")
+    ] = True,
+    write_config: Annotated[
+        bool, typer.Option("--write-config/--no-write-config", help="Write the CLI config for this server.")
+    ] = True,
+) -> None:
+    """Run the API server (and the controllers) on embedded or external etcd."""
+    from controller.server.main import ServerOptions, serve
+
+    logging.basicConfig(
+        level=os.environ.get("VIRTPLANE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else ()
+    try:
+        options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config)
+        background = _background_tasks(data_dir) if controllers else ()
+        anyio.run(serve, options, background)
+    except ValueError as e:
+        fail(str(e), EXIT_INVALID)
+    except KeyboardInterrupt:
+        pass
+
+
+def _background_tasks(data_dir: Path) -> tuple[BackgroundTask, ...]:
+    identity = f"{socket.gethostname()}-{os.getpid()}"
+    return (controllers_task(ManagerOptions(data_dir=data_dir, identity=identity)),)
+
+

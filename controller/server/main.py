@@ -1,0 +1,139 @@
+"""`virtplane server`: embedded (or external) etcd, the API, and the controllers, in one process."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import uvicorn
+
+from controller.api.app import ApiContext, create_app
+from controller.api.auth import AllowAdmins, StaticTokenAuthenticator
+from controller.client.config import ClientConfig, load_or_create_token, write_client_config
+from controller.common.metrics import Registry
+from controller.controllers.registry import default_registry
+from controller.runtime.manager import Manager, ManagerOptions
+from controller.server.etcd import EmbeddedEtcd
+from controller.store import Store
+
+log = logging.getLogger("virtplane.server")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after a graceful stop (exit -15); we handle signals ourselves and exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+# Started beside the API once the store is connected; returns when cancelled.
+BackgroundTask = Callable[[Store, ApiContext], Coroutine[Any, Any, None]]
+
+
+def controllers_task(options: ManagerOptions) -> BackgroundTask:
+    """The controllers, wired to the API: its dry-run planning and the finalizers it puts on new objects."""
+
+    async def run(store: Store, ctx: ApiContext) -> None:
+        registry = default_registry()
+        manager = Manager(store, registry, options, metrics=ctx.metrics)
+        ctx.plan_hook = manager.plan_changes
+        ctx.default_finalizers.update(registry.finalizers())
+        await manager.run()
+
+    return run
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    listen: str
+    data_dir: Path
+    etcd_endpoints: tuple[str, ...] = ()
+    write_config: bool = True
+    max_txn_ops: int | None = None
+    max_request_bytes: int | None = None
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--listen expects HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+@contextlib.asynccontextmanager
+async def open_store(options: ServerOptions) -> AsyncIterator[tuple[Store, str]]:
+    """Connect to the configured etcd, or start the embedded one under the data dir."""
+    if options.etcd_endpoints:
+        store = await Store.connect(
+            list(options.etcd_endpoints),
+            max_txn_ops=options.max_txn_ops or 128,
+            max_request_bytes=options.max_request_bytes or 1_500_000,
+        )
+        try:
+            yield store, "external " + ",".join(options.etcd_endpoints)
+        finally:
+            await store.close()
+        return
+    etcd = EmbeddedEtcd(options.data_dir / "etcd")
+    await anyio.to_thread.run_sync(etcd.start)
+    try:
+        store = await Store.connect(
+            [etcd.endpoint],
+            max_txn_ops=options.max_txn_ops or etcd.max_txn_ops,
+            max_request_bytes=options.max_request_bytes or etcd.max_request_bytes,
+        )
+        try:
+            yield store, f"embedded at {etcd.endpoint} (data in {options.data_dir / 'etcd'})"
+        finally:
+            await store.close()
+    finally:
+        await anyio.to_thread.run_sync(etcd.stop)
+
+
+async def serve(options: ServerOptions, background: tuple[BackgroundTask, ...] = ()) -> None:
+    host, port = parse_listen(options.listen)
+    options.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = load_or_create_token(options.data_dir)
+    async with open_store(options) as (store, etcd_text):
+        ctx = ApiContext(store=store, authn=StaticTokenAuthenticator(token), authz=AllowAdmins(), metrics=Registry())
+        app = create_app(ctx)
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+        )
+        server = _Uvicorn(config)
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        async with anyio.create_task_group() as tg:
+            for task in background:
+                tg.start_soon(task, store, ctx)
+            tg.start_soon(_announce, server, url, token, etcd_text, options)
+            tg.start_soon(_stop_on_signal, server)
+            await server.serve()
+            tg.cancel_scope.cancel()
+    print("virtplane server stopped", file=sys.stderr, flush=True)
+
+
+async def _stop_on_signal(server: uvicorn.Server) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+            if server.should_exit:
+                server.force_exit = True
+            server.should_exit = True
+
+
+async def _announce(server: uvicorn.Server, url: str, token: str, etcd_text: str, options: ServerOptions) -> None:
+    while not server.started:
+        await anyio.sleep(0.02)
+    lines = [f"virtplane server listening on {url}", f"etcd: {etcd_text}"]
+    if options.write_config:
+        path = write_client_config(ClientConfig(server=url, token=token))
+        lines.append(f"CLI config written to {path} (mode 0600)")
+    print("\n".join(lines), file=sys.stderr, flush=True)

@@ -1,0 +1,1 @@
+"""Host planning: a Host's status from one observation of its libvirt."""

@@ -1,0 +1,1 @@
+"""Network planning: the libvirt network each host of the cluster needs."""

@@ -1,0 +1,1 @@
+"""VirtualMachinePool planning: the replica VMs and boot disks a pool should have."""

@@ -1,0 +1,1 @@
+"""Snapshot planning: create, revert and delete libvirt snapshots of a VM's domain."""

@@ -1,0 +1,1 @@
+"""StorageDomain planning, and the storage backends (one place per storage type)."""
