@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,8 +36,11 @@ from controller.power import (
     PowerConfigError,
     PowerError,
     PowerState,
+    RedfishAgent,
     SecretError,
     SecretRef,
+    SshAgent,
+    SshTarget,
     fence,
 )
 from controller.power.fence_agents import IPMITOOL_SHIM
@@ -60,6 +64,12 @@ def run(coro_fn, *args):  # type: ignore[no-untyped-def]
 
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
@@ -438,3 +448,190 @@ def test_without_the_lock_manager_the_same_disk_path_starts_twice(
             dom.undefine()
         wait_for("QEMUs gone", lambda: not any(lab.host(h).qemu_pids for h in ("lab-1", "lab-2")), 30)
     assert virsh(lab.host("lab-1").uri, "list", "--name").strip() == ""
+
+
+# -- lab: fence_redfish against sushy-tools' Redfish emulator (optional: not a Debian package) --------
+
+SUSHY = os.environ.get("VIRTPLANE_SUSHY_EMULATOR") or shutil.which("sushy-emulator")
+RF_USER = "rfadmin"
+
+
+@pytest.fixture
+def redfish_node(
+    lab: Lab, guest_image: GuestImage, accel: str, tmp_path: Path
+) -> Iterator[tuple[int, libvirt.virDomain]]:
+    """sushy-emulator (libvirt driver, HTTPS, basic auth) in front of lab-2; its System is a lab guest.
+    Skipped unless sushy-tools is installed (``pip install sushy-tools``; set VIRTPLANE_SUSHY_EMULATOR
+    to its sushy-emulator if it is not on PATH)."""
+    if SUSHY is None or not HAVE_FENCE_TOOLS:
+        pytest.skip("needs sushy-emulator (pip install sushy-tools) and fence-agents")
+    # sushy-emulator checks an htpasswd file with bcrypt hashes; hash with the emulator's own Python.
+    emulator_python = Path(SUSHY).parent / "python"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    hashed = subprocess.run(
+        [str(emulator_python), "-c", "import bcrypt, sys; print(bcrypt.hashpw(sys.stdin.read().encode(), "
+         "bcrypt.gensalt(rounds=4)).decode())"], input=PASSWORD, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    (tmp_path / "htpasswd").write_text(f"{RF_USER}:{hashed}\n")
+    port = free_tcp_port()
+    (tmp_path / "emu.conf").write_text(
+        f"SUSHY_EMULATOR_AUTH_FILE = '{tmp_path / 'htpasswd'}'\nSUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\n"
+        f"SUSHY_EMULATOR_LISTEN_PORT = {port}\nSUSHY_EMULATOR_SSL_CERT = '{tmp_path / 'cert.pem'}'\n"
+        f"SUSHY_EMULATOR_SSL_KEY = '{tmp_path / 'key.pem'}'\n"
+    )
+    disk = lab.shared_dir / "rf-node.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    dom = define(lab, "lab-2", "rf-node", guest_image, accel, disk)
+    with (tmp_path / "emu.log").open("ab") as log:
+        emulator = subprocess.Popen(
+            [SUSHY, "--config", str(tmp_path / "emu.conf"), "--libvirt-uri", lab.host("lab-2").uri],
+            stdout=log, stderr=log,
+        )
+    try:
+        url = f"https://127.0.0.1:{port}/redfish/v1/"
+        wait_for("sushy-emulator listening",
+                 lambda: subprocess.run(["curl", "-sk", "-o", "/dev/null", url], check=False).returncode == 0, 30)
+        yield port, dom
+    finally:
+        emulator.terminate()
+        emulator.wait(10)
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+
+
+@pytest.mark.lab
+def test_fence_redfish_against_the_sushy_emulator(
+    redfish_node: tuple[int, libvirt.virDomain], tmp_path: Path
+) -> None:
+    port, dom = redfish_node
+    secrets = tmp_path / "secrets"
+    good = RedfishAgent(FenceDevice("127.0.0.1", RF_USER, write_secret(secrets, "rf", PASSWORD), port,
+                                    {"ssl_insecure": "1"}))
+    with CmdlineWatch(PASSWORD) as watch:
+        assert run(good.status).state is PowerState.OFF
+        assert run(good.on).ok and dom.isActive()
+        report = run(fence, good)
+    assert watch.hits == [] and watch.scans > 10
+    assert report.ok and not dom.isActive(), report
+    print(f"\nredfish fence: {report.duration_s:.2f} s: "
+          + ", ".join(f"{a.action.value} {a.state.value} {a.duration_s:.2f}s" for a in report.attempts))
+    bad = RedfishAgent(FenceDevice("127.0.0.1", RF_USER, write_secret(secrets, "rf-bad", WRONG), port,
+                                   {"ssl_insecure": "1"}))
+    with pytest.raises(AgentAuthFailed) as err:
+        run(bad.status)
+    assert WRONG not in str(err.value) and PASSWORD not in str(err.value)
+    closed = RedfishAgent(FenceDevice("127.0.0.1", RF_USER, write_secret(secrets, "rf", PASSWORD), free_tcp_port(),
+                                      {"ssl_insecure": "1"}))
+    with pytest.raises(AgentUnreachable):
+        run(closed.status)
+
+
+# -- lab: the ssh agent against a private sshd that is part of lab-2 ----------------------------------
+
+# Never "poweroff": if the forced command below were ever bypassed, this runs on the machine itself.
+LAB_POWEROFF = ("virtplane-lab-poweroff-test",)
+
+
+@pytest.fixture
+def ssh_host(lab: Lab, tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
+    """An sshd on 127.0.0.1 that stands for lab-2's OS: its forced command turns the agent's power-off
+    command into the lab's power-off of lab-2, then stops the sshd (a powered-off host answers nothing).
+    Yields (port, key dir with the client key ``id``, known_hosts)."""
+    sshd = shutil.which("sshd", path="/usr/sbin:/usr/bin")
+    if sshd is None or shutil.which("ssh") is None:
+        pytest.skip("needs openssh-server and openssh-client")
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    for key in ("id", "other", "hostkey"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / key)], check=True)
+    port = free_tcp_port()
+    known_hosts = keys / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {(keys / 'hostkey.pub').read_text()}")
+    (tmp_path / "authorized_keys").write_text((keys / "id.pub").read_text())
+    pidfile = tmp_path / "sshd.pid"
+    forced = tmp_path / "forced-command"
+    forced.write_text(
+        "#!/bin/sh\n"
+        'case "$SSH_ORIGINAL_COMMAND" in\n'
+        "  true) exit 0 ;;\n"
+        f"  {' '.join(LAB_POWEROFF)})\n"
+        f"    {sys.executable} -m controller.lab.bmc {lab.dir} lab-2 "
+        f"--qemu-caps-dir {lab.qemu_caps_dir} set power 0 >/dev/null\n"
+        f'    kill -TERM "$(cat {pidfile})"; exit 0 ;;\n'
+        '  *) echo "refused: $SSH_ORIGINAL_COMMAND" >&2; exit 126 ;;\n'
+        "esac\n"
+    )
+    forced.chmod(0o755)
+    config = tmp_path / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'hostkey'}\nPidFile {pidfile}\n"
+        f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\nStrictModes no\nPasswordAuthentication no\n"
+        f"KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
+        f"ForceCommand {forced}\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    subprocess.run([sshd, "-t", "-f", str(config)], check=True)
+    with (tmp_path / "sshd.log").open("wb") as log:
+        proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_for("sshd listening", lambda: socket_answers(port), 10)
+        yield port, keys, known_hosts
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(10)
+        lab.power_on("lab-2")
+
+
+def socket_answers(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.lab
+def test_ssh_agent_powers_off_and_sees_the_host_gone(lab: Lab, ssh_host: tuple[int, Path, Path]) -> None:
+    port, keys, known_hosts = ssh_host
+
+    def target(key: str, key_dir: Path = keys) -> SshTarget:
+        return SshTarget("127.0.0.1", keys / key, known_hosts, port=port, key_dir=key_dir,
+                         poweroff_command=LAB_POWEROFF, off_deadline=10)
+
+    with pytest.raises(AgentAuthFailed):
+        run(SshAgent(target("other")).status)
+    with pytest.raises(PowerConfigError):
+        run(SshAgent(target("id", key_dir=keys / "elsewhere")).status)
+    agent = SshAgent(target("id"))
+    with pytest.raises(PowerConfigError):
+        run(agent.on)
+    report = run(fence, agent)
+    assert report.ok, report
+    assert [(a.action, a.state) for a in report.attempts] == [
+        (PowerAction.STATUS, PowerState.ON), (PowerAction.OFF, PowerState.OFF), (PowerAction.STATUS, PowerState.OFF),
+    ]
+    assert not lab.host("lab-2").running and not socket_answers(port)
+    print(f"\nssh fence: {report.duration_s:.2f} s: "
+          + ", ".join(f"{a.action.value} {a.state.value} {a.duration_s:.2f}s" for a in report.attempts))
+
+
+@pytest.mark.lab
+def test_a_paused_domain_holds_no_lease_and_cannot_resume_onto_a_leased_disk(
+    locked_lab: Lab, guest_image: GuestImage, accel: str
+) -> None:
+    """libvirt acquires disk leases when CPUs start, not when QEMU starts: a domain started paused
+    (like the destination of a migration) holds none; its resume is what virtlockd refuses."""
+    a = define(locked_lab, "lab-1", "paused-a", guest_image, accel, per_host_image(locked_lab, "lab-1"))
+    b = define(locked_lab, "lab-2", "paused-b", guest_image, accel, per_host_image(locked_lab, "lab-2"))
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    a.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+    assert lease_holders(locked_lab) == {}
+    b.create()  # not refused: nothing holds the lease yet
+    with pytest.raises(libvirt.libvirtError) as err:
+        a.resume()
+    assert (err.value.get_error_domain(), err.value.get_error_code()) == (
+        libvirt.VIR_FROM_LOCKSPACE, libvirt.VIR_ERR_RESOURCE_BUSY,
+    )
+    assert a.state()[0] == libvirt.VIR_DOMAIN_PAUSED and b.state()[0] == libvirt.VIR_DOMAIN_RUNNING
