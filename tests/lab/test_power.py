@@ -635,3 +635,12 @@ def test_a_paused_domain_holds_no_lease_and_cannot_resume_onto_a_leased_disk(
         libvirt.VIR_FROM_LOCKSPACE, libvirt.VIR_ERR_RESOURCE_BUSY,
     )
     assert a.state()[0] == libvirt.VIR_DOMAIN_PAUSED and b.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+
+def test_lab_lock_manager_configuration() -> None:
+    from controller.lab.hosts import render_qemu_conf, render_qemu_lockd_conf
+
+    assert 'lock_manager = "lockd"' not in render_qemu_conf(1)
+    assert 'lock_manager = "lockd"' in render_qemu_conf(1, lock_manager=True)
+    conf = render_qemu_lockd_conf(Path("/lab/lockspace"))
+    assert 'file_lockspace_dir = "/lab/lockspace"' in conf and "require_lease_for_disks = 1" in conf
