@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from controller.dev.lab.bmc import BmcUser, LabBmc
 from controller.dev.lab.guest import GuestImageError, build_guest_image, probe_accel
 from controller.dev.lab.hosts import DEFAULT_LAB_DIR, Lab, LabError, LabHost
 
@@ -82,6 +83,13 @@ def up(
     accel: Annotated[
         str, typer.Option(help="auto: probe-boot the test guest with KVM (cached) and fall back to tcg; or kvm/tcg.")
     ] = "auto",
+    lock_manager: Annotated[
+        bool | None,
+        typer.Option(
+            "--lock-manager/--no-lock-manager",
+            help="virtlockd + lockd disk leases in <dir>/lockspace on every host (default: as last started).",
+        ),
+    ] = None,
 ) -> None:
     """Start hosts lab-1..lab-N (those not running yet) and print their Host/StorageDomain YAML."""
     _need_root()
@@ -94,7 +102,7 @@ def up(
             raise _fail(err) from err
         accel = probe.accel
         typer.echo(f"# accelerator: {accel} ({probe.reason})", err=True)
-    lab = Lab(directory, qemu_caps_dir=qemu_caps_dir)
+    lab = Lab(directory, qemu_caps_dir=qemu_caps_dir, lock_manager=lock_manager)
     try:
         started = lab.up(hosts)
     except LabError as err:
@@ -106,10 +114,14 @@ def up(
 
 @app.command()
 def down(directory: DirOption = DEFAULT_LAB_DIR) -> None:
-    """Stop every lab host: its QEMU processes, its libvirtd, and with them its mounts."""
+    """Stop every lab host: its QEMU processes, its libvirtd, and with them its mounts; and their BMCs."""
     _need_root()
+    lab = Lab(directory)
+    bmcs = directory / "bmc"
+    for name in sorted(p.name for p in bmcs.iterdir()) if bmcs.is_dir() else ():
+        LabBmc(lab, name, port=0, users=[]).stop()
     try:
-        Lab(directory).down()
+        lab.down()
     except LabError as err:
         raise _fail(err) from err
 
@@ -167,3 +179,33 @@ def guest_image(
     if probe:
         result = probe_accel(image, directory / "guest")
         typer.echo(f"accel:   {result.accel} ({result.reason})")
+
+
+@app.command("bmc")
+def bmc(
+    host: str,
+    port: Annotated[int, typer.Option(help="UDP port of the simulated BMC on 127.0.0.1.")],
+    user: Annotated[str, typer.Option(help="BMC user name.")] = "admin",
+    password_file: Annotated[
+        Path | None, typer.Option(help="File whose first line is the BMC password (never on the command line).")
+    ] = None,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the host's BMC instead.")] = False,
+    directory: DirOption = DEFAULT_LAB_DIR,
+    qemu_caps_dir: CapsOption = None,
+) -> None:
+    """An IPMI BMC (OpenIPMI ipmi_sim) for HOST whose chassis power is the lab's power switch."""
+    _need_root()
+    lab = Lab(directory, qemu_caps_dir=qemu_caps_dir)
+    if stop:
+        LabBmc(lab, host, port=port, users=[]).stop()
+        return
+    if password_file is None:
+        raise typer.BadParameter("--password-file is required to start a BMC")
+    password = password_file.read_text().splitlines()[0]
+    try:
+        lab.host(host)
+        pid = LabBmc(lab, host, port=port, users=[BmcUser(user, password)]).start()
+    except LabError as err:
+        raise _fail(err) from err
+    typer.echo(f"{host}: ipmi_sim pid {pid} on udp 127.0.0.1:{port}; fence_ipmilan stdin: "
+               f"ip=127.0.0.1 ipport={port} username={user} lanplus=1 cipher=3 password=...")

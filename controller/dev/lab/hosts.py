@@ -9,6 +9,7 @@ private bind mounts put per-host directories over the paths libvirt hard-codes::
     <lab dir>/hosts/lab-N/log    -> /var/log/libvirt
     <lab dir>/hosts/lab-N/cache  -> /var/cache/libvirt
     <lab dir>/shared             the POSIX storage domain, same path on every host
+    <lab dir>/lockspace          virtlockd leases of disks (only with ``lock_manager=True``)
 
 The mounts live only in the host's namespace, so they vanish with its last process: stopping a host is
 killing its processes. Everything needed to find those processes is on disk (libvirtd's pidfile, QEMU's
@@ -66,6 +67,7 @@ class LabHost:
     qemu_pids: tuple[int, ...]
     host_uuid: str
     dir: Path
+    virtlockd_pid: int | None = None
 
 
 def host_name(index: int) -> str:
@@ -104,7 +106,7 @@ def render_libvirtd_conf(host_dir: Path, host_uuid: str) -> str:
     )
 
 
-def render_qemu_conf(index: int) -> str:
+def render_qemu_conf(index: int, *, lock_manager: bool = False) -> str:
     low, high = migration_ports(index)
     return "\n".join(
         (
@@ -122,6 +124,37 @@ def render_qemu_conf(index: int) -> str:
             "cgroup_controllers = [ ]",
             "namespaces = [ ]",
             'vnc_listen = "127.0.0.1"',
+            # libvirt's lock manager: virtlockd holds a lease per disk (see render_qemu_lockd_conf).
+            *(('lock_manager = "lockd"',) if lock_manager else ()),
+            "",
+        )
+    )
+
+
+def render_qemu_lockd_conf(lockspace_dir: Path) -> str:
+    """qemu-lockd.conf: a lease for every disk, kept as a lock on a file in ``lockspace_dir``.
+
+    Leases are files named by the SHA-256 of the disk path; virtlockd holds an fcntl lock on the file
+    while a QEMU uses the disk. The directory must be the same, shared one on every host (here: one
+    machine, one kernel). ``require_lease_for_disks``: a disk without a lease is refused.
+    """
+    return "\n".join(
+        (
+            "# written by virtplane lab; rewritten on every start",
+            "auto_disk_leases = 1",
+            "require_lease_for_disks = 1",
+            f'file_lockspace_dir = "{lockspace_dir}"',
+            "",
+        )
+    )
+
+
+def render_virtlockd_conf(host_dir: Path) -> str:
+    return "\n".join(
+        (
+            "# written by virtplane lab; rewritten on every start",
+            "log_level = 3",
+            f'log_outputs = "3:file:{host_dir / "log" / "virtlockd.log"}"',
             "",
         )
     )
@@ -195,6 +228,8 @@ class _Host:
         self.run = self.dir / "run"
         self.socket = self.run / "libvirt-sock"
         self.pidfile = self.run / "libvirtd.pid"
+        self.virtlockd_pidfile = self.run / "virtlockd.pid"
+        self.virtlockd_config = self.dir / "etc" / "virtlockd.conf"
         self.config = self.dir / "etc" / "libvirtd.conf"
         self.state_file = self.dir / "state.json"
         self.uuid_file = self.dir / "host-uuid"
@@ -219,6 +254,16 @@ class _Host:
             return None
         return pid
 
+    def virtlockd_pid(self) -> int | None:
+        """The pid of this host's virtlockd if it runs (only with the lock manager)."""
+        pid = _read_pid(self.virtlockd_pidfile)
+        if pid is None or not _alive(pid):
+            return None
+        args = _cmdline(pid)
+        if not args or not args[0].endswith("virtlockd") or str(self.virtlockd_config) not in args:
+            return None
+        return pid
+
     def qemu_pids(self) -> tuple[int, ...]:
         """Pids of live QEMU processes whose pidfile is under this host's run directory."""
         pids = []
@@ -233,7 +278,7 @@ class _Host:
 
     def namespace_pids(self) -> tuple[int, ...]:
         """Every process inside this host's mount namespace (libvirtd, QEMU, helpers)."""
-        known = [p for p in (self.libvirtd_pid(), *self.qemu_pids()) if p is not None]
+        known = [p for p in (self.libvirtd_pid(), self.virtlockd_pid(), *self.qemu_pids()) if p is not None]
         namespaces = {ns for ns in (_mount_ns(p) for p in known) if ns is not None}
         try:
             recorded = json.loads(self.state_file.read_text()).get("mount_ns")
@@ -261,6 +306,7 @@ class _Host:
             qemu_pids=self.qemu_pids(),
             host_uuid=self.host_uuid(),
             dir=self.dir,
+            virtlockd_pid=self.virtlockd_pid(),
         )
 
 
@@ -280,8 +326,14 @@ class Lab:
         *,
         start_timeout: float = 30.0,
         qemu_caps_dir: Path | str | None = None,
+        lock_manager: bool | None = None,
     ) -> None:
         """``qemu_caps_dir``: QEMU capabilities cache shared by all hosts (default ``<dir>/qemu-caps``).
+
+        ``lock_manager``: run a virtlockd in each host (started before its libvirtd) and configure
+        QEMU's ``lockd`` lock manager with leases in ``<dir>/lockspace``. ``None`` keeps what the lab
+        was last started with (recorded in ``<dir>/options.json``), so ``lab power-on`` from another
+        process starts a host the way it was.
 
         Each libvirtd probes QEMU (~8 s here) on its first connection unless the cache holds a valid
         answer; sharing it across hosts, and across labs when given explicitly, probes once. libvirt
@@ -290,6 +342,22 @@ class Lab:
         self.dir = Path(directory).absolute()
         self.start_timeout = start_timeout
         self.qemu_caps_dir = Path(qemu_caps_dir).absolute() if qemu_caps_dir else self.dir / "qemu-caps"
+        self._lock_manager = lock_manager
+
+    @property
+    def lock_manager(self) -> bool:
+        """Whether hosts start with virtlockd and ``lock_manager = "lockd"``."""
+        if self._lock_manager is not None:
+            return self._lock_manager
+        try:
+            return bool(json.loads((self.dir / "options.json").read_text()).get("lock_manager", False))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+
+    @property
+    def lockspace_dir(self) -> Path:
+        """Where virtlockd keeps disk leases: one directory seen by every host."""
+        return self.dir / "lockspace"
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -373,7 +441,13 @@ class Lab:
                     entry.unlink()
             (host.run / "qemu").mkdir()
         host.config.write_text(render_libvirtd_conf(host.dir, host.host_uuid()))
-        (host.dir / "etc" / "qemu.conf").write_text(render_qemu_conf(host.index))
+        lock_manager = self.lock_manager
+        (self.dir / "options.json").write_text(json.dumps({"lock_manager": lock_manager}) + "\n")
+        (host.dir / "etc" / "qemu.conf").write_text(render_qemu_conf(host.index, lock_manager=lock_manager))
+        if lock_manager:
+            self.lockspace_dir.mkdir(parents=True, exist_ok=True)
+            (host.dir / "etc" / "qemu-lockd.conf").write_text(render_qemu_lockd_conf(self.lockspace_dir))
+            host.virtlockd_config.write_text(render_virtlockd_conf(host.dir))
         (host.dir / "etc" / "libvirt.conf").write_text("# virtplane lab: client defaults unchanged\n")
 
     def _start(self, host: _Host) -> None:
@@ -385,6 +459,12 @@ class Lab:
         script_lines.append(f'mount --bind "{self.qemu_caps_dir}" /var/cache/libvirt/qemu/capabilities')
         for source, target in self._account_overlays():
             script_lines.append(f'mount --bind "{source}" "{target}"')
+        if self.lock_manager:
+            # Before libvirtd: the lockd plugin connects to /run/libvirt/virtlockd-sock (this host's run
+            # dir) when the QEMU driver starts. --daemon returns once the socket listens.
+            script_lines.append(
+                f'virtlockd --daemon --config "{host.virtlockd_config}" --pid-file "{host.virtlockd_pidfile}"'
+            )
         script_lines.append(f'exec libvirtd --daemon --config "{host.config}" --pid-file "{host.pidfile}"')
         out = host.dir / "log" / "start.log"
         with out.open("ab") as log:
