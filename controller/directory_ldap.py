@@ -1,0 +1,481 @@
+"""The blocking half of directory login: one ldap3 session per login, run in a worker thread.
+
+Private to ``controller.directory`` (which runs these functions through ``anyio.to_thread``). One login at
+one server URL::
+
+    open the socket (TLS at once for ldaps://) -> StartTLS (ldap://) -> bind as the service account
+    -> search the user (login attribute = the escaped input, size limit 2)
+    -> bind as the user, with the password-policy request control
+    -> bind again as the service account -> resolve groups -> unbind
+
+Every outcome is decided on typed values: the LDAP result code, the password-policy response control, the
+ldap3/ssl exception class. The one exception is Active Directory, which reports why a bind was refused
+only as a hex sub-code inside its diagnostic message ("... data 775, ..."); ``ad_bind_subcode`` extracts
+that code (and nothing else) when the profile says the server is AD.
+
+TLS: ldap3 verifies host names with ``ssl.match_hostname`` (deprecated since Python 3.10, gone in 3.12, and
+a DeprecationWarning under our warnings-as-errors tests), so ``_ContextTls`` wraps sockets with one
+``ssl.SSLContext`` of ours per client instead: CERT_REQUIRED, check_hostname, TLS 1.2 or newer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import socket
+import ssl
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import ldap3
+from ldap3.core.exceptions import (
+    LDAPCommunicationError,
+    LDAPException,
+    LDAPResponseTimeoutError,
+    LDAPStartTLSError,
+)
+from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import parse_dn
+
+from controller.directory_config import (
+    IN_CHAIN_RULE,
+    AccountLocked,
+    AccountProblem,
+    CredentialProblem,
+    DirectoryConfig,
+    DirectoryProfile,
+    DirectoryUnavailable,
+    DirectoryUser,
+    InvalidCredentials,
+    Unavailable,
+)
+
+log = logging.getLogger("controller.directory")
+
+PPOLICY_OID = "1.3.6.1.4.1.42.2.27.8.5.1"
+SUCCESS, SIZE_LIMIT_EXCEEDED, INVALID_CREDENTIALS = 0, 4, 49
+MAX_USERNAME = 256
+_OR_CHUNK = 32  # member values OR-ed into one group search
+
+# draft-behera-ldap-password-policy, PasswordPolicyResponseValue.error
+_PPOLICY_ERRORS = {
+    0: AccountProblem.PASSWORD_EXPIRED,
+    1: AccountProblem.LOCKED,
+    2: AccountProblem.PASSWORD_CHANGE_REQUIRED,
+}
+# Active Directory's bind sub-codes (hex) that mean "right or wrong password, this account cannot log in"
+_AD_SUBCODES = {
+    0x775: AccountProblem.LOCKED,
+    0x533: AccountProblem.DISABLED,
+    0x701: AccountProblem.EXPIRED,
+    0x532: AccountProblem.PASSWORD_EXPIRED,
+    0x773: AccountProblem.PASSWORD_CHANGE_REQUIRED,
+}
+_AD_DATA = re.compile(r"\bdata ([0-9a-fA-F]{1,8})\b")
+
+
+@dataclass(frozen=True)
+class LoginContext:
+    """Everything a login needs, built once per client: the config, its effective profile, the TLS
+    context (loaded once, shared by every worker thread)."""
+
+    config: DirectoryConfig
+    profile: DirectoryProfile
+    tls: ssl.SSLContext
+
+    @classmethod
+    def build(cls, config: DirectoryConfig) -> LoginContext:
+        return cls(config, config.effective, make_tls_context(config.ca_file))
+
+
+def make_tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class _ContextTls(ldap3.Tls):  # type: ignore[misc]  # ldap3 has no type information
+    """ldap3's Tls, but the handshake and the host-name check are OpenSSL's, through our context."""
+
+    def __init__(self, context: ssl.SSLContext, server_name: str) -> None:
+        super().__init__(validate=ssl.CERT_REQUIRED)
+        self._context = context
+        self._server_name = server_name
+
+    def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
+        # Without TCP_NODELAY the first request after the handshake waits ~40 ms (Nagle's algorithm
+        # holding it behind the unacknowledged Finished message until the server's delayed ACK).
+        connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection.socket = self._context.wrap_socket(
+            connection.socket,
+            server_side=False,
+            do_handshake_on_connect=do_handshake,
+            server_hostname=self._server_name,
+        )
+
+
+# -- pure helpers (tested without a server) -----------------------------------------------------------------
+
+
+def ppolicy_error(value: bytes | None) -> int | None:
+    """The ``error`` field of a PasswordPolicyResponseValue (BER), or None when absent.
+
+    SEQUENCE { warning [0] CHOICE {...} OPTIONAL, error [1] ENUMERATED OPTIONAL }: walk the SEQUENCE's
+    elements and return the integer of the one tagged [1] (0x81)."""
+    if not value or value[0] != 0x30:
+        return None
+    body, _ = _ber_read(value, 0)
+    pos = 0
+    while pos < len(body):
+        tag = body[pos]
+        content, pos = _ber_read(body, pos)
+        if tag == 0x81 and content:
+            return int.from_bytes(content, "big", signed=True)
+    return None
+
+
+def _ber_read(data: bytes, pos: int) -> tuple[bytes, int]:
+    """(content, position after it) of the TLV at ``pos``; definite lengths only (as LDAP requires)."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated BER element")
+    length, pos = data[pos + 1], pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or pos + count > len(data):
+            raise ValueError("bad BER length")
+        length, pos = int.from_bytes(data[pos : pos + count], "big"), pos + count
+    if pos + length > len(data):
+        raise ValueError("truncated BER element")
+    return data[pos : pos + length], pos + length
+
+
+def ad_bind_subcode(message: str) -> int | None:
+    """Active Directory's extended error from a bind diagnostic, e.g. 0x775 from
+    ``80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data 775, v4563``."""
+    match = _AD_DATA.search(message or "")
+    return int(match.group(1), 16) if match else None
+
+
+def check_username(username: str) -> None:
+    if not username or len(username) > MAX_USERNAME or "\x00" in username:
+        raise InvalidCredentials(CredentialProblem.BAD_USERNAME, username[:MAX_USERNAME])
+
+
+def dn_key(dn: str) -> tuple[tuple[str, str], ...]:
+    """A DN normalised for comparison: attribute types and values lower-cased, spacing dropped."""
+    return tuple((attr.strip().lower(), value.strip().lower()) for attr, value, _ in parse_dn(dn))
+
+
+def is_under(dn: str, base: str) -> bool:
+    key, base_key = dn_key(dn), dn_key(base)
+    return len(key) > len(base_key) and key[len(key) - len(base_key) :] == base_key
+
+
+def rdn_value(dn: str) -> str:
+    return str(parse_dn(dn)[0][1])
+
+
+def classify_unavailable(url: str, exc: BaseException) -> DirectoryUnavailable:
+    """The one place where ldap3/socket/ssl exceptions become ``DirectoryUnavailable`` reasons.
+    ldap3 raises classes that inherit from both its own error and the original (ssl.SSLError,
+    TimeoutError, ConnectionRefusedError, ...), so the class tells what happened."""
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError | LDAPStartTLSError):
+        reason = Unavailable.TLS
+    elif isinstance(exc, TimeoutError | LDAPResponseTimeoutError):
+        reason = Unavailable.TIMEOUT
+    elif isinstance(exc, LDAPCommunicationError | OSError):
+        reason = Unavailable.UNREACHABLE
+    else:
+        reason = Unavailable.CLIENT  # ldap3 refused to send the request: a bug or a bad config value
+    return DirectoryUnavailable(reason, url, f"{type(exc).__name__}: {exc}")
+
+
+def read_secret(path: Path, url: str) -> str:
+    try:
+        secret = path.read_text().rstrip("\r\n")
+    except OSError as err:
+        raise DirectoryUnavailable(Unavailable.SECRET_FILE, url, f"cannot read {path}: {err.strerror}") from None
+    if not secret:
+        raise DirectoryUnavailable(Unavailable.SECRET_FILE, url, f"{path} is empty")
+    return secret
+
+
+def _first(attributes: Mapping[str, Any], name: str) -> str | None:
+    values = _values(attributes, name)
+    return values[0] if values else None
+
+
+def _values(attributes: Mapping[str, Any], name: str) -> list[str]:
+    wanted = name.lower()
+    for key, value in attributes.items():
+        if key.lower() == wanted:
+            items = value if isinstance(value, list | tuple) else [value]
+            return [item.decode() if isinstance(item, bytes) else str(item) for item in items]
+    return []
+
+
+# -- one session against one server ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    dn: str
+    attributes: Mapping[str, Any]
+
+
+class _Session:
+    """One connection to one URL. Methods raise the typed errors; ldap3 exceptions are turned into
+    ``DirectoryUnavailable`` by the caller (``run_at``)."""
+
+    def __init__(self, ctx: LoginContext, url: str) -> None:
+        self.ctx, self.url = ctx, url
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        use_ssl = parts.scheme == "ldaps"
+        server = ldap3.Server(
+            host,
+            port=parts.port or (636 if use_ssl else 389),
+            use_ssl=use_ssl,
+            tls=_ContextTls(ctx.tls, host),
+            connect_timeout=ctx.config.connect_timeout,
+            get_info=ldap3.NONE,
+        )
+        self.conn = ldap3.Connection(
+            server,
+            client_strategy=ldap3.SYNC,
+            authentication=ldap3.SIMPLE,
+            auto_bind=ldap3.AUTO_BIND_NONE,
+            raise_exceptions=False,
+            receive_timeout=ctx.config.operation_timeout,
+            read_only=True,
+            auto_referrals=False,
+        )
+        self.start_tls = not use_ssl
+
+    def open(self) -> None:
+        self.conn.open(read_server_info=False)
+        if self.start_tls:
+            self.conn.start_tls(read_server_info=False)
+
+    def close(self) -> None:
+        with contextlib.suppress(LDAPException, OSError):
+            self.conn.unbind()
+        # ldap3 keeps the socket of a connection that failed to open (refused, TLS) and unbind() skips
+        # closed connections, so close it here or it leaks until garbage collection.
+        sock = getattr(self.conn, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def bind_service(self) -> None:
+        config = self.ctx.config
+        if config.bind_dn is None or config.bind_password_file is None:
+            return
+        if not self._bind(config.bind_dn, read_secret(config.bind_password_file, self.url)):
+            result = self.conn.result or {}
+            raise DirectoryUnavailable(
+                Unavailable.SERVICE_BIND,
+                self.url,
+                f"bind as {config.bind_dn} refused: {result.get('description')} ({result.get('result')})",
+            )
+
+    def find_user(self, username: str) -> _Entry:
+        profile = self.ctx.profile
+        attributes = [profile.login_attribute]
+        if profile.nested_groups == "memberof":
+            attributes.append(profile.memberof_attribute)
+        search = f"(&{profile.user_filter}({profile.login_attribute}={escape_filter_chars(username)}))"
+        code, entries = self._search(self.ctx.config.user_base, search, attributes, size_limit=2)
+        if code not in (SUCCESS, SIZE_LIMIT_EXCEEDED):
+            raise self._search_failed("user search", self.ctx.config.user_base)
+        if not entries:
+            raise InvalidCredentials(CredentialProblem.UNKNOWN_USER, username)
+        if len(entries) > 1 or code == SIZE_LIMIT_EXCEEDED:
+            log.warning("directory: %d entries match login %r under %s; refusing", len(entries), username,
+                        self.ctx.config.user_base)
+            raise InvalidCredentials(CredentialProblem.AMBIGUOUS_USER, username)
+        return entries[0]
+
+    def bind_user(self, entry: _Entry, username: str, password: str) -> None:
+        ok = self._bind(entry.dn, password, controls=[(PPOLICY_OID, False, None)])
+        result = self.conn.result or {}
+        problem = self._account_problem(result)
+        if problem is not None:
+            raise AccountLocked(problem, username)
+        if ok:
+            return
+        code = result.get("result")
+        if code == INVALID_CREDENTIALS:
+            raise InvalidCredentials(CredentialProblem.WRONG_PASSWORD, username)
+        if code in self.ctx.profile.locked_bind_results:
+            raise AccountLocked(AccountProblem.LOCKED, username)
+        raise DirectoryUnavailable(
+            Unavailable.SERVER, self.url, f"bind of {entry.dn}: {result.get('description')} ({code})"
+        )
+
+    def groups(self, user: _Entry) -> dict[str, str]:
+        """{group DN: group name} for every group the user is in, nested ones included."""
+        strategy = self.ctx.profile.nested_groups
+        if strategy == "memberof":
+            base = self.ctx.config.group_base
+            dns = _values(user.attributes, self.ctx.profile.memberof_attribute)
+            return {dn: rdn_value(dn) for dn in dns if is_under(dn, base)}
+        if strategy == "in-chain":
+            member = f"{self.ctx.profile.member_attribute}:{IN_CHAIN_RULE}:"
+            return self._group_level([user.dn], member)
+        return self._groups_breadth_first(user.dn)
+
+    # -- internals ---------------------------------------------------------------------------------------
+
+    def _bind(self, dn: str, password: str, controls: list[tuple[str, bool, None]] | None = None) -> bool:
+        self.conn.user, self.conn.password = dn, password
+        try:
+            return bool(self.conn.bind(read_server_info=False, controls=controls))
+        finally:
+            self.conn.password = None
+
+    def _account_problem(self, result: Mapping[str, Any]) -> AccountProblem | None:
+        control = (result.get("controls") or {}).get(PPOLICY_OID)
+        if control is not None:
+            try:
+                error = ppolicy_error(control.get("value"))
+            except ValueError:
+                log.warning("directory %s: undecodable password-policy control ignored", self.url)
+                error = None
+            if error in _PPOLICY_ERRORS:
+                return _PPOLICY_ERRORS[error]
+        if self.ctx.profile.ad_bind_subcodes and result.get("result") == INVALID_CREDENTIALS:
+            subcode = ad_bind_subcode(str(result.get("message") or ""))
+            return _AD_SUBCODES.get(subcode) if subcode is not None else None
+        return None
+
+    def _groups_breadth_first(self, user_dn: str) -> dict[str, str]:
+        found: dict[str, str] = {}
+        seen = {dn_key(user_dn)}
+        frontier = [user_dn]
+        for _ in range(self.ctx.config.max_group_depth):
+            level = self._group_level(frontier, self.ctx.profile.member_attribute)
+            frontier = []
+            for dn, name in level.items():
+                if dn_key(dn) not in seen:
+                    seen.add(dn_key(dn))
+                    found[dn] = name
+                    frontier.append(dn)
+            if not frontier:
+                return found
+            if len(found) > self.ctx.config.max_groups:
+                break
+        log.warning("directory %s: group nesting of %s deeper than %d levels or more than %d groups; "
+                    "deeper groups ignored", self.url, user_dn, self.ctx.config.max_group_depth,
+                    self.ctx.config.max_groups)
+        return found
+
+    def _group_level(self, member_dns: Sequence[str], member_attr: str) -> dict[str, str]:
+        """Groups (under the group base, matching the group filter) having any of ``member_dns`` as member."""
+        profile, base = self.ctx.profile, self.ctx.config.group_base
+        found: dict[str, str] = {}
+        for chunk in _chunks(member_dns, _OR_CHUNK):
+            either = "".join(f"({member_attr}={escape_filter_chars(dn)})" for dn in chunk)
+            search = f"(&{profile.group_filter}(|{either}))"
+            code, entries = self._search(base, search, [profile.group_name_attribute],
+                                         size_limit=self.ctx.config.max_groups)
+            if code != SUCCESS:
+                raise self._search_failed("group search", base)
+            for entry in entries:
+                found[entry.dn] = _first(entry.attributes, profile.group_name_attribute) or rdn_value(entry.dn)
+        return found
+
+    def _search(self, base: str, search: str, attributes: list[str], size_limit: int) -> tuple[int, list[_Entry]]:
+        self.conn.search(
+            search_base=base,
+            search_filter=search,
+            search_scope=ldap3.SUBTREE,
+            attributes=attributes,
+            size_limit=size_limit,
+            time_limit=self.ctx.config.operation_timeout,
+        )
+        code = int((self.conn.result or {}).get("result", -1))
+        entries = [
+            _Entry(str(item["dn"]), item.get("attributes") or {})
+            for item in self.conn.response or []
+            if item.get("type") == "searchResEntry"
+        ]
+        return code, entries
+
+    def _search_failed(self, what: str, base: str) -> DirectoryUnavailable:
+        result = self.conn.result or {}
+        return DirectoryUnavailable(
+            Unavailable.SEARCH_FAILED,
+            self.url,
+            f"{what} under {base}: {result.get('description')} ({result.get('result')})",
+        )
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- entry points (blocking; called in a worker thread) ----------------------------------------------------
+
+
+def login(ctx: LoginContext, username: str, password: str) -> DirectoryUser:
+    """Authenticate at the first URL that answers; raise the typed errors of ``controller.directory``."""
+    check_username(username)
+    if not password:
+        raise InvalidCredentials(CredentialProblem.EMPTY_PASSWORD, username)
+    last: DirectoryUnavailable | None = None
+    for url in ctx.config.urls:
+        try:
+            return _login_at(ctx, url, username, password)
+        except DirectoryUnavailable as err:
+            log.warning("directory login of %r: %s", username, err)
+            last = err
+    assert last is not None  # urls has at least one element
+    raise last
+
+
+def _login_at(ctx: LoginContext, url: str, username: str, password: str) -> DirectoryUser:
+    session = _Session(ctx, url)
+    try:
+        session.open()
+        session.bind_service()
+        entry = session.find_user(username)
+        session.bind_user(entry, username, password)
+        session.bind_service()
+        groups = session.groups(entry)
+    except (LDAPException, OSError) as err:
+        raise classify_unavailable(url, err) from err
+    finally:
+        session.close()
+    name = _first(entry.attributes, ctx.profile.login_attribute) or username
+    return DirectoryUser(name=name, dn=entry.dn, groups=frozenset(groups.values()), group_dns=frozenset(groups))
+
+
+def check(ctx: LoginContext) -> str:
+    """Connect, bind as the service account and read the user base at each URL in turn; return the first
+    URL that works or raise its ``DirectoryUnavailable``."""
+    last: DirectoryUnavailable | None = None
+    for url in ctx.config.urls:
+        session = _Session(ctx, url)
+        try:
+            session.open()
+            session.bind_service()
+            base = ctx.config.user_base
+            session.conn.search(base, "(objectClass=*)", ldap3.BASE, attributes=["1.1"],
+                                time_limit=ctx.config.operation_timeout)
+            if (session.conn.result or {}).get("result") != SUCCESS:
+                raise session._search_failed("read of the user base", base)
+            return url
+        except (LDAPException, OSError) as err:
+            last = classify_unavailable(url, err)
+        except DirectoryUnavailable as err:
+            last = err
+        finally:
+            session.close()
+    assert last is not None
+    raise last
