@@ -15,6 +15,8 @@ Pure of HTTP: the API layer turns ``DirectoryUser`` into an identity and the err
 
 - Binds never block the event loop: ldap3 (a blocking library) runs in worker threads, at most
   ``config.max_concurrent`` at once (an anyio CapacityLimiter), each with connect and answer timeouts.
+  Cancelling ``authenticate`` waits for its thread, which those timeouts bound (per URL: connect_timeout
+  + a few operation_timeouts).
 - Filter input is escaped (RFC 4515); an empty password is refused before any bind (an empty simple bind
   is an anonymous bind and would "succeed"); the password is never logged nor put in an exception.
 - The error tree, profiles and config live in ``controller.directory_config``; the ldap3 session in

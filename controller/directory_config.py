@@ -170,6 +170,8 @@ PROFILES: dict[ProfileName, DirectoryProfile] = {
     ),
     # Active Directory: memberOf is direct only; the in-chain matching rule walks nesting server-side.
     # userPrincipalName (alice@example.com) can be set as login_attribute instead of sAMAccountName.
+    # (Other servers do not know the in-chain rule: OpenLDAP 2.5 evaluates it as Undefined and returns no
+    # groups at all, without an error; so never set nested_groups="in-chain" outside AD.)
     "activedirectory": DirectoryProfile(
         login_attribute="sAMAccountName",
         user_filter="(&(objectCategory=person)(objectClass=user))",
@@ -241,10 +243,6 @@ class DirectoryConfig(BaseModel):
         return self
 
     # -- the profile's defaults, overridden by what the config says -----------------------------------
-
-    @property
-    def profile_defaults(self) -> DirectoryProfile:
-        return PROFILES[self.profile]
 
     @property
     def effective(self) -> DirectoryProfile:

@@ -10,8 +10,9 @@ one server URL::
 
 Every outcome is decided on typed values: the LDAP result code, the password-policy response control, the
 ldap3/ssl exception class. The one exception is Active Directory, which reports why a bind was refused
-only as a hex sub-code inside its diagnostic message ("... data 775, ..."); ``ad_bind_subcode`` extracts
-that code (and nothing else) when the profile says the server is AD.
+only as a hex sub-code inside its diagnostic message ("... data 775, ..."); ``ad_bind_subcode`` (in
+``controller.directory_protocol``, with the other connection-free details) extracts that code, and nothing
+else, when the profile says the server is AD.
 
 TLS: ldap3 verifies host names with ``ssl.match_hostname`` (deprecated since Python 3.10, gone in 3.12, and
 a DeprecationWarning under our warnings-as-errors tests), so ``_ContextTls`` wraps sockets with one
@@ -22,10 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import socket
 import ssl
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +38,8 @@ from ldap3.core.exceptions import (
     LDAPResponseTimeoutError,
     LDAPStartTLSError,
 )
-from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import parse_dn
 
 from controller.directory_config import (
-    IN_CHAIN_RULE,
     AccountLocked,
     AccountProblem,
     CredentialProblem,
@@ -53,29 +50,27 @@ from controller.directory_config import (
     InvalidCredentials,
     Unavailable,
 )
+from controller.directory_protocol import (
+    AD_SUBCODES,
+    PPOLICY_ERRORS,
+    PPOLICY_OID,
+    ad_bind_subcode,
+    check_username,
+    chunks,
+    dn_key,
+    first_value,
+    is_under,
+    member_filter,
+    ppolicy_error,
+    rdn_value,
+    user_filter,
+    values,
+)
 
 log = logging.getLogger("controller.directory")
 
-PPOLICY_OID = "1.3.6.1.4.1.42.2.27.8.5.1"
 SUCCESS, SIZE_LIMIT_EXCEEDED, INVALID_CREDENTIALS = 0, 4, 49
-MAX_USERNAME = 256
 _OR_CHUNK = 32  # member values OR-ed into one group search
-
-# draft-behera-ldap-password-policy, PasswordPolicyResponseValue.error
-_PPOLICY_ERRORS = {
-    0: AccountProblem.PASSWORD_EXPIRED,
-    1: AccountProblem.LOCKED,
-    2: AccountProblem.PASSWORD_CHANGE_REQUIRED,
-}
-# Active Directory's bind sub-codes (hex) that mean "right or wrong password, this account cannot log in"
-_AD_SUBCODES = {
-    0x775: AccountProblem.LOCKED,
-    0x533: AccountProblem.DISABLED,
-    0x701: AccountProblem.EXPIRED,
-    0x532: AccountProblem.PASSWORD_EXPIRED,
-    0x773: AccountProblem.PASSWORD_CHANGE_REQUIRED,
-}
-_AD_DATA = re.compile(r"\bdata ([0-9a-fA-F]{1,8})\b")
 
 
 @dataclass(frozen=True)
@@ -118,67 +113,6 @@ class _ContextTls(ldap3.Tls):  # type: ignore[misc]  # ldap3 has no type informa
         )
 
 
-# -- pure helpers (tested without a server) -----------------------------------------------------------------
-
-
-def ppolicy_error(value: bytes | None) -> int | None:
-    """The ``error`` field of a PasswordPolicyResponseValue (BER), or None when absent.
-
-    SEQUENCE { warning [0] CHOICE {...} OPTIONAL, error [1] ENUMERATED OPTIONAL }: walk the SEQUENCE's
-    elements and return the integer of the one tagged [1] (0x81)."""
-    if not value or value[0] != 0x30:
-        return None
-    body, _ = _ber_read(value, 0)
-    pos = 0
-    while pos < len(body):
-        tag = body[pos]
-        content, pos = _ber_read(body, pos)
-        if tag == 0x81 and content:
-            return int.from_bytes(content, "big", signed=True)
-    return None
-
-
-def _ber_read(data: bytes, pos: int) -> tuple[bytes, int]:
-    """(content, position after it) of the TLV at ``pos``; definite lengths only (as LDAP requires)."""
-    if pos + 2 > len(data):
-        raise ValueError("truncated BER element")
-    length, pos = data[pos + 1], pos + 2
-    if length & 0x80:
-        count = length & 0x7F
-        if count == 0 or pos + count > len(data):
-            raise ValueError("bad BER length")
-        length, pos = int.from_bytes(data[pos : pos + count], "big"), pos + count
-    if pos + length > len(data):
-        raise ValueError("truncated BER element")
-    return data[pos : pos + length], pos + length
-
-
-def ad_bind_subcode(message: str) -> int | None:
-    """Active Directory's extended error from a bind diagnostic, e.g. 0x775 from
-    ``80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data 775, v4563``."""
-    match = _AD_DATA.search(message or "")
-    return int(match.group(1), 16) if match else None
-
-
-def check_username(username: str) -> None:
-    if not username or len(username) > MAX_USERNAME or "\x00" in username:
-        raise InvalidCredentials(CredentialProblem.BAD_USERNAME, username[:MAX_USERNAME])
-
-
-def dn_key(dn: str) -> tuple[tuple[str, str], ...]:
-    """A DN normalised for comparison: attribute types and values lower-cased, spacing dropped."""
-    return tuple((attr.strip().lower(), value.strip().lower()) for attr, value, _ in parse_dn(dn))
-
-
-def is_under(dn: str, base: str) -> bool:
-    key, base_key = dn_key(dn), dn_key(base)
-    return len(key) > len(base_key) and key[len(key) - len(base_key) :] == base_key
-
-
-def rdn_value(dn: str) -> str:
-    return str(parse_dn(dn)[0][1])
-
-
 def classify_unavailable(url: str, exc: BaseException) -> DirectoryUnavailable:
     """The one place where ldap3/socket/ssl exceptions become ``DirectoryUnavailable`` reasons.
     ldap3 raises classes that inherit from both its own error and the original (ssl.SSLError,
@@ -202,20 +136,6 @@ def read_secret(path: Path, url: str) -> str:
     if not secret:
         raise DirectoryUnavailable(Unavailable.SECRET_FILE, url, f"{path} is empty")
     return secret
-
-
-def _first(attributes: Mapping[str, Any], name: str) -> str | None:
-    values = _values(attributes, name)
-    return values[0] if values else None
-
-
-def _values(attributes: Mapping[str, Any], name: str) -> list[str]:
-    wanted = name.lower()
-    for key, value in attributes.items():
-        if key.lower() == wanted:
-            items = value if isinstance(value, list | tuple) else [value]
-            return [item.decode() if isinstance(item, bytes) else str(item) for item in items]
-    return []
 
 
 # -- one session against one server ------------------------------------------------------------------------
@@ -288,8 +208,8 @@ class _Session:
         attributes = [profile.login_attribute]
         if profile.nested_groups == "memberof":
             attributes.append(profile.memberof_attribute)
-        search = f"(&{profile.user_filter}({profile.login_attribute}={escape_filter_chars(username)}))"
-        code, entries = self._search(self.ctx.config.user_base, search, attributes, size_limit=2)
+        code, entries = self._search(self.ctx.config.user_base, user_filter(profile, username), attributes,
+                                     size_limit=2)
         if code not in (SUCCESS, SIZE_LIMIT_EXCEEDED):
             raise self._search_failed("user search", self.ctx.config.user_base)
         if not entries:
@@ -322,11 +242,10 @@ class _Session:
         strategy = self.ctx.profile.nested_groups
         if strategy == "memberof":
             base = self.ctx.config.group_base
-            dns = _values(user.attributes, self.ctx.profile.memberof_attribute)
+            dns = values(user.attributes, self.ctx.profile.memberof_attribute)
             return {dn: rdn_value(dn) for dn in dns if is_under(dn, base)}
         if strategy == "in-chain":
-            member = f"{self.ctx.profile.member_attribute}:{IN_CHAIN_RULE}:"
-            return self._group_level([user.dn], member)
+            return self._group_level([user.dn], in_chain=True)
         return self._groups_breadth_first(user.dn)
 
     # -- internals ---------------------------------------------------------------------------------------
@@ -346,11 +265,11 @@ class _Session:
             except ValueError:
                 log.warning("directory %s: undecodable password-policy control ignored", self.url)
                 error = None
-            if error in _PPOLICY_ERRORS:
-                return _PPOLICY_ERRORS[error]
+            if error in PPOLICY_ERRORS:
+                return PPOLICY_ERRORS[error]
         if self.ctx.profile.ad_bind_subcodes and result.get("result") == INVALID_CREDENTIALS:
             subcode = ad_bind_subcode(str(result.get("message") or ""))
-            return _AD_SUBCODES.get(subcode) if subcode is not None else None
+            return AD_SUBCODES.get(subcode) if subcode is not None else None
         return None
 
     def _groups_breadth_first(self, user_dn: str) -> dict[str, str]:
@@ -358,7 +277,7 @@ class _Session:
         seen = {dn_key(user_dn)}
         frontier = [user_dn]
         for _ in range(self.ctx.config.max_group_depth):
-            level = self._group_level(frontier, self.ctx.profile.member_attribute)
+            level = self._group_level(frontier)
             frontier = []
             for dn, name in level.items():
                 if dn_key(dn) not in seen:
@@ -374,19 +293,17 @@ class _Session:
                     self.ctx.config.max_groups)
         return found
 
-    def _group_level(self, member_dns: Sequence[str], member_attr: str) -> dict[str, str]:
-        """Groups (under the group base, matching the group filter) having any of ``member_dns`` as member."""
+    def _group_level(self, member_dns: Sequence[str], *, in_chain: bool = False) -> dict[str, str]:
+        """{DN: name} of the groups under the group base having any of ``member_dns`` as a member."""
         profile, base = self.ctx.profile, self.ctx.config.group_base
         found: dict[str, str] = {}
-        for chunk in _chunks(member_dns, _OR_CHUNK):
-            either = "".join(f"({member_attr}={escape_filter_chars(dn)})" for dn in chunk)
-            search = f"(&{profile.group_filter}(|{either}))"
-            code, entries = self._search(base, search, [profile.group_name_attribute],
-                                         size_limit=self.ctx.config.max_groups)
+        for chunk in chunks(member_dns, _OR_CHUNK):
+            code, entries = self._search(base, member_filter(profile, chunk, in_chain=in_chain),
+                                         [profile.group_name_attribute], size_limit=self.ctx.config.max_groups)
             if code != SUCCESS:
                 raise self._search_failed("group search", base)
             for entry in entries:
-                found[entry.dn] = _first(entry.attributes, profile.group_name_attribute) or rdn_value(entry.dn)
+                found[entry.dn] = first_value(entry.attributes, profile.group_name_attribute) or rdn_value(entry.dn)
         return found
 
     def _search(self, base: str, search: str, attributes: list[str], size_limit: int) -> tuple[int, list[_Entry]]:
@@ -413,11 +330,6 @@ class _Session:
             self.url,
             f"{what} under {base}: {result.get('description')} ({result.get('result')})",
         )
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 # -- entry points (blocking; called in a worker thread) ----------------------------------------------------
@@ -452,7 +364,7 @@ def _login_at(ctx: LoginContext, url: str, username: str, password: str) -> Dire
         raise classify_unavailable(url, err) from err
     finally:
         session.close()
-    name = _first(entry.attributes, ctx.profile.login_attribute) or username
+    name = first_value(entry.attributes, ctx.profile.login_attribute) or username
     return DirectoryUser(name=name, dn=entry.dn, groups=frozenset(groups.values()), group_dns=frozenset(groups))
 
 
