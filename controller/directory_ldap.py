@@ -36,6 +36,7 @@ from ldap3.core.exceptions import (
     LDAPCommunicationError,
     LDAPException,
     LDAPResponseTimeoutError,
+    LDAPSocketOpenError,
     LDAPStartTLSError,
 )
 
@@ -116,16 +117,27 @@ class _ContextTls(ldap3.Tls):  # type: ignore[misc]  # ldap3 has no type informa
 def classify_unavailable(url: str, exc: BaseException) -> DirectoryUnavailable:
     """The one place where ldap3/socket/ssl exceptions become ``DirectoryUnavailable`` reasons.
     ldap3 raises classes that inherit from both its own error and the original (ssl.SSLError,
-    TimeoutError, ConnectionRefusedError, ...), so the class tells what happened."""
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError | LDAPStartTLSError):
+    TimeoutError, ConnectionRefusedError, ...), so the class tells what happened. When a host name has
+    several addresses and all fail, ldap3 raises one LDAPSocketOpenError listing each address's error:
+    the most telling of those decides (TLS, then timeout, then unreachable), so "::1 refused,
+    127.0.0.1 untrusted certificate" is a TLS problem, not an unreachable server."""
+    causes = [exc, *_per_address_errors(exc)]
+    if any(isinstance(e, ssl.SSLError | ssl.CertificateError | LDAPStartTLSError) for e in causes):
         reason = Unavailable.TLS
-    elif isinstance(exc, TimeoutError | LDAPResponseTimeoutError):
+    elif any(isinstance(e, TimeoutError | LDAPResponseTimeoutError) for e in causes):
         reason = Unavailable.TIMEOUT
     elif isinstance(exc, LDAPCommunicationError | OSError):
         reason = Unavailable.UNREACHABLE
     else:
         reason = Unavailable.CLIENT  # ldap3 refused to send the request: a bug or a bad config value
     return DirectoryUnavailable(reason, url, f"{type(exc).__name__}: {exc}")
+
+
+def _per_address_errors(exc: BaseException) -> list[BaseException]:
+    """ldap3's LDAPSocketOpenError('unable to open socket', [(error, address), ...])."""
+    if isinstance(exc, LDAPSocketOpenError) and len(exc.args) > 1 and isinstance(exc.args[1], list):
+        return [item[0] for item in exc.args[1] if isinstance(item, tuple) and isinstance(item[0], BaseException)]
+    return []
 
 
 def read_secret(path: Path, url: str) -> str:

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 import anyio
 import ldap3
 import pytest
+from ldap3.core.exceptions import LDAPSocketOpenError, communication_exception_factory
 from ldap3.utils.log import EXTENDED, OFF, set_library_log_activation_level, set_library_log_detail_level
 
 from controller.directory import (
@@ -36,6 +38,7 @@ from controller.directory import (
     InvalidCredentials,
     Unavailable,
 )
+from controller.directory_ldap import classify_unavailable
 from controller.directory_protocol import ad_bind_subcode, member_filter, ppolicy_error, user_filter
 from controller.etcd_server import free_port
 from controller.lab.directory import LabDirectory, LabDirectoryInfo, make_ca
@@ -579,3 +582,19 @@ def test_filters_escape_their_input() -> None:
     assert member_filter(PROFILES["389ds"], ["uid=a,dc=x", "uid=b,dc=x"]).endswith(
         "(|(uniqueMember=uid=a,dc=x)(uniqueMember=uid=b,dc=x)))"
     )
+
+
+def test_a_tls_failure_on_one_address_of_a_name_is_still_a_tls_problem() -> None:
+    """When a name has several addresses (localhost: ::1 and 127.0.0.1 on many machines) and all fail,
+    ldap3 raises one LDAPSocketOpenError listing each address's error, built as below (ldap3 2.9.1,
+    strategy/base.py): the untrusted certificate must not hide behind the refused connection. (Built by
+    hand: localhost has a single address on our machines, so a live run cannot show it.)"""
+    refused = communication_exception_factory(LDAPSocketOpenError, ConnectionRefusedError("refused"))("refused")
+    untrusted = communication_exception_factory(
+        LDAPSocketOpenError, ssl.SSLCertVerificationError("certificate verify failed")
+    )("socket ssl wrapping error")
+    v6, v4 = ("::1", 636), ("127.0.0.1", 636)
+    both = LDAPSocketOpenError("unable to open socket", [(refused, v6), (untrusted, v4)])
+    assert classify_unavailable("ldaps://localhost", both).reason is Unavailable.TLS
+    only_refused = LDAPSocketOpenError("unable to open socket", [(refused, v6), (refused, v4)])
+    assert classify_unavailable("ldaps://localhost", only_refused).reason is Unavailable.UNREACHABLE
