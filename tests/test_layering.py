@@ -49,7 +49,7 @@ CONTROLLER_LAYERS: dict[str, set[str]] = {
     "adapters": {"common"},
     "runtime": {"common", "store", "adapters"},
     "controllers": {"common", "store", "adapters", "runtime"},
-    "api": {"common", "store"},
+    "api": {"common", "store", "adapters"},  # adapters: the directory (LDAP) client
     "client": {"common"},
     "gitops": {"common"},
     "cli": {"common", "client", "gitops"},
@@ -71,7 +71,7 @@ OWNED_LIBRARIES: dict[str, set[str]] = {
     "grpc": {"store"},
     "starlette": {"api"},
     "uvicorn": {"server"},
-    "ldap3": {"api", "dev"},
+    "ldap3": {"adapters", "dev"},
     "httpx": {"client", "adapters", "dev"},  # adapters: the Redfish probe
 }
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from controller.dev.lab import directory_cli
 from controller.dev.lab.bmc import BmcUser, LabBmc
 from controller.dev.lab.guest import GuestImageError, build_guest_image, probe_accel
 from controller.dev.lab.hosts import DEFAULT_LAB_DIR, Lab, LabError, LabHost
@@ -209,3 +210,6 @@ def bmc(
         raise _fail(err) from err
     typer.echo(f"{host}: ipmi_sim pid {pid} on udp 127.0.0.1:{port}; fence_ipmilan stdin: "
                f"ip=127.0.0.1 ipport={port} username={user} lanplus=1 cipher=3 password=...")
+
+
+app.add_typer(directory_cli.app, name="directory")
