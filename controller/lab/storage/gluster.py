@@ -176,6 +176,7 @@ class GlusterBackend:
             brick.mkdir(parents=True, exist_ok=True)
         self.mount_path.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
+        self._forget_dead_bricks()
         self.vol_file.write_text(render_glusterd_vol(self.socket))
         lines = ["set -e"]
         for sub, target in NAMESPACE_MOUNTS:
@@ -200,6 +201,14 @@ class GlusterBackend:
         self.state_file.write_text(json.dumps(state) + "\n")
         return pid
 
+    def _forget_dead_bricks(self) -> None:
+        """Remove brick pidfiles whose brick is not running. glusterd trusts a brick pidfile whose pid still
+        exists, and here a killed brick lingers as a zombie until pid 1 reaps it: glusterd then logs
+        "discovered already-running brick" and never starts it."""
+        for pidfile in (self.dir / "run" / "vols").glob("*/*.pid"):
+            if not self.brick_owner.owns(procs.read_pid(pidfile)):
+                pidfile.unlink(missing_ok=True)
+
     def _ensure_volume(self, host: str, glusterd: int) -> None:
         if self.cli("volume", "info", VOLUME, check=False).returncode != 0:
             layout = ["replica", str(self.replica)] if self.replica > 1 else []
@@ -222,3 +231,4 @@ class GlusterBackend:
             procs.stop([glusterd], self.glusterd_owner, timeout / 2)
         procs.stop(bricks, self.brick_owner, timeout / 2)
         procs.kill(members)
+        self._forget_dead_bricks()
