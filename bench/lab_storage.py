@@ -139,9 +139,9 @@ def run_all(lab: Lab, nfs: NfsServer, gluster: GlusterServer, iscsi: IscsiServer
     sh("qemu-img", "create", "-q", "-f", "raw", nfs.url("bench.raw"), mb)
     print(f"write nfs      {bench_write(['-f', 'raw', '-t', 'none', nfs.url('bench.raw')], mib):7.1f} MiB/s  (libnfs)")
     hosts = [lab.host("lab-1"), lab.host("lab-2")]
-    pool = lab.shared_dir / "pool.xml"
-    pool.write_text(gluster_pool_xml(gluster, "lab-gluster"))
     for host in hosts:
+        pool = lab.shared_dir / f"pool-{host.name}.xml"
+        pool.write_text(gluster_pool_xml(gluster, "lab-gluster", gluster.dir / "log" / f"client-{host.name}.log"))
         virsh(host.uri, "pool-define", str(pool))
         virsh(host.uri, "pool-start", "lab-gluster")
     fuse_file = gluster.mount_path / "bench.raw"

@@ -312,17 +312,19 @@ def test_gluster_netfs_pool_mounts_in_each_host_namespace_and_guest_migrates(
 ) -> None:
     server = server_of(storage, "gluster")
     assert isinstance(server, GlusterServer)
-    pool = lab.shared_dir / "gluster-pool.xml"
-    pool.write_text(gluster_pool_xml(server, "lab-gluster"))
     hosts = [lab.host("lab-1"), lab.host("lab-2")]
     try:
         for host in hosts:
+            pool = lab.shared_dir / f"gluster-pool-{host.name}.xml"
+            client_log = server.dir / "log" / f"client-{host.name}.log"
+            pool.write_text(gluster_pool_xml(server, "lab-gluster", client_log))
             virsh(host.uri, "pool-define", str(pool))
             virsh(host.uri, "pool-start", "lab-gluster")
             assert host.pid is not None
             mounts = Path(f"/proc/{host.pid}/mounts").read_text()
             assert f"{server.host}:/{server.volume} {server.mount_path} fuse.glusterfs" in mounts
         assert str(server.mount_path) not in Path("/proc/self/mounts").read_text(), "mounted only in the hosts"
+        assert all((server.dir / "log" / f"client-{h.name}.log").exists() for h in hosts), "client logs in the lab"
 
         one, two = hosts[0].uri, hosts[1].uri
         virsh(one, "vol-create-as", "lab-gluster", "gl1.qcow2", "64M", "--format", "qcow2")

@@ -100,6 +100,8 @@ class LabStorage:
 
     def down(self, timeout: float = 20.0) -> None:
         """Stop every server of this lab; clients (lab hosts) should be stopped first."""
+        if not self.kinds():
+            return  # never started here: create nothing
         errors = []
         with self._locked():
             for kind in self.kinds():

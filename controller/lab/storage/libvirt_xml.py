@@ -17,6 +17,7 @@ These are the snippets the lab tests boot and migrate guests with; the product's
 
 from __future__ import annotations
 
+from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from controller.lab.storage.model import GlusterServer, IscsiServer, NfsServer
@@ -44,12 +45,21 @@ def nfs_snapshot_disk_xml(server: NfsServer, disk: str, overlay: str) -> str:
     )
 
 
-def gluster_pool_xml(server: GlusterServer, pool: str) -> str:
-    """A netfs pool mounting the volume at ``server.mount_path`` (the same path on every host)."""
+def gluster_pool_xml(server: GlusterServer, pool: str, client_log: Path | None = None) -> str:
+    """A netfs pool mounting the volume at ``server.mount_path`` (the same path on every host).
+
+    ``client_log``: where the host's FUSE client logs (``-o log-file=``, through libvirt's
+    ``fs:mount_opts``); without it the client writes ``/var/log/glusterfs/<mount path>.log`` on the machine.
+    """
+    options = (
+        f"<fs:mount_opts><fs:option name={quoteattr(f'log-file={client_log}')}/></fs:mount_opts>"
+        if client_log is not None
+        else ""
+    )
     return (
-        f"<pool type='netfs'><name>{pool}</name><source><host name={quoteattr(server.host)}/>"
-        f"<dir path={quoteattr('/' + server.volume)}/><format type='glusterfs'/></source>"
-        f"<target><path>{server.mount_path}</path></target></pool>"
+        f"<pool type='netfs' xmlns:fs='http://libvirt.org/schemas/storagepool/fs/1.0'><name>{pool}</name>"
+        f"<source><host name={quoteattr(server.host)}/><dir path={quoteattr('/' + server.volume)}/>"
+        f"<format type='glusterfs'/></source><target><path>{server.mount_path}</path></target>{options}</pool>"
     )
 
 
