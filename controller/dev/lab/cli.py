@@ -14,6 +14,8 @@ from controller.dev.lab import directory_cli
 from controller.dev.lab.bmc import BmcUser, LabBmc
 from controller.dev.lab.guest import GuestImageError, build_guest_image, probe_accel
 from controller.dev.lab.hosts import DEFAULT_LAB_DIR, Lab, LabError, LabHost
+from controller.dev.lab.storage import LabStorage, StorageError, parse_storage_kinds, storage_manifests
+from controller.dev.lab.storage.manifests import status_lines as storage_status_lines
 
 API_VERSION = "virtplane.io/v1"
 STORAGE_DOMAIN_NAME = "lab-shared"
@@ -91,11 +93,18 @@ def up(
             help="virtlockd + lockd disk leases in <dir>/lockspace on every host (default: as last started).",
         ),
     ] = None,
+    storage: Annotated[
+        str, typer.Option(help="Storage servers to start too, any of nfs,gluster,iscsi (comma-separated).")
+    ] = "",
 ) -> None:
     """Start hosts lab-1..lab-N (those not running yet) and print their Host/StorageDomain YAML."""
     _need_root()
     if accel not in ("auto", "kvm", "tcg"):
         raise typer.BadParameter("--accel is auto, kvm or tcg")
+    try:
+        storage_kinds = parse_storage_kinds(storage)
+    except StorageError as err:
+        raise typer.BadParameter(str(err)) from err
     if accel == "auto":
         try:
             probe = probe_accel(build_guest_image(directory / "guest"), directory / "guest")
@@ -110,12 +119,23 @@ def up(
         raise _fail(err) from err
     for host in started:
         typer.echo(f"# {host.name}: libvirtd pid {host.pid}, {host.uri}", err=True)
-    sys.stdout.write(render_manifests(lab_manifests(started, lab.shared_dir, cluster, accel)))
+    docs = lab_manifests(started, lab.shared_dir, cluster, accel)
+    # -- storage servers (controller/dev/lab/storage) --
+    if storage_kinds:
+        try:
+            servers = LabStorage(directory).up(storage_kinds)
+        except StorageError as err:
+            raise _fail(err) from err
+        for line in storage_status_lines(servers)[1:]:
+            typer.echo(f"# {line}", err=True)
+        docs += storage_manifests(servers, cluster)
+    sys.stdout.write(render_manifests(docs))
 
 
 @app.command()
 def down(directory: DirOption = DEFAULT_LAB_DIR) -> None:
-    """Stop every lab host: its QEMU processes, its libvirtd, and with them its mounts; and their BMCs."""
+    """Stop every lab host: its QEMU processes, its libvirtd, and with them its mounts; their BMCs; then the
+    storage servers (after their clients)."""
     _need_root()
     lab = Lab(directory)
     bmcs = directory / "bmc"
@@ -123,7 +143,8 @@ def down(directory: DirOption = DEFAULT_LAB_DIR) -> None:
         LabBmc(lab, name, port=0, users=[]).stop()
     try:
         lab.down()
-    except LabError as err:
+        LabStorage(directory).down()
+    except (LabError, StorageError) as err:
         raise _fail(err) from err
 
 
@@ -131,14 +152,18 @@ def down(directory: DirOption = DEFAULT_LAB_DIR) -> None:
 def status(directory: DirOption = DEFAULT_LAB_DIR) -> None:
     """One line per host: name, state, libvirtd pid, QEMU pids, URI."""
     hosts = Lab(directory).status()
-    if not hosts:
+    servers = LabStorage(directory).status()
+    if not hosts and not servers:
         typer.echo(f"no lab under {directory}")
         return
-    typer.echo(f"{'NAME':<8} {'STATE':<8} {'PID':>7}  {'QEMU':<16} URI")
+    if hosts:
+        typer.echo(f"{'NAME':<8} {'STATE':<8} {'PID':>7}  {'QEMU':<16} URI")
     for host in hosts:
         state = "running" if host.running else "off"
         qemus = ",".join(map(str, host.qemu_pids)) or "-"
         typer.echo(f"{host.name:<8} {state:<8} {host.pid or '-':>7}  {qemus:<16} {host.uri}")
+    if servers:
+        typer.echo("\n".join(storage_status_lines(servers)))
 
 
 @app.command("power-off")
