@@ -50,8 +50,7 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
     deleting = disk.metadata.deletionTimestamp is not None
     if disk.spec.lun is not None:
         return await _reconcile_lun(rt, disk, attached, deleting)
-    if not deleting and FINALIZER not in disk.metadata.finalizers:
-        disk = await rt.store.add_finalizer("Disk", name, FINALIZER)  # type: ignore[assignment]
+    disk = await rt.ensure_finalizer(disk, FINALIZER)
     sd_name = disk.spec.storageDomain or ""
     sd = rt.cache.get("StorageDomain", sd_name, StorageDomain)
     host = _host_for(rt, sd_name)

@@ -112,8 +112,7 @@ async def reconcile_snapshot(rt: Runtime, name: str) -> Result | None:
     snap = rt.cache.get("Snapshot", name, Snapshot)
     if snap is None:
         return None
-    if snap.metadata.deletionTimestamp is None and FINALIZER not in snap.metadata.finalizers:
-        snap = await rt.store.add_finalizer("Snapshot", name, FINALIZER)  # type: ignore[assignment]
+    snap = await rt.ensure_finalizer(snap, FINALIZER)
     prev_any = rt.cache.status["Snapshot"].get(name)
     prev = prev_any if isinstance(prev_any, SnapshotStatus) else None
     unreached = _unreached_host(rt, snap)

@@ -56,8 +56,8 @@ async def _refresh(rt: Runtime, name: str, hosts: set[HostName]) -> dict[HostNam
 
 async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
     vm = rt.cache.get("VirtualMachine", name, VirtualMachine)
-    if vm is not None and vm.metadata.deletionTimestamp is None and FINALIZER not in vm.metadata.finalizers:
-        vm = await rt.store.add_finalizer("VirtualMachine", name, FINALIZER)  # type: ignore[assignment]
+    if vm is not None:
+        vm = await rt.ensure_finalizer(vm, FINALIZER)
     previous = rt.cache.status["VirtualMachine"].get(name)
     prev_status = previous if isinstance(previous, VirtualMachineStatus) else None
     relevant = set(rt.hosts.locate(name))

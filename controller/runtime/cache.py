@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from controller.runtime.registry import Part
 from controller.store import Store
 from specs.meta import Resource, StatusBase
 
@@ -21,7 +22,7 @@ log = logging.getLogger("virtplane.cache")
 Key = tuple[str, str]  # (kind, name)
 R = TypeVar("R", bound=Resource)
 # (kind, name, part, value before, value after); a value is None when absent.
-OnChange = Callable[[str, str, str, Any, Any], None]
+OnChange = Callable[[str, str, Part, Any, Any], None]
 
 
 class Cache:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from controller.adapters.libvirt.migration import Migrations
 from controller.adapters.libvirt.observe import DomainEvent
@@ -24,6 +24,7 @@ from controller.runtime.cache import Cache
 from controller.runtime.executor import Executor
 from controller.runtime.hosts import HostRegistry
 from controller.runtime.pending import PendingRequests
+from controller.runtime.registry import Part
 from controller.runtime.workqueue import WorkQueue
 from controller.store import ConflictError, NotFoundError, Store, StoreError
 from specs.event import Event, InvolvedObject
@@ -32,7 +33,8 @@ from specs.meta import Condition, Resource, StatusBase
 log = logging.getLogger("virtplane.controller")
 
 Key = tuple[str, str]
-ChangeHook = Callable[[str, str, str, Any, Any], None]  # (kind, name, part, before, after)
+R = TypeVar("R", bound=Resource)
+ChangeHook = Callable[[str, str, Part, Any, Any], None]  # (kind, name, part, before, after)
 
 
 def utcnow() -> datetime:
@@ -62,6 +64,15 @@ class Runtime:
     # migrations in flight and their outcomes: started and collected by the VirtualMachine controller,
     # reported by the Migration controller.
     migrations: Migrations = field(default_factory=Migrations)
+
+    async def ensure_finalizer(self, obj: R, finalizer: str) -> R:
+        """``obj`` with ``finalizer`` added in the store (unless it is there or the object is being deleted)."""
+        if obj.metadata.deletionTimestamp is not None or finalizer in obj.metadata.finalizers:
+            return obj
+        updated = await self.store.add_finalizer(obj.kind, obj.metadata.name, finalizer)
+        if not isinstance(updated, type(obj)):
+            raise TypeError(f"{obj.kind}/{obj.metadata.name} came back as {type(updated).__name__}")
+        return updated
 
     def with_times(self, conditions: tuple[Condition, ...], previous: StatusBase | None) -> tuple[Condition, ...]:
         """Stamp lastTransitionTime: kept from the previous condition when its status did not change."""

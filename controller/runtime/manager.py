@@ -28,7 +28,7 @@ from controller.runtime.context import Key, Runtime
 from controller.runtime.executor import Executor
 from controller.runtime.hosts import HostRegistry
 from controller.runtime.leader import Elector
-from controller.runtime.registry import GLOBAL, Registry
+from controller.runtime.registry import GLOBAL, Part, Registry
 from controller.runtime.workqueue import Result, WorkQueue, run_workers
 from controller.store import Change, ConflictError, NotFoundError, Store, StoreUnavailable
 from specs.kinds import KINDS
@@ -86,15 +86,15 @@ class Manager:
 
     # -- event sources ----------------------------------------------------------------------------
 
-    def _on_change(self, kind: str, name: str, part: str, before: Any, after: Any) -> None:
+    def _on_change(self, kind: str, name: str, part: Part, before: Any, after: Any) -> None:
         if part == "spec" and kind in self.registry:
             self.queue.add((kind, name))
             self._want_scopes([self.scope_of(kind, name)])
         self._dispatch(kind, name, part, before, after)
 
-    def _dispatch(self, kind: str, name: str, part: str, before: Any, after: Any) -> None:
+    def _dispatch(self, kind: str, name: str, part: Part, before: Any, after: Any) -> None:
         """Wake the controllers that watch ``part`` of ``kind``."""
-        for watching, watch in self.registry.watchers(kind, part):  # type: ignore[arg-type]
+        for watching, watch in self.registry.watchers(kind, part):
             for target in watch.map(self.rt, name, before, after):
                 self.queue.add((watching, target))
 

@@ -53,6 +53,21 @@ class LabCluster:
     def uri(self, host: str) -> str:
         return self.lab.host(host).uri
 
+    def reconciles(self, kind: str) -> float:
+        """How many reconciles of ``kind`` the server has run (``virtplane_reconciles_total`` on /metrics)."""
+        import httpx
+
+        for line in httpx.get(f"{self.server.url}/metrics", timeout=5).text.splitlines():
+            if line.startswith(f'virtplane_reconciles_total{{kind="{kind}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def wait_reconciles(self, kind: str, more: int, since: float | None = None, timeout: float = 60) -> None:
+        """Until the server has reconciled ``kind`` ``more`` times after ``since`` (a count read before the
+        trigger; default: now): an observation window measured in reconciles, not in seconds."""
+        start = self.reconciles(kind) if since is None else since
+        wait_for(f"{more} more {kind} reconciles", lambda: self.reconciles(kind) >= start + more, timeout)
+
     def console(self, vm: str, host: str = "lab-1") -> str:
         """What the guest printed on its serial console so far (the lab logs it on the host)."""
         path = self.lab.dir / "hosts" / host / "log" / "qemu" / f"{vm}.console.log"
