@@ -14,10 +14,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.adapters.libvirt.migration import Migrations
 from controller.adapters.libvirt.observe import DomainEvent
+from controller.adapters.secrets import DEFAULT_SECRETS_DIR
 from controller.common.metrics import Registry as MetricsRegistry
 from controller.runtime.allocations import Allocations
 from controller.runtime.cache import Cache
@@ -52,6 +54,7 @@ class Runtime:
     clock: Callable[[], datetime] = utcnow
     counters: Counter[str] = field(default_factory=Counter)  # status_writes, events, actions, inconsistent
     identity: str = "virtplane"
+    secrets_dir: Path = DEFAULT_SECRETS_DIR  # `virtplane server --secrets-dir`: files named by spec secret fields
     # Changes this replica makes or sees outside the store watch: its own status writes, a host's readiness.
     notify: ChangeHook = lambda kind, name, part, before, after: None
     # libvirt lifecycle events of every host go here (the manager maps them to keys).

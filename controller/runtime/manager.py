@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 
 from controller.adapters.libvirt.observe import DomainEvent
+from controller.adapters.secrets import DEFAULT_SECRETS_DIR
 from controller.common.errors import TransientError
 from controller.common.metrics import LabelValues, sample
 from controller.common.metrics import Registry as MetricsRegistry
@@ -46,6 +47,7 @@ class ManagerOptions:
     host_capacity: int = 4
     identity: str = "virtplane"
     lease_ttl: int = 10
+    secrets_dir: Path = DEFAULT_SECRETS_DIR  # where spec fields that name a secret find its file
 
 
 class Manager:
@@ -59,7 +61,8 @@ class Manager:
         self.hosts = HostRegistry(options.data_dir / "sim", capacity=options.host_capacity)
         self.elector = Elector(store, options.identity, ttl=options.lease_ttl)
         self.rt = Runtime(store, self.cache, self.hosts, self.queue, metrics or MetricsRegistry(),
-                          executor=Executor(registry.handlers), identity=options.identity)
+                          executor=Executor(registry.handlers), identity=options.identity,
+                          secrets_dir=options.secrets_dir)
         self.rt.notify = self._dispatch
         self.rt.on_domain_event = self._on_domain_event
         self.rt.metrics.add_collector(self._metrics)

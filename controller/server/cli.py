@@ -11,6 +11,7 @@ from typing import Annotated
 import anyio
 import typer
 
+from controller.adapters.secrets import DEFAULT_SECRETS_DIR
 from controller.cli.common import EXIT_INVALID, fail
 from controller.client.config import DEFAULT_LISTEN, default_data_dir
 from controller.runtime.manager import ManagerOptions
@@ -29,6 +30,9 @@ def server(
     write_config: Annotated[
         bool, typer.Option("--write-config/--no-write-config", help="Write the CLI config for this server.")
     ] = True,
+    secrets_dir: Annotated[
+        Path, typer.Option("--secrets-dir", help="Directory of the secret files that specs name (mode 0600 each).")
+    ] = DEFAULT_SECRETS_DIR,
 ) -> None:
     """Run the API server (and the controllers) on embedded or external etcd."""
     from controller.server.main import ServerOptions, serve
@@ -39,7 +43,7 @@ def server(
     endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else ()
     try:
         options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config)
-        background = _background_tasks(data_dir) if controllers else ()
+        background = _background_tasks(data_dir, secrets_dir) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
@@ -47,8 +51,8 @@ def server(
         pass
 
 
-def _background_tasks(data_dir: Path) -> tuple[BackgroundTask, ...]:
+def _background_tasks(data_dir: Path, secrets_dir: Path) -> tuple[BackgroundTask, ...]:
     identity = f"{socket.gethostname()}-{os.getpid()}"
-    return (controllers_task(ManagerOptions(data_dir=data_dir, identity=identity)),)
+    return (controllers_task(ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir)),)
 
 

@@ -41,7 +41,7 @@ from controller.adapters.power import (
     fence,
 )
 from controller.adapters.power.fence_agents import IPMITOOL_SHIM
-from controller.adapters.power.secrets import redact
+from controller.adapters.secrets import redact
 from controller.dev.lab.bmc import BmcUser, LabBmc
 from controller.dev.lab.guest import GuestImage
 from controller.dev.lab.hosts import Lab

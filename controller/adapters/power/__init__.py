@@ -30,8 +30,8 @@ from controller.adapters.power.model import (
     PowerResult,
     PowerState,
 )
-from controller.adapters.power.secrets import Secret, SecretError, SecretRef
 from controller.adapters.power.ssh import SshAgent, SshTarget
+from controller.adapters.secrets import Secret, SecretError, SecretRef
 
 __all__ = [
     "AGENTS",

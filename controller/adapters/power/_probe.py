@@ -16,7 +16,7 @@ import ssl
 import anyio
 import httpx
 
-from controller.adapters.power.secrets import Secret
+from controller.adapters.secrets import Secret
 
 # RMCP header (version 6, reserved, seq 0xff = no ack, class ASF) + ASF IANA 4542, presence ping (0x80)
 _PRESENCE_PING = bytes((0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, 0x00, 0x00, 0x00))

@@ -12,8 +12,8 @@ from pathlib import Path
 from controller.adapters.power.agent import PowerAgent
 from controller.adapters.power.fence_agents import FenceDevice, IpmiLanAgent, RedfishAgent
 from controller.adapters.power.lab import LabAgent
-from controller.adapters.power.secrets import DEFAULT_SECRETS_DIR, SecretRef
 from controller.adapters.power.ssh import DEFAULT_SSH_KEY_DIR, SshAgent, SshTarget
+from controller.adapters.secrets import DEFAULT_SECRETS_DIR, SecretRef
 from specs.host import PowerManagement
 
 AGENTS = ("lab", "ipmilan", "redfish", "ssh")

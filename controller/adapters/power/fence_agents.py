@@ -39,7 +39,7 @@ from controller.adapters.power.model import (
     PowerState,
     failure,
 )
-from controller.adapters.power.secrets import Secret, SecretError, SecretRef, redact
+from controller.adapters.secrets import Secret, SecretError, SecretRef, redact
 
 EXIT_OK = 0
 EXIT_FAILED = 1

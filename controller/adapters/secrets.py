@@ -1,9 +1,11 @@
-"""Passwords of power agents: referenced by name, read from a file at call time, never shown.
+"""Secrets (passwords of power agents, iSCSI CHAP secrets, ...): referenced by name in specs, read from a
+file at call time, never shown, never stored in etcd, status, events or logs.
 
-A Host's ``powerManagement.passwordSecret`` names a file in a directory the operator allows
-(default ``/etc/virtplane/secrets``). The file holds the password on its first line. It is read
-each time an agent needs it, so a rotated password is used at once, and it is refused when it is
-readable by others than its owner or lies outside the allowed directory (also through symlinks).
+A spec field such as ``powerManagement.passwordSecret`` names a file in the directory the operator gives
+the server (``virtplane server --secrets-dir``, default ``/etc/virtplane/secrets``). The file holds the
+password on its first line. It is read each time it is needed, so a rotated password is used at once, and
+it is refused when it is readable by others than its owner or lies outside the allowed directory (also
+through symlinks).
 
 :class:`Secret` never prints its value (``repr``/``str`` show ``***``); :func:`redact` removes it
 from any text an agent printed before that text becomes a message, a log line or a status field.
