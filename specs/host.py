@@ -11,7 +11,7 @@ from pydantic import AfterValidator, Field, model_validator
 from specs.common import HostAddress
 from specs.errors import field_error
 from specs.meta import Name, Resource, StatusBase, StrictModel
-from specs.quantity import Quantity
+from specs.quantity import Quantity, parse_quantity
 
 _URI = re.compile(
     r"^(?P<scheme>test|qemu(\+(?P<transport>unix|ssh|libssh|libssh2|tls|tcp))?)://"
@@ -80,6 +80,10 @@ class HostReservation(StrictModel):
     cpus: int = Field(default=0, ge=0, le=4096, description="Physical CPUs reserved for the host.")
     memory: Quantity = Field(default="0", description="Memory reserved for the host, e.g. 2Gi.")
 
+    @property
+    def memory_bytes(self) -> int:
+        return parse_quantity(self.memory)
+
 
 class HostSpec(StrictModel):
     """Desired state of a host."""
@@ -120,14 +124,51 @@ class HostResources(StrictModel):
     memory: int = Field(ge=0, description="Memory in bytes.")
 
 
+class PowerAttempt(StrictModel):
+    """One call of the host's fence agent (never holds a password)."""
+
+    agent: str = Field(description="lab, ipmilan, redfish or ssh.")
+    action: Literal["status", "on", "off", "reboot"] = Field(description="What the agent was asked.")
+    ok: bool = Field(description="Whether the agent did it.")
+    state: Literal["on", "off", "unknown"] = Field(description="Power state the agent reported or left.")
+    durationSeconds: float = Field(ge=0, description="How long the call took.")
+    message: str = Field(default="", description="What the agent said (redacted).")
+    error: str | None = Field(default=None, description="AgentMissing, Timeout, Unreachable, AuthFailed, ...")
+
+
+class PowerOperation(StrictModel):
+    """The last fencing or power operation on the host: every attempt, and how it ended."""
+
+    operation: Literal["fence", "power-off", "power-on"] = Field(description="What was done.")
+    reason: str = Field(default="", description="Why it was done.")
+    started: datetime = Field(description="When it started.")
+    ok: bool = Field(description="Whether the host ended in the wanted power state (verified by a status call).")
+    state: Literal["on", "off", "unknown"] = Field(description="Power state verified at the end.")
+    durationSeconds: float = Field(ge=0, description="How long the whole operation took.")
+    attempts: tuple[PowerAttempt, ...] = Field(default=(), description="Each agent call, in order.")
+
+
 class HostStatus(StatusBase):
     """Observed state of a host."""
 
-    phase: Literal["Ready", "NotResponding", "Maintenance", "Fenced", "PoweredOff", "Connecting"] | None = (
-        Field(
-            default=None,
-            description="Ready, NotResponding (silent past the grace period), Maintenance, Fenced, ...",
-        )
+    phase: (
+        Literal[
+            "Connecting", "Ready", "Maintenance", "Unreachable", "NotResponding", "Fencing", "Fenced",
+            "PoweringOff", "PoweredOff", "PoweringOn",
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Connecting (never answered yet), Ready, Maintenance, Unreachable (silent, within the "
+        "cluster's ha.hostGracePeriodSeconds), NotResponding (silent past it), Fencing, Fenced (powered off by "
+        "its agent after failing; its HA VMs are restarted elsewhere), PoweringOff/PoweredOff/PoweringOn "
+        "(power saving).",
+    )
+    silentSince: datetime | None = Field(
+        default=None, description="Since when the host has not answered (unset while it answers)."
+    )
+    power: PowerOperation | None = Field(
+        default=None, description="The last fencing or power operation and each agent call it made."
     )
     capacity: HostResources | None = Field(default=None, description="What the host has.")
     allocation: HostResources | None = Field(default=None, description="What running VMs use.")

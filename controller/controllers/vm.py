@@ -32,6 +32,7 @@ from reconcilers.plan import Action, Plan
 from reconcilers.vm.actions import DefineDomain, DestroyDomain, ShutdownDomain, StartDomain, UndefineDomain
 from reconcilers.vm.live import PENDING_DEADLINE_S, pending_key
 from reconcilers.vm.plan import VmDecision, plan_vm
+from specs.host import Host
 from specs.migration import Migration
 from specs.vm import NicStatus, VirtualMachine, VirtualMachineStatus
 
@@ -93,6 +94,9 @@ async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
         return None
     if vm is not None:
         await _write_vm_status(rt, vm, name, decision, domains, restarted=restarted)
+    placed = rt.ha.get(name)
+    if placed is not None and placed.host is not None and placed.host == decision.host and decision.phase == "Running":
+        rt.ha.forget(name)  # restarted where the HA restart placed it
     waiting = rt.pending.waiting(name, PENDING_DEADLINE_S)
     requeue = min(filter(None, (decision.requeue_after, 2.0 if waiting else None)), default=None)
     return Result(requeue_after=requeue) if requeue else None
@@ -136,7 +140,9 @@ async def _execute(
                           source="vm-controller")
         await _write_vm_status(rt, vm, name, again, domains)
         raise TransientError(f"inconsistent result for {name}", retry_after=1.0)
-    return again, domains, _restarted(result.done)
+    ha_restart = any(c.reason == "HARestart" for c in decision.conditions) and \
+        any(isinstance(a, StartDomain) for a in result.done)
+    return again, domains, _restarted(result.done) or ha_restart
 
 
 def _note_pending(rt: Runtime, name: str, decision: VmDecision, result: ExecutionResult) -> None:
@@ -316,6 +322,19 @@ async def preview_vm(rt: Runtime, change: Change) -> Preview:
     return Preview(decision.plan, then=Plan(tuple(a for a in arrived.plan if not isinstance(a, MigrateDomain))))
 
 
+async def preview_moves(rt: Runtime, host: HostName, changed: Host) -> Plan:
+    """What the VMs placed on ``host`` would do if the Host were ``changed`` (maintenance: the migrations that
+    evacuate it, or why a VM cannot move)."""
+    actions: list[Action] = []
+    for vm_name in sorted(v for v, usage in rt.allocations.by_vm.items() if usage.host == host):
+        vm = rt.cache.get("VirtualMachine", vm_name, VirtualMachine)
+        if vm is None:
+            continue
+        decision = plan_vm(vm_inputs(rt, vm_name, vm, host_override=changed))
+        actions.extend(a for a in decision.plan if isinstance(a, MigrateDomain))
+    return Plan(tuple(actions))
+
+
 # ---------------------------------------------------------------- registration
 
 
@@ -337,6 +356,13 @@ def _vms_on_host(rt: Runtime, host: str, before: Any, after: Any) -> Iterable[st
 def _vm_of_migration(rt: Runtime, migration: str, before: Any, after: Any) -> Iterable[str]:
     m = after if isinstance(after, Migration) else before
     return (m.spec.vm,) if isinstance(m, Migration) else ()
+
+
+def _vms_of_host_phase(rt: Runtime, host: str, before: Any, after: Any) -> Iterable[str]:
+    """A host's phase moved (Unreachable, NotResponding, Fenced, ...): its VMs report it."""
+    if getattr(before, "phase", None) == getattr(after, "phase", None):
+        return ()
+    return _vms_on_host(rt, host, before, after)
 
 
 def _vm_of_domain_event(rt: Runtime, event: DomainEvent) -> Iterable[str]:
@@ -369,6 +395,7 @@ CONTROLLER = Controller(
         Watch("Network", "status", _vms_using_network),
         Watch("Host", "spec", _vms_on_host),
         Watch("Host", "ready", on_host_readiness("VirtualMachine")),
+        Watch("Host", "status", _vms_of_host_phase),
         Watch("Migration", "spec", _vm_of_migration),
     ),
     plan=preview_vm,

@@ -20,7 +20,7 @@ from reconcilers.vm.domain import ResolvedDisk, ResolvedNetwork
 from reconcilers.vm.plan import VmInputs
 from specs.cluster import Cluster
 from specs.disk import Disk, DiskStatus
-from specs.host import Host
+from specs.host import Host, HostStatus
 from specs.network import Network, NetworkStatus
 from specs.storage import StorageDomain
 from specs.vm import VirtualMachine, VirtualMachineStatus
@@ -86,10 +86,13 @@ def cluster_policy(rt: Runtime, cluster: str) -> ClusterPolicy:
     return ClusterPolicy(policy=s.policy, cpu_overcommit=s.cpuOvercommit, memory_overcommit=s.memoryOvercommit)
 
 
-def host_views(rt: Runtime, cluster: str, exclude_vm: str) -> tuple[HostView, ...]:
-    """Hosts with allocation from what is placed there (not from libvirt), leaving out the VM itself."""
+def host_views(rt: Runtime, cluster: str, exclude_vm: str, override: Host | None = None) -> tuple[HostView, ...]:
+    """Hosts with allocation from what is placed there (not from libvirt), leaving out the VM itself.
+    Capacity is what libvirt reports minus the host's spec.reserved. ``override``: plan with this version of
+    one Host instead of the stored one (diff)."""
     views = []
-    for host in rt.cache.all("Host", Host):
+    for stored in rt.cache.all("Host", Host):
+        host = override if override is not None and override.metadata.name == stored.metadata.name else stored
         if host.spec.cluster != cluster:
             continue
         name = host.metadata.name
@@ -103,8 +106,8 @@ def host_views(rt: Runtime, cluster: str, exclude_vm: str) -> tuple[HostView, ..
                 ready=bool(runtime and runtime.ready),
                 maintenance=host.spec.maintenance,
                 labels=dict(host.metadata.labels),
-                cpus=(observed.cpus or 0) if observed else 0,
-                memory_bytes=(observed.memory_bytes or 0) if observed else 0,
+                cpus=max(0, (observed.cpus or 0) - host.spec.reserved.cpus) if observed else 0,
+                memory_bytes=max(0, (observed.memory_bytes or 0) - host.spec.reserved.memory_bytes) if observed else 0,
                 allocated_cpus=cpus,
                 allocated_memory_bytes=memory,
                 vm_count=count,
@@ -123,7 +126,8 @@ def record_placement(rt: Runtime, vm: VirtualMachine, host: str | None) -> None:
 
 
 def vm_inputs(
-    rt: Runtime, name: str, vm: VirtualMachine | None, domains: Mapping[HostName, ObservedDomain] | None = None
+    rt: Runtime, name: str, vm: VirtualMachine | None, domains: Mapping[HostName, ObservedDomain] | None = None,
+    host_override: Host | None = None,
 ) -> VmInputs:
     status = rt.cache.status["VirtualMachine"].get(name)
     vm_status = status if isinstance(status, VirtualMachineStatus) else None
@@ -140,13 +144,15 @@ def vm_inputs(
     )
     disks = resolve_disks(rt, vm) if vm else {}
     migration = migration_context(rt, vm, [d.storage_domain for d in disks.values()]) if vm else MigrationContext()
+    fenced, notes = host_health(rt, cluster_hosts)
+    ha = rt.ha.get(name)
     return VmInputs(
         name=name,
         vm=vm,
         status=vm_status,
         disks=disks,
         networks=resolve_networks(rt, vm) if vm else {},
-        hosts=host_views(rt, cluster, name) if vm else (),
+        hosts=host_views(rt, cluster, name, host_override) if vm else (),
         policy=cluster_policy(rt, cluster),
         domains=dict(domains) if domains is not None else rt.hosts.locate(name),
         unreachable=unreachable,
@@ -154,4 +160,25 @@ def vm_inputs(
         pending=rt.pending.ages(name),
         domain_types={h: r.domain_type for h, r in rt.hosts.hosts.items()},
         migration=migration,
+        fenced=fenced,
+        host_notes=notes,
+        ha_target=ha.host if ha is not None else None,
+        ha_note=ha.message if ha is not None and ha.host is None else None,
     )
+
+
+def host_health(rt: Runtime, hosts: set[HostName]) -> tuple[frozenset[HostName], dict[HostName, str]]:
+    """(hosts fenced, what each silent host's status says about it), from the Hosts' status."""
+    fenced: set[HostName] = set()
+    notes: dict[HostName, str] = {}
+    for name in hosts:
+        status = rt.cache.status["Host"].get(name)
+        if not isinstance(status, HostStatus):
+            continue
+        if status.phase == "Fenced":
+            fenced.add(name)
+        elif status.phase in ("Unreachable", "NotResponding", "Fencing"):
+            by_type = {c.type: c for c in status.conditions}
+            note = by_type.get("Fenced") or by_type.get("Ready")
+            notes[name] = f"{status.phase}: {note.message}" if note is not None else status.phase
+    return frozenset(fenced), notes

@@ -24,6 +24,7 @@ from controller.common.metrics import Registry as MetricsRegistry
 from controller.runtime.allocations import Allocations
 from controller.runtime.cache import Cache
 from controller.runtime.executor import Executor
+from controller.runtime.ha import HaRestarts, PowerRequests
 from controller.runtime.hosts import HostRegistry
 from controller.runtime.pending import PendingRequests
 from controller.runtime.registry import Part
@@ -67,6 +68,12 @@ class Runtime:
     # migrations in flight and their outcomes: started and collected by the VirtualMachine controller,
     # reported by the Migration controller.
     migrations: Migrations = field(default_factory=Migrations)
+    # where the HA restart after fencing placed each displaced VM (Host controller -> VM controller);
+    ha: HaRestarts = field(default_factory=HaRestarts)
+    # power-saving decisions per host (Cluster controller -> Host controller).
+    power: PowerRequests = field(default_factory=PowerRequests)
+    # where `virtplane lab` hosts live, for the lab power agent (`virtplane server --lab-dir`).
+    lab_dir: Path | None = None
 
     async def ensure_finalizer(self, obj: R, finalizer: str) -> R:
         """``obj`` with ``finalizer`` added in the store (unless it is there or the object is being deleted)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -43,6 +44,8 @@ class HostRuntime:
     domain_type: DomainType = "kvm"
     last_listed: float = 0.0
     events_subscribed: bool = False
+    watching_since: datetime | None = None  # first observation by this controller
+    last_answer: datetime | None = None  # the last time the host answered this controller
 
     @property
     def ready(self) -> bool:

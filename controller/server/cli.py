@@ -33,6 +33,10 @@ def server(
     secrets_dir: Annotated[
         Path, typer.Option("--secrets-dir", help="Directory of the secret files that specs name (mode 0600 each).")
     ] = DEFAULT_SECRETS_DIR,
+    lab_dir: Annotated[
+        Path | None,
+        typer.Option("--lab-dir", help="A `virtplane lab` directory whose hosts the lab power agent may switch."),
+    ] = None,
 ) -> None:
     """Run the API server (and the controllers) on embedded or external etcd."""
     from controller.server.main import ServerOptions, serve
@@ -43,7 +47,7 @@ def server(
     endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else ()
     try:
         options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config)
-        background = _background_tasks(data_dir, secrets_dir) if controllers else ()
+        background = _background_tasks(data_dir, secrets_dir, lab_dir) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
@@ -51,8 +55,9 @@ def server(
         pass
 
 
-def _background_tasks(data_dir: Path, secrets_dir: Path) -> tuple[BackgroundTask, ...]:
+def _background_tasks(data_dir: Path, secrets_dir: Path, lab_dir: Path | None) -> tuple[BackgroundTask, ...]:
     identity = f"{socket.gethostname()}-{os.getpid()}"
-    return (controllers_task(ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir)),)
+    options = ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir, lab_dir=lab_dir)
+    return (controllers_task(options),)
 
 

@@ -59,6 +59,10 @@ class VmInputs:
     domain_types: Mapping[HostName, DomainType] = field(default_factory=dict)
     shutdown_timeout_s: float = 60.0
     migration: MigrationContext = field(default_factory=MigrationContext)
+    fenced: frozenset[HostName] = frozenset()  # hosts powered off by their agent (their VMs run nowhere)
+    host_notes: Mapping[HostName, str] = field(default_factory=dict)  # why a silent host's VMs stay put
+    ha_target: HostName | None = None  # where the HA restart after fencing placed this VM (host controller)
+    ha_note: str | None = None  # why the HA restart could not place it
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,10 @@ def _should_run(vm: VirtualMachine, status: VirtualMachineStatus | None, d: Obse
     return True
 
 
-def _request(vm: VirtualMachine, disks: Mapping[str, ResolvedDisk], networks: Mapping[str, ResolvedNetwork]) -> Request:
+def placement_request(
+    vm: VirtualMachine, disks: Mapping[str, ResolvedDisk], networks: Mapping[str, ResolvedNetwork]
+) -> Request:
+    """What the scheduler needs to place ``vm``."""
     spec = vm.spec
     return Request(
         vm=vm.metadata.name,
@@ -125,7 +132,8 @@ def _request(vm: VirtualMachine, disks: Mapping[str, ResolvedDisk], networks: Ma
 
 def _choose_host(inputs: VmInputs, vm: VirtualMachine) -> tuple[HostName | None, Condition]:
     """Where the VM is. A running copy of ours wins; then the host in status (sticky: only a migration,
-    or HA after fencing, moves a VM); then a defined copy; only a VM found nowhere is placed anew."""
+    or HA after fencing, moves a VM); then a defined copy; only a VM found nowhere is placed anew. A VM whose
+    host was fenced goes where the HA restart placed it."""
     ours = {h: d for h, d in inputs.domains.items() if _ours(vm, d)}
     status_host = HostName(inputs.status.host) if inputs.status and inputs.status.host else None
     known = {h.name for h in inputs.hosts} | inputs.unreachable
@@ -133,6 +141,11 @@ def _choose_host(inputs: VmInputs, vm: VirtualMachine) -> tuple[HostName | None,
     if running:
         host = status_host if status_host in running else running[0]
         return host, _cond("Scheduled", True, "Scheduled", f"on {host}")
+    if status_host in inputs.fenced:
+        if inputs.ha_target is not None:
+            return inputs.ha_target, _cond("Scheduled", True, "HARestart",
+                                           f"on {inputs.ha_target}: {status_host} was fenced")
+        status_host = None  # its old host is off: placed anew (a non-HA VM only after the user asked)
     if status_host and status_host in known:
         return status_host, _cond("Scheduled", True, "Scheduled", f"on {status_host}")
     if ours:
@@ -142,10 +155,39 @@ def _choose_host(inputs: VmInputs, vm: VirtualMachine) -> tuple[HostName | None,
         # A host not looked at yet may hold this VM: never place it twice.
         waiting = ", ".join(sorted(inputs.unlisted))
         return None, _cond("Scheduled", False, "WaitingForHosts", f"not listed yet: {waiting}")
-    placement = place(_request(vm, inputs.disks, inputs.networks), inputs.hosts, inputs.policy)
+    placement = place(placement_request(vm, inputs.disks, inputs.networks), inputs.hosts, inputs.policy)
     if placement.host is None:
         return None, _cond("Scheduled", False, "Unschedulable", placement.explain())
     return placement.host, _cond("Scheduled", True, "Scheduled", f"on {placement.host}")
+
+
+def _on_fenced_host(inputs: VmInputs, vm: VirtualMachine) -> VmDecision | None:
+    """A VM whose host was fenced (powered off by its agent) and that runs nowhere we can see.
+
+    Highly available: it goes where the HA restart placed it (``ha_target``), or waits for a place (the Host
+    controller places every displaced HA VM by priority). Not highly available: it is reported down and not
+    started anywhere — not on another host, not on its old host when that comes back — until its spec
+    changes (any change acknowledges it; e.g. runStrategy Halted, then Always)."""
+    status = inputs.status
+    host = HostName(status.host) if status is not None and status.host else None
+    if host is None or status is None or any(_ours(vm, d) and d.active for d in inputs.domains.values()):
+        return None
+    scheduled_off = _cond("Scheduled", False, "HostFenced", f"{host} was fenced")
+    if not vm.spec.highAvailability.enabled:
+        was_down = any(c.type == "Down" and c.status == "True" for c in status.conditions)
+        if not was_down and host not in inputs.fenced:
+            return None
+        if was_down and (status.observedGeneration or 0) < (vm.metadata.generation or 0):
+            return None  # the user changed the spec since: it runs again (placed anew if its host is still off)
+        down = _cond("Down", True, "HostFenced", f"{host} was fenced and the VM is not highly available, so it "
+                     "was not restarted; change its spec (e.g. runStrategy Halted, then Always) to start it again")
+        return VmDecision(Plan(), host, "Stopped", (scheduled_off, _cond("Ready", False, "HostFenced", down.message),
+                                                    down))
+    if host not in inputs.fenced or inputs.ha_target is not None:
+        return None  # running normally, or _choose_host takes it where the HA restart placed it
+    why = inputs.ha_note or "waiting for the HA restart to place it"
+    return VmDecision(Plan(), host, "Pending", (scheduled_off, _cond("Ready", False, "WaitingForHARestart",
+                                                                     f"{host} was fenced; {why}")))
 
 
 def plan_vm(inputs: VmInputs) -> VmDecision:
@@ -161,14 +203,17 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
         waiting = _cond("Ready", False, "WaitingForDependencies", f"{what} not ready")
         return VmDecision(Plan(), None, "Pending", (waiting,))
 
+    fenced = _on_fenced_host(inputs, vm)
+    if fenced is not None:
+        return fenced
     host, scheduled = _choose_host(inputs, vm)
     if host is None:
         unschedulable = _cond("Ready", False, "Unschedulable", scheduled.message)
         return VmDecision(Plan(), None, "Pending", (scheduled, unschedulable))
     if host in inputs.unreachable:
-        return VmDecision(
-            Plan(), host, "Unknown", (scheduled, _cond("Ready", False, "HostNotResponding", f"{host} does not answer"))
-        )
+        note = inputs.host_notes.get(host)
+        why = f"{host} does not answer" + (f"; {note}" if note else "")
+        return VmDecision(Plan(), host, "Unknown", (scheduled, _cond("Ready", False, "HostNotResponding", why)))
     foreign = inputs.domains.get(host)
     if foreign is not None and not _ours(vm, foreign):
         return VmDecision(
@@ -232,7 +277,7 @@ def _plan_move(inputs: VmInputs, vm: VirtualMachine, host: HostName, d: Observed
             return None
     return plan_move(
         inputs.migration,
-        _request(vm, inputs.disks, inputs.networks),
+        placement_request(vm, inputs.disks, inputs.networks),
         DomainName(vm.metadata.name),
         host,
         inputs.hosts,

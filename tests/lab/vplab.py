@@ -101,14 +101,14 @@ class LabCluster:
         }
 
 
-def lab_cluster(lab: Lab, image: GuestImage, data_dir: Path, etcd: EmbeddedEtcd,
-                accel: str) -> Iterator[LabCluster]:
-    server = start_server(data_dir, etcd=etcd)
+def lab_cluster(lab: Lab, image: GuestImage, data_dir: Path, etcd: EmbeddedEtcd, accel: str,
+                *server_args: str, cluster_spec: dict[str, Any] | None = None) -> Iterator[LabCluster]:
+    server = start_server(data_dir, *server_args, etcd=etcd)
     try:
         cluster = LabCluster(lab, server, image)
         docs = lab_manifests(lab.status(), lab.shared_dir, CLUSTER, accel=accel)
         cluster.apply({"apiVersion": "virtplane.io/v1", "kind": "Cluster", "metadata": {"name": CLUSTER},
-                       "spec": {}}, *docs)
+                       "spec": cluster_spec or {}}, *docs)
         cluster.wait_phase("StorageDomain", "lab-shared", "Ready", timeout=90)
         yield cluster
     finally:

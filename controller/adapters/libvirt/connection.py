@@ -19,6 +19,7 @@ when to come back).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import Counter
@@ -119,6 +120,7 @@ class HostConnection:
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, EventCallback]] = []
         self._event_ids: list[int] = []
         self._jobs_supported = True
+        self._on_lost: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
 
     @classmethod
     def for_test_host(
@@ -220,6 +222,15 @@ class HostConnection:
     def _on_close(self, _conn: Conn, reason: int, _opaque: object) -> None:
         if reason != libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
             self._broken = True
+            if self._on_lost is not None:
+                loop, callback = self._on_lost
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                    loop.call_soon_threadsafe(callback)
+
+    def notify_on_loss(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the current event loop) when libvirt reports the connection lost: EOF, a
+        keepalive timeout, an error. A dead host is noticed at once instead of at the next observation."""
+        self._on_lost = (asyncio.get_running_loop(), callback)
 
     async def run(self, op: str, fn: Callable[[Conn], T]) -> T:
         """Run ``fn(conn)`` in a worker thread under this host's limiter, counting ``op`` and classifying
@@ -243,12 +254,17 @@ class HostConnection:
 
     # ================================================================ observation
 
-    async def observe_host(self) -> ObservedHost:
-        """Capacity and versions; never raises for an unreachable host (ready=False, error=...)."""
+    async def observe_host(self, timeout: float | None = None) -> ObservedHost:
+        """Capacity and versions; never raises for an unreachable host (ready=False, error=...). ``timeout``:
+        a host that does not answer within it (a hung libvirtd) counts as not answering."""
         try:
-            return await self._run("observe_host", self._observe_host_blocking)
+            with anyio.fail_after(timeout):
+                return await self._run("observe_host", self._observe_host_blocking)
         except ReconcileError as exc:
             return ObservedHost(name=self.name, uri=self.uri, ready=False, error=str(exc))
+        except TimeoutError:
+            self._broken = True  # the stuck call keeps its thread; the next call opens a new connection
+            return ObservedHost(name=self.name, uri=self.uri, ready=False, error=f"no answer within {timeout:g} s")
 
     def _observe_host_blocking(self, conn: Conn) -> ObservedHost:
         self._count("getInfo")
