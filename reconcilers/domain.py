@@ -254,8 +254,51 @@ class DirPoolConfig:
     path: str
 
 
+NetfsFormat = Literal["nfs", "glusterfs", "cifs"]
+
+
+@dataclass(frozen=True, slots=True)
+class NetfsPoolConfig:
+    """A libvirt ``netfs`` pool: libvirtd mounts ``source_host:source_dir`` (an NFS export, a Gluster volume
+    as ``/<volume>``, a CIFS share) at ``path`` on each host, in its own mount namespace, when the pool starts.
+
+    ``nfs_version`` becomes ``<protocol ver=...>`` (nfs only); ``mount_options`` ``<fs:mount_opts>``.
+    """
+
+    name: PoolName
+    path: str
+    source_host: str
+    source_dir: str
+    format: NetfsFormat
+    nfs_version: str | None = None
+    mount_options: tuple[str, ...] = ()
+
+
 # Every pool type a storage backend can ask for (reconcilers.storage.backends); grows with the backends.
-PoolConfig = DirPoolConfig
+PoolConfig = DirPoolConfig | NetfsPoolConfig
+
+
+@dataclass(frozen=True, slots=True)
+class NfsExport:
+    """An NFS export the server reaches images on itself (libnfs), for domains without a pool."""
+
+    server: str
+    export: str
+    version: str | None = None
+
+    def url(self, image: str) -> str:
+        """``nfs://server/export/image`` (libnfs and qemu-img syntax)."""
+        return f"nfs://{self.server}{self.export.rstrip('/')}/{image}"
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedPool:
+    """A pool as libvirt reports it on one host (capacity and available are 0 while it is inactive)."""
+
+    config: PoolConfig
+    active: bool
+    capacity_bytes: int
+    available_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
