@@ -22,7 +22,7 @@ from specs.cluster import Cluster
 from specs.disk import Disk, DiskStatus
 from specs.host import Host, HostStatus
 from specs.network import Network, NetworkStatus
-from specs.storage import StorageDomain
+from specs.storage import StorageDomain, StorageDomainStatus
 from specs.vm import VirtualMachine, VirtualMachineStatus
 
 
@@ -91,6 +91,7 @@ def host_views(rt: Runtime, cluster: str, exclude_vm: str, override: Host | None
     Capacity is what libvirt reports minus the host's spec.reserved. ``override``: plan with this version of
     one Host instead of the stored one (diff)."""
     views = []
+    reachable, notes = storage_reach(rt, cluster)
     for stored in rt.cache.all("Host", Host):
         host = override if override is not None and override.metadata.name == stored.metadata.name else stored
         if host.spec.cluster != cluster:
@@ -112,9 +113,30 @@ def host_views(rt: Runtime, cluster: str, exclude_vm: str, override: Host | None
                 allocated_memory_bytes=memory,
                 vm_count=count,
                 groups=groups,
+                storage_domains=reachable.get(name, frozenset()),
+                storage_notes=notes.get(name, {}),
             )
         )
     return tuple(views)
+
+
+def storage_reach(rt: Runtime, cluster: str) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, str]]]:
+    """Per host: the storage domains of ``cluster`` it reaches (from their status), and why not the others."""
+    reach: dict[str, set[str]] = {}
+    notes: dict[str, dict[str, str]] = {}
+    for sd in rt.cache.all("StorageDomain", StorageDomain):
+        if sd.spec.cluster != cluster:
+            continue
+        name = sd.metadata.name
+        status = rt.cache.status["StorageDomain"].get(name)
+        if not isinstance(status, StorageDomainStatus):
+            continue
+        for host in status.readyHosts:
+            reach.setdefault(host, set()).add(name)
+        for state in status.hosts:
+            if not state.reachable:
+                notes.setdefault(state.host, {})[name] = f"{state.reason}: {state.message}"
+    return {h: frozenset(v) for h, v in reach.items()}, notes
 
 
 def record_placement(rt: Runtime, vm: VirtualMachine, host: str | None) -> None:
