@@ -185,6 +185,7 @@ def test_nfs_disks_are_created_grown_and_deleted_over_nfs() -> None:
     [grow] = plan_disk(disk(size="3Gi"), H1, "", observed(1 << 30, export.url("data.qcow2")), None, nfs=export)
     assert isinstance(grow, ResizeVolume) and grow.nfs == export
     gone = disk(reclaimPolicy="Delete")
-    gone = gone.model_copy(update={"metadata": gone.metadata.model_copy(update={"deletionTimestamp": "2026-01-01T00:00:00Z"})})
+    deleted = gone.metadata.model_copy(update={"deletionTimestamp": "2026-01-01T00:00:00Z"})
+    gone = gone.model_copy(update={"metadata": deleted})
     [delete] = plan_disk(gone, H1, "", observed(1 << 30), None, nfs=export)
     assert isinstance(delete, DeleteVolume) and delete.target() == "nfs://n1/export/vms/data.qcow2"
