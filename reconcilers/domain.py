@@ -75,13 +75,17 @@ class BlockSource:
 class NetworkSource:
     """An image reached by QEMU's userspace client: ``<disk type='network'>``.
 
-    ``name`` is the export-relative path for nfs (``export/dir/disk.qcow2``) and ``volume/path`` for gluster.
+    ``name`` is the server's full path for nfs (``/export/dir/disk.qcow2``, leading slash), ``volume/path``
+    for gluster and ``<iqn>/<lun>`` for iscsi. ``auth_username`` and ``auth_secret_usage`` are CHAP
+    (``<auth username=...><secret type='iscsi' usage=...>``): the libvirt secret must exist on the host.
     """
 
     protocol: NetworkDiskProtocol
     host: str
     name: str
     port: int | None = None  # None = the protocol's default port
+    auth_username: str | None = None
+    auth_secret_usage: str | None = None
 
     def __post_init__(self) -> None:
         # libvirt writes gluster's default port into the XML; normalizing keeps equality meaningful.

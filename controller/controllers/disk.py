@@ -8,8 +8,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from controller.adapters import nfs
+from controller.adapters.iscsi import LunProblem, LunTarget, probe_lun
 from controller.adapters.libvirt import snapshots as lv
-from controller.common.errors import TransientError
+from controller.adapters.secrets import SecretError, SecretRef, redact
+from controller.common.errors import ReconcileError, TransientError
 from controller.runtime.cache import Cache
 from controller.runtime.context import Runtime
 from controller.runtime.registry import GLOBAL, Controller, Handler, Preview, Watch
@@ -17,7 +19,7 @@ from controller.runtime.workqueue import Result
 from controller.store import Change
 from reconcilers.conditions import cond
 from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, LiveDisk, ResizeVolume
-from reconcilers.disk.plan import DiskSourceInfo, plan_disk, source_info, volume_name
+from reconcilers.disk.plan import DiskSourceInfo, chap_usage, plan_disk, source_info, volume_name
 from reconcilers.domain import HostName, NfsExport, ObservedVolume, VolumeName
 from reconcilers.plan import Plan
 from reconcilers.storage.backends import backend_for, pool_name
@@ -28,6 +30,7 @@ from specs.storage import StorageDomain, StorageDomainStatus
 from specs.vm import VirtualMachine, VirtualMachineStatus
 
 FINALIZER = "virtplane.io/volume"
+LUN_REFRESH = 60.0  # seconds between probes of a Ready iSCSI LUN
 
 
 def _attached(rt: Runtime, name: str) -> tuple[str, ...]:
@@ -110,18 +113,59 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
 
 
 async def _reconcile_lun(rt: Runtime, disk: Disk, attached: tuple[str, ...], deleting: bool) -> Result | None:
-    """A direct LUN is passed through as it is: nothing to create, nothing to delete."""
+    """A direct LUN is passed through as it is: nothing to create, nothing to delete. An iSCSI LUN is probed
+    (login with CHAP, size) and its CHAP password defined as a libvirt secret on every Ready host."""
     if deleting:
         if FINALIZER in disk.metadata.finalizers:
             await rt.store.remove_finalizer("Disk", disk.metadata.name, FINALIZER)
         return None
     lun = disk.spec.lun
     assert lun is not None
+    name = disk.metadata.name
+    if lun.iscsi is None:
+        await rt.write_status("Disk", name, _status(rt, disk, "Ready", "Lun", "", path=lun.blockPath,
+                                                    attachedTo=attached))
+        return None
     iscsi = lun.iscsi
-    path = lun.blockPath or (f"iscsi://{iscsi.portal}/{iscsi.iqn}/{iscsi.lun}" if iscsi else "")
-    await rt.write_status("Disk", disk.metadata.name, _status(rt, disk, "Ready", "Lun", "", path=path,
+    target = LunTarget(iscsi.host, iscsi.port, iscsi.iqn, iscsi.lun, iscsi.chapUsername)
+    password = None
+    try:
+        if iscsi.chapSecret is not None:
+            password = SecretRef(iscsi.chapSecret, rt.secrets_dir).read()
+        size = await probe_lun(target, password)
+    except SecretError as err:
+        return await _lun_failed(rt, disk, attached, target, "SecretInvalid", str(err))
+    except LunProblem as problem:
+        return await _lun_failed(rt, disk, attached, target, problem.reason, problem.message)
+    hosts = sorted(h for h, r in rt.hosts.hosts.items() if r.ready)
+    if password is not None and iscsi.chapSecret is not None:
+        failed = []
+        for h in hosts:
+            try:
+                await rt.hosts.connection(h).ensure_iscsi_secret(
+                    chap_usage(iscsi.chapSecret), f"virtplane: CHAP password {iscsi.chapSecret}",
+                    password.reveal().encode())
+            except ReconcileError as err:
+                failed.append(f"{h}: {redact(str(err), password)}")
+        if failed:
+            return await _lun_failed(rt, disk, attached, target, "SecretNotDefined",
+                                     "cannot define the CHAP secret in libvirt on " + "; ".join(failed))
+    chap = f"; CHAP secret defined on {len(hosts)} host(s)" if password is not None else ""
+    await rt.write_status("Disk", name, _status(
+        rt, disk, "Ready", "LunReachable", f"logged in to {target.url}: {size} bytes{chap}", path=target.url,
+        capacity=size, format="raw", attachedTo=attached, correlationId=disk.metadata.correlationId))
+    return Result(requeue_after=LUN_REFRESH)
+
+
+async def _lun_failed(rt: Runtime, disk: Disk, attached: tuple[str, ...], target: LunTarget, reason: str,
+                      message: str) -> Result:
+    prev = rt.cache.status["Disk"].get(disk.metadata.name)
+    before = next((c for c in prev.conditions if c.type == "Ready"), None) if isinstance(prev, DiskStatus) else None
+    if before is None or before.reason != reason:  # one event per change, not one per retry
+        await rt.emit(disk, reason, message, warning=True, source="disk-controller")
+    await rt.write_status("Disk", disk.metadata.name, _status(rt, disk, "Failed", reason, message, path=target.url,
                                                               attachedTo=attached))
-    return None
+    return Result(requeue=True)
 
 
 def _host_for(rt: Runtime, sd_name: str) -> HostName | None:
@@ -274,6 +318,14 @@ def _clones_of(rt: Runtime, disk: str, before: Any, after: Any) -> Iterable[str]
             if (src := d.spec.source) is not None and src.clone is not None and src.clone.disk == disk]
 
 
+def _chap_luns(rt: Runtime, host: str, before: Any, after: Any) -> Iterable[str]:
+    """A host that became Ready needs the CHAP secrets of the iSCSI LUNs."""
+    if not after or before:
+        return ()
+    return [d.metadata.name for d in rt.cache.all("Disk", Disk)
+            if d.spec.lun is not None and d.spec.lun.iscsi is not None and d.spec.lun.iscsi.chapSecret]
+
+
 def _copies_of_snapshot(rt: Runtime, snapshot: str, before: Any, after: Any) -> Iterable[str]:
     if getattr(after, "phase", None) != "Ready":
         return ()
@@ -290,6 +342,7 @@ CONTROLLER = Controller(
         Watch("StorageDomain", "status", _disks_on_domain),
         Watch("Disk", "status", _clones_of),
         Watch("Snapshot", "status", _copies_of_snapshot),
+        Watch("Host", "ready", _chap_luns),
     ),
     plan=preview_disk,
     handlers=HANDLERS,

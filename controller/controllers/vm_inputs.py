@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from controller.controllers.migration_state import migration_context
 from controller.runtime.allocations import Usage
 from controller.runtime.context import Runtime
-from reconcilers.disk.plan import volume_name
+from reconcilers.disk.plan import chap_usage, volume_name
 from reconcilers.domain import BlockSource, DiskSource, FileSource, HostName, NetworkSource, ObservedDomain
 from reconcilers.migration.plan import MigrationContext
 from reconcilers.scheduler import ClusterPolicy, HostView
@@ -31,10 +31,10 @@ def _lun_source(disk: Disk) -> DiskSource:
     assert lun is not None
     if lun.blockPath is not None:
         return BlockSource(lun.blockPath)
-    assert lun.iscsi is not None
-    portal = lun.iscsi.portal
-    host, _, port = portal.rpartition(":") if ":" in portal else (portal, "", "3260")
-    return NetworkSource("iscsi", host.strip("[]"), f"{lun.iscsi.iqn}/{lun.iscsi.lun}", int(port or 3260))
+    iscsi = lun.iscsi
+    assert iscsi is not None
+    usage = chap_usage(iscsi.chapSecret) if iscsi.chapSecret is not None else None
+    return NetworkSource("iscsi", iscsi.host, f"{iscsi.iqn}/{iscsi.lun}", iscsi.port, iscsi.chapUsername, usage)
 
 
 def resolve_disks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedDisk]:
@@ -43,11 +43,12 @@ def resolve_disks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedDisk]:
         disk = rt.cache.get("Disk", attachment.disk, Disk)
         if disk is None:
             continue
-        if disk.spec.lun is not None:
-            found[attachment.disk] = ResolvedDisk(attachment.disk, _lun_source(disk), "raw", disk.spec.shareable,
-                                                  True, None)
-            continue
         status = rt.cache.status["Disk"].get(attachment.disk)
+        if disk.spec.lun is not None:  # an iSCSI LUN is ready once probed and its CHAP secret is on the hosts
+            lun_ready = isinstance(status, DiskStatus) and status.phase == "Ready"
+            found[attachment.disk] = ResolvedDisk(attachment.disk, _lun_source(disk), "raw", disk.spec.shareable,
+                                                  lun_ready, None)
+            continue
         path = status.path if isinstance(status, DiskStatus) else None
         ready = isinstance(status, DiskStatus) and status.phase == "Ready" and path is not None
         sd = rt.cache.get("StorageDomain", disk.spec.storageDomain or "", StorageDomain)

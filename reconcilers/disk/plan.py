@@ -17,6 +17,11 @@ from reconcilers.storage.backends import pool_name
 from specs.disk import Disk
 
 
+def chap_usage(secret: str) -> str:
+    """The usage name of the libvirt secret holding CHAP password ``secret`` on every host."""
+    return f"virtplane-chap-{secret}"
+
+
 def volume_name(disk: Disk) -> VolumeName:
     ext = "img" if disk.spec.effective_format == "raw" else "qcow2"
     return VolumeName(f"{disk.metadata.name}.{ext}")

@@ -487,6 +487,12 @@ class HostConnection:
         list_all = partial(resources.list_volumes_blocking, pool=pool, count=self._count)
         return [codec.parse_volume(xml) for xml in await self._run("list_volumes", list_all)]
 
+    async def ensure_iscsi_secret(self, usage: str, description: str, value: bytes) -> str:
+        """The private iSCSI secret ``usage`` defined here with ``value``; returns its UUID."""
+        ensure = partial(resources.ensure_iscsi_secret_blocking, usage=usage, description=description, value=value,
+                         count=self._count)
+        return await self._run("ensure_secret", ensure)
+
     async def ensure_network(self, network: NetworkConfig) -> ObservedNetwork:
         """Define, start and autostart a network if needed; returns it as observed (compare configs there)."""
         ensure = partial(resources.ensure_network_blocking, network=network, count=self._count)

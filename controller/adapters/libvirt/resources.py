@@ -175,3 +175,19 @@ def delete_network_blocking(conn: Conn, name: str, count: Count) -> bool:
         count("networkUndefine")
         net.undefine()
     return True
+
+
+def ensure_iscsi_secret_blocking(conn: Conn, usage: str, description: str, value: bytes, count: Count) -> str:
+    """Define the private iSCSI secret ``usage`` if needed and set its value; return its UUID. libvirt hands
+    the value to QEMU encrypted; a private secret's value cannot be read back through the API."""
+    try:
+        count("secretLookupByUsage")
+        secret = conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_ISCSI, usage)
+    except libvirt.libvirtError as exc:
+        if not _missing(exc, libvirt.VIR_ERR_NO_SECRET):
+            raise
+        count("secretDefineXML")
+        secret = conn.secretDefineXML(codec.render_iscsi_secret(usage, description), 0)
+    count("secretSetValue")
+    secret.setValue(value, 0)
+    return str(secret.UUIDString())

@@ -133,6 +133,9 @@ def _disk_element(disk: DiskDevice) -> ET.Element:
         source = sub(el, "source", protocol=src.protocol, name=src.name)
         host_attrs = {"name": src.host} | ({"port": str(src.port)} if src.port is not None else {})
         sub(source, "host", **host_attrs)
+        if src.auth_username is not None:
+            auth = sub(source, "auth", username=src.auth_username)
+            sub(auth, "secret", type="iscsi", usage=src.auth_secret_usage or "")
     sub(el, "target", dev=disk.target, bus=disk.bus)
     if disk.readonly:
         sub(el, "readonly")
@@ -285,6 +288,8 @@ def _parse_disk(el: ET.Element) -> DiskDevice:
             host=host.get("name", ""),
             name=source.get("name", ""),
             port=int(port) if port else None,
+            auth_username=auth.get("username") if (auth := source.find("auth")) is not None else None,
+            auth_secret_usage=_secret_usage(auth),
         )
     else:
         raise CodecError(f"disk type {kind!r} is not supported")
@@ -300,6 +305,15 @@ def _parse_disk(el: ET.Element) -> DiskDevice:
         shareable=el.find("shareable") is not None,
         serial=text(el.find("serial")),
     )
+
+
+def _secret_usage(auth: ET.Element | None) -> str | None:
+    secret = auth.find("secret") if auth is not None else None
+    if secret is None:
+        return None
+    if not secret.get("usage"):
+        raise CodecError("disk <auth> names its secret by uuid; only usage names are supported")
+    return secret.get("usage")
 
 
 def _parse_nic(el: ET.Element, index: int) -> NicDevice:

@@ -123,6 +123,14 @@ def parse_volume(xml: str) -> ObservedVolume:
     )
 
 
+def render_iscsi_secret(usage: str, description: str) -> str:
+    """A persistent, private libvirt secret for CHAP (``<usage type='iscsi'><target>usage</target>``)."""
+    el = ET.Element("secret", {"ephemeral": "no", "private": "yes"})
+    sub(el, "description", description)
+    sub(sub(el, "usage", type="iscsi"), "target", usage)
+    return to_string(el)
+
+
 # ================================================================= networks
 
 
