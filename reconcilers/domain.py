@@ -125,6 +125,8 @@ class NicDevice:
     source_name: str | None = None
     mac: MacAddress | None = None
     model: NicModel = "virtio"
+    virtualport: Literal["openvswitch"] | None = None  # an Open vSwitch bridge port
+    vlan: int | None = None  # 802.1Q tag of the port (``<vlan><tag id=...>``; Open vSwitch only)
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,8 @@ def resolve_networks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedNetwo
         if t == "user":
             found[nic.network] = ResolvedNetwork(nic.network, "user", None, True)
         elif t == "bridge":
-            found[nic.network] = ResolvedNetwork(nic.network, "bridge", net.spec.bridge, True)
+            found[nic.network] = ResolvedNetwork(nic.network, "bridge", net.spec.bridge, True,
+                                                 net.spec.virtualport, net.spec.vlan)
         else:
             ready = isinstance(status, NetworkStatus) and status.phase in ("Ready", "Degraded")
             found[nic.network] = ResolvedNetwork(nic.network, "network", f"vp-{nic.network}", ready)
