@@ -37,6 +37,11 @@ def server(
         Path | None,
         typer.Option("--lab-dir", help="A `virtplane lab` directory whose hosts the lab power agent may switch."),
     ] = None,
+    glusterd_socket: Annotated[
+        Path | None,
+        typer.Option("--glusterd-socket", help="CLI socket of a glusterd of the trusted pool: GlusterVolumes are "
+                     "created and changed through it (glusterd refuses changes over --remote-host)."),
+    ] = None,
 ) -> None:
     """Run the API server (and the controllers) on embedded or external etcd."""
     from controller.server.main import ServerOptions, serve
@@ -47,7 +52,7 @@ def server(
     endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else ()
     try:
         options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config)
-        background = _background_tasks(data_dir, secrets_dir, lab_dir) if controllers else ()
+        background = _background_tasks(data_dir, secrets_dir, lab_dir, glusterd_socket) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
@@ -55,9 +60,11 @@ def server(
         pass
 
 
-def _background_tasks(data_dir: Path, secrets_dir: Path, lab_dir: Path | None) -> tuple[BackgroundTask, ...]:
+def _background_tasks(data_dir: Path, secrets_dir: Path, lab_dir: Path | None,
+                      glusterd_socket: Path | None = None) -> tuple[BackgroundTask, ...]:
     identity = f"{socket.gethostname()}-{os.getpid()}"
-    options = ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir, lab_dir=lab_dir)
+    options = ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir, lab_dir=lab_dir,
+                             glusterd_socket=glusterd_socket)
     return (controllers_task(options),)
 
 
