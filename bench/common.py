@@ -227,8 +227,9 @@ class LabRun:
 
 
 @contextmanager
-def lab_with_server(prefix: str, hosts: int = 2) -> Iterator[LabRun]:
-    """Start the lab hosts, etcd and the server (root only); stop all of them, by PID, whatever happens."""
+def lab_with_server(prefix: str, hosts: int = 2, server_args: tuple[str, ...] = ()) -> Iterator[LabRun]:
+    """Start the lab hosts, etcd and the server (root only); stop all of them, by PID, whatever happens.
+    ``server_args``: more `virtplane server` options (e.g. --secrets-dir)."""
     from controller.client.sdk import Client
     from controller.dev.lab.cli import lab_manifests
     from controller.dev.lab.guest import build_guest_image, probe_accel
@@ -244,7 +245,7 @@ def lab_with_server(prefix: str, hosts: int = 2) -> Iterator[LabRun]:
     try:
         lab.up(hosts)
         etcd.start()
-        server = start_lab_server(work / "server", etcd=etcd)
+        server = start_lab_server(work / "server", *server_args, etcd=etcd)
         config = json.loads((work / "server" / "config.json").read_text())
         api = Client(config["server"], config.get("token"))
         try:
