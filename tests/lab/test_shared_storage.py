@@ -207,7 +207,7 @@ def test_gluster_domain_mounts_on_each_host_and_serves_vms(cluster: LabCluster, 
         pid = cluster.lab.host(name).pid
         mounts = Path(f"/proc/{pid}/mounts").read_text()
         assert f"{gl.host}:/{gl.volume} {gl.mount_path} fuse.glusterfs" in mounts
-        assert "active" in virsh(cluster.uri(name), "pool-info", "vp-lab-gluster").lower()
+        assert re.search(r"^State:\s+running", virsh(cluster.uri(name), "pool-info", "vp-lab-gluster"), re.M)
     cluster.apply(disk("gl-root", "lab-gluster"))
     root = cluster.wait_phase("Disk", "gl-root", "Ready", timeout=60)
     assert root["path"] == f"{gl.mount_path}/gl-root.qcow2"
@@ -315,6 +315,7 @@ def test_gluster_volume_is_created_expanded_and_deleted_only_when_unused(cluster
     gl: GlusterServer = server(servers, "gluster")
     backend = LabStorage(cluster.lab.dir).backend("gluster")
     bricks = [cluster.lab.dir / "gv-bricks" / f"b{i}" for i in range(1, 5)]
+    bricks[0].parent.mkdir(exist_ok=True)  # glusterd creates the brick directory, not its parents
     try:
         started = time.monotonic()
         cluster.apply(gluster_volume("vpgv", gl, bricks[:2], replica=2,
