@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,9 +100,11 @@ def ready_condition(status: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in status.get("conditions", ()) if c["type"] == "Ready")
 
 
-def exercise_vm(cluster: LabCluster, vm_name: str, root: str, extra: dict[str, Any], check_extra: Any) -> None:
+def exercise_vm(cluster: LabCluster, vm_name: str, root: str, extra: dict[str, Any], check_extra: Any,
+                check_snapshot: Any) -> None:
     """Boot ``vm_name`` from ``root``; hot-plug ``extra`` (a Disk doc of the same domain); grow it live; migrate
-    the VM to the other host; the guest keeps both disks and the grown size."""
+    the VM to the other host; the guest keeps both disks and the grown size; take a snapshot with memory,
+    revert to it, delete it (``check_snapshot(name, present)`` looks at the image on the server)."""
     started = time.monotonic()
     cluster.apply(vm(cluster, vm_name, [root]))
     cluster.wait_phase("VirtualMachine", vm_name, "Running", timeout=180)
@@ -138,6 +141,20 @@ def exercise_vm(cluster: LabCluster, vm_name: str, root: str, extra: dict[str, A
     assert vm_name not in virsh(cluster.uri(first), "list", "--all", "--name").split()
     assert host_of(cluster, vm_name) == other
     assert blk_capacity(cluster.uri(other), vm_name, "vdb") == 96 << 20
+
+    # snapshot with memory (internal, inside the qcow2 on the storage server), revert, delete
+    snap = f"{vm_name}-s1"
+    cluster.apply({"apiVersion": API, "kind": "Snapshot", "metadata": {"name": snap},
+                   "spec": {"vm": vm_name, "memory": True}})
+    st = cluster.wait_phase("Snapshot", snap, "Ready", timeout=120)
+    assert st["host"] == other and snap in virsh(cluster.uri(other), "snapshot-list", vm_name, "--name").split()
+    check_snapshot(snap, True)
+    done = cluster.vp("snapshot", "revert", snap, "--timeout", "120")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert virsh(cluster.uri(other), "domstate", vm_name).strip() == "running"
+    assert cluster.vp("delete", "snapshot", snap).returncode == 0
+    wait_for(f"{snap} gone", lambda: not cluster.get("Snapshot", snap), 60)
+    check_snapshot(snap, False)
 
 
 def _yaml(*docs: dict[str, Any]) -> str:
@@ -177,7 +194,12 @@ def test_nfs_domain_serves_vms_over_libnfs(cluster: LabCluster, servers: dict[st
     def on_server(status: dict[str, Any]) -> None:
         assert (nfs.export / "nfs-data.qcow2").is_file() and status["path"].startswith("nfs://")
 
-    exercise_vm(cluster, "nfs-vm", "nfs-root", disk("nfs-data", "lab-nfs", "32Mi"), on_server)
+    def snapshot_on_server(name: str, present: bool) -> None:
+        listed = subprocess.run(["qemu-img", "snapshot", "-U", "-l", nfs.url("nfs-root.qcow2")],
+                                capture_output=True, text=True, check=True).stdout
+        assert (re.search(rf"\s{re.escape(name)}\s", listed) is not None) == present, listed
+
+    exercise_vm(cluster, "nfs-vm", "nfs-root", disk("nfs-data", "lab-nfs", "32Mi"), on_server, snapshot_on_server)
     dumped = virsh(cluster.uri(host_of(cluster, "nfs-vm")), "dumpxml", "nfs-vm")
     assert re.search(rf"<source protocol='nfs' name='{re.escape(str(nfs.export))}/nfs-root.qcow2'[ >]", dumped), dumped
 
@@ -219,7 +241,13 @@ def test_gluster_domain_mounts_on_each_host_and_serves_vms(cluster: LabCluster, 
     def on_brick(_: dict[str, Any]) -> None:
         assert any((brick / "gl-data.qcow2").is_file() for brick in gl.bricks)
 
-    exercise_vm(cluster, "gl-vm", "gl-root", disk("gl-data", "lab-gluster", "32Mi"), on_brick)
+    def snapshot_on_brick(name: str, present: bool) -> None:
+        [image] = [b / "gl-root.qcow2" for b in gl.bricks if (b / "gl-root.qcow2").is_file()]
+        listed = subprocess.run(["qemu-img", "snapshot", "-U", "-l", str(image)], capture_output=True, text=True,
+                                check=True).stdout
+        assert (re.search(rf"\s{re.escape(name)}\s", listed) is not None) == present, listed
+
+    exercise_vm(cluster, "gl-vm", "gl-root", disk("gl-data", "lab-gluster", "32Mi"), on_brick, snapshot_on_brick)
 
 
 def test_gluster_domain_of_a_missing_volume_fails_to_mount_with_the_reason(cluster: LabCluster,
