@@ -102,7 +102,7 @@ def main() -> None:
         try:
             servers = {s.kind: s for s in storage.up(["nfs", "gluster", "iscsi"])}
             secrets = install_chap_secret(servers["iscsi"], Path(tmp) / "secrets").parent  # type: ignore[arg-type]
-            with lab_with_server("bench-shared-", server_args=("--secrets-dir", str(secrets))) as run:
+            with lab_with_server("bench-shared-", 2, "--secrets-dir", str(secrets)) as run:
                 bench(run, servers, args.mib, args.reps)
         finally:
             storage.down()
