@@ -96,7 +96,8 @@ class GlusterStorage(StrictModel):
     """A GlusterFS volume."""
 
     servers: tuple[HostAddress, ...] = Field(
-        min_length=1, description="Gluster servers (the first one serves the volume file)."
+        min_length=1, description="Gluster servers: the first one serves the volume file, the others are "
+        "backup volfile servers for the mount."
     )
     volume: Name = Field(description="Gluster volume name.")
     access: Literal["mount", "gfapi"] = Field(

@@ -78,7 +78,9 @@ class PoolBackend:
                                    mount.option_list)
         if spec.gluster is not None:
             path = spec.gluster.mountPath or default_mount_path(sd.metadata.name)
-            return NetfsPoolConfig(name, path, spec.gluster.servers[0], "/" + spec.gluster.volume, "glusterfs")
+            first, *others = spec.gluster.servers
+            backups = (f"backup-volfile-servers={':'.join(others)}",) if others else ()
+            return NetfsPoolConfig(name, path, first, "/" + spec.gluster.volume, "glusterfs", None, backups)
         if spec.nfs is not None and spec.nfs.access == "mount":
             path = spec.nfs.mountPath or default_mount_path(sd.metadata.name)
             return NetfsPoolConfig(name, path, spec.nfs.server, spec.nfs.export, "nfs", spec.nfs.version)

@@ -72,7 +72,7 @@ def test_posix_without_mount_and_local_are_dir_pools() -> None:
 def test_gluster_mount_is_a_glusterfs_netfs_pool_at_its_mount_path() -> None:
     sd = domain("vols", type="gluster", gluster={"servers": ["gl1", "gl2"], "volume": "vm0"})
     assert backend_for(sd).pool(sd) == NetfsPoolConfig(PoolName("vp-vols"), "/var/lib/virtplane/mnt/vols", "gl1",
-                                                        "/vm0", "glusterfs")
+                                                        "/vm0", "glusterfs", None, ("backup-volfile-servers=gl2",))
     sd = domain(type="gluster", gluster={"servers": ["gl1"], "volume": "vm0", "mountPath": "/mnt/g"})
     pool = backend_for(sd).pool(sd)
     assert isinstance(pool, NetfsPoolConfig) and pool.path == "/mnt/g"
