@@ -149,6 +149,11 @@ class EtcdKV:
         resp = await self._call(self._kv.DeleteRange, request)
         return int(resp.deleted)
 
+    async def delete_range(self, key: bytes, range_end: bytes) -> int:
+        """Delete every key in [key, range_end); returns how many."""
+        resp = await self._call(self._kv.DeleteRange, rpc.DeleteRangeRequest(key=key, range_end=range_end))
+        return int(resp.deleted)
+
     async def revision(self) -> int:
         resp = await self.range(b"/", count_only=True)
         return int(resp.header.revision)
