@@ -34,7 +34,8 @@ def _message(response: Response) -> str:
         body = json.loads(bytes(response.body))
     except (ValueError, AttributeError):
         return ""
-    return str(body.get("message", "")) if isinstance(body, dict) else ""
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error.get("message", "")) if isinstance(error, dict) else ""
 
 
 def build_record(request: Request, response: Response, route: str) -> AuditRecord | None:
