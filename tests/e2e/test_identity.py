@@ -1,0 +1,362 @@
+"""People, not one token: directory login, sessions, RBAC, TLS and the audit log, end to end.
+
+A real slapd with TLS (the lab directory's code starts and stops it by pid), a real `virtplane server` with
+`--directory` and `--tls-self-signed` on the session etcd, and the real CLI. Users of the lab directory:
+alice (virtplane-admins), bob (virtplane-operators), carol (virtplane-viewers), dave (sre, nested in
+virtplane-operators), mallory (locked), and nobody called "nosuchuser".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from controller.dev.lab.directory import LabDirectory, LabDirectoryInfo, make_ca
+from controller.server.etcd import EmbeddedEtcd, free_port
+from tests.e2e.conftest import REPO, VIRTPLANE, etcdctl_run
+
+pytestmark = pytest.mark.skipif(not Path("/usr/sbin/slapd").exists(), reason="Debian's slapd is not installed")
+
+ROLEBINDINGS = """\
+apiVersion: virtplane.io/v1
+kind: RoleBinding
+metadata: {name: operators-prod}
+spec:
+  role: operator
+  subjects: [{kind: Group, name: virtplane-operators}]
+  clusters: [prod]
+---
+apiVersion: virtplane.io/v1
+kind: RoleBinding
+metadata: {name: viewers}
+spec:
+  role: viewer
+  subjects: [{kind: Group, name: virtplane-viewers}]
+---
+apiVersion: virtplane.io/v1
+kind: RoleBinding
+metadata: {name: admins}
+spec:
+  role: admin
+  subjects: [{kind: Group, name: virtplane-admins}]
+"""
+
+
+def vm(name: str, cluster: str) -> str:
+    return (f"apiVersion: virtplane.io/v1\nkind: VirtualMachine\nmetadata: {{name: {name}}}\n"
+            f"spec: {{cluster: {cluster}, cpu: {{cores: 1}}, memory: {{size: 512Mi}}}}\n")
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    admin_config: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start(data_dir: Path, etcd: EmbeddedEtcd, *extra: str) -> Server:
+    """`virtplane server` with HTTPS (self-signed) on the session etcd, ready when /readyz answers."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "admin.json"
+    env = {**os.environ, "VIRTPLANE_CONFIG": str(config)}
+    log = data_dir / "server.log"
+    args = [VIRTPLANE, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), "--etcd",
+            etcd.endpoint, "--no-controllers", "--tls-self-signed", *extra]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"https://127.0.0.1:{port}"
+    server = Server(url, data_dir, proc, log, config)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}:\n{log.read_text()}")
+        cert = data_dir / "tls" / "server.crt"
+        if cert.exists() and config.exists():
+            try:
+                if httpx.get(f"{url}/readyz", verify=ssl.create_default_context(cafile=str(cert)),
+                             timeout=2).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+        time.sleep(0.05)
+    server.stop()
+    raise AssertionError(f"server not ready in 60 s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDirectoryInfo]:
+    lab = LabDirectory(tmp_path_factory.mktemp("slapd"))
+    info = lab.up()
+    try:
+        yield info
+    finally:
+        lab.down()
+
+
+def directory_file(path: Path, info: LabDirectoryInfo, **overrides: object) -> Path:
+    config = info.client_config(**overrides).model_dump(mode="json", exclude_none=True)
+    path.write_text(yaml.safe_dump({"directory": config}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(directory: LabDirectoryInfo, etcd: EmbeddedEtcd, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("idserver")
+    etcdctl_run(etcd.endpoint, "del", "--prefix", "/virtplane/")
+    proc = start(base / "data", etcd, "--directory", str(directory_file(base / "dir.yaml", directory)),
+                 "--session-ttl", "3600")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+class Cli:
+    """The CLI as one person: their own config file (the admin's copied, so it knows the server and CA)."""
+
+    def __init__(self, server: Server, home: Path, name: str) -> None:
+        self.config = home / f"{name}.json"
+        admin = json.loads(server.admin_config.read_text())
+        if name != "admin":
+            admin["token"] = None
+        self.config.write_text(json.dumps(admin))
+        self.env = {**os.environ, "VIRTPLANE_CONFIG": str(self.config)}
+        self.env.pop("VIRTPLANE_TOKEN", None)
+        self.env.pop("VIRTPLANE_SERVER", None)
+
+    def __call__(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([VIRTPLANE, *args], env=self.env, input=input, capture_output=True, text=True,
+                              timeout=120, check=False, cwd=REPO)
+
+
+@pytest.fixture
+def people(server: Server, tmp_path: Path, etcd: EmbeddedEtcd) -> dict[str, Cli]:
+    admin = Cli(server, tmp_path, "admin")
+    bindings = tmp_path / "rbac.yaml"
+    bindings.write_text(ROLEBINDINGS)
+    done = admin("apply", "-f", str(bindings))
+    assert done.returncode == 0, done.stderr
+    return {name: Cli(server, tmp_path, name) for name in ("bob", "carol", "dave", "alice", "mallory")} | {
+        "admin": admin}
+
+
+def login(cli: Cli, info: LabDirectoryInfo, name: str, password: str | None = None
+          ) -> subprocess.CompletedProcess[str]:
+    return cli("login", "--username", name, input=(password if password is not None else info.user(name).password())
+               + "\n")
+
+
+def test_login_stores_a_session_with_the_directory_groups(server: Server, people: dict[str, Cli],
+                                                          directory: LabDirectoryInfo) -> None:
+    bob = people["bob"]
+    done = login(bob, directory, "bob")
+    assert done.returncode == 0, done.stderr
+    assert "logged in as bob (virtplane-operators, virtplane-viewers)" in done.stdout
+    assert oct(bob.config.stat().st_mode & 0o777) == "0o600"
+    stored = json.loads(bob.config.read_text())
+    assert stored["token"].startswith("vps_") and stored["user"] == "bob"
+    who = bob("auth", "whoami")
+    assert who.returncode == 0 and who.stdout.startswith("bob") and "session:" in who.stdout
+
+
+@pytest.mark.parametrize(("name", "password", "reason"), [
+    ("bob", "not-the-password", "wrong-password"),
+    ("mallory", None, "locked"),
+    ("nosuchuser", "whatever", "unknown-user"),
+])
+def test_refused_logins_say_little_and_are_audited_with_the_reason(
+    people: dict[str, Cli], directory: LabDirectoryInfo, name: str, password: str | None, reason: str
+) -> None:
+    cli = people["bob"]
+    secret = password if password is not None else directory.user(name).password()
+    done = login(cli, directory, name, secret)
+    assert done.returncode == 5
+    assert "login refused: wrong username or password, or the account cannot log in" in done.stderr
+    assert json.loads(cli.config.read_text())["token"] is None  # nothing stored
+    audit = people["admin"]("audit", "--user", name)
+    last = [line for line in audit.stdout.splitlines() if " login " in line][-1]
+    assert "DENIED" in last and reason in last and "401" in last
+
+
+def test_roles_by_group_allow_and_deny_each_verb(people: dict[str, Cli], directory: LabDirectoryInfo) -> None:
+    for name in ("bob", "carol", "dave"):
+        assert login(people[name], directory, name).returncode == 0
+    expected = {
+        # operator in prod (bob directly, dave through sre -> virtplane-operators), viewer everywhere
+        "bob": {"get": True, "list": True, "watch": True, "create": True, "update": True, "delete": True},
+        "dave": {"get": True, "list": True, "watch": True, "create": True, "update": True, "delete": True},
+        "carol": {"get": True, "list": True, "watch": True, "create": False, "update": False, "delete": False},
+    }
+    for name, verbs in expected.items():
+        for verb, allowed in verbs.items():
+            done = people[name]("auth", "can-i", verb, "vm", "-n", "prod")
+            assert (done.returncode == 0) == allowed, (name, verb, done.stdout, done.stderr)
+            assert done.stdout.strip() == ("yes" if allowed else "no")
+        # operators may not touch hosts, nor VMs of another cluster
+        assert people[name]("auth", "can-i", "create", "host", "-n", "prod").returncode == 5
+        assert people[name]("auth", "can-i", "delete", "vm", "-n", "dev").returncode == 5
+
+
+def test_writes_are_checked_per_object_and_an_apply_is_refused_whole(
+    people: dict[str, Cli], directory: LabDirectoryInfo, tmp_path: Path, etcd: EmbeddedEtcd
+) -> None:
+    bob, carol = people["bob"], people["carol"]
+    assert login(bob, directory, "bob").returncode == 0
+    assert login(carol, directory, "carol").returncode == 0
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(vm("web-prod", "prod") + "---\n" + vm("web-dev", "dev"))
+    before = etcdctl_run(etcd.endpoint, "get", "--prefix", "/virtplane/specs/", "--keys-only")
+    done = bob("apply", "-f", str(mixed))
+    assert done.returncode == 5
+    assert f"{mixed}:6:1: VirtualMachine/web-dev: may not create in cluster dev" in done.stderr
+    assert "nothing was written" in done.stderr
+    assert etcdctl_run(etcd.endpoint, "get", "--prefix", "/virtplane/specs/", "--keys-only") == before
+    # the allowed half alone goes through; the user is on the object
+    alone = tmp_path / "prod.yaml"
+    alone.write_text(vm("web-prod", "prod"))
+    assert bob("apply", "-f", str(alone)).returncode == 0
+    stored = json.loads(etcdctl_run(etcd.endpoint, "get", "/virtplane/specs/VirtualMachine/web-prod",
+                                    "--print-value-only"))
+    assert stored["metadata"]["updatedBy"] == "bob"
+    # a viewer reads it but may not delete it
+    assert carol("get", "vm", "web-prod").returncode == 0
+    refused = carol("delete", "vm/web-prod")
+    assert refused.returncode == 5 and "carol may not delete VirtualMachine/web-prod in cluster prod" in refused.stderr
+    assert bob("delete", "vm/web-prod").returncode == 0
+    audit = people["admin"]("audit", "--user", "carol").stdout
+    assert "delete" in audit and "DENIED" in audit and "VirtualMachine/web-prod" in audit
+
+
+def test_logout_revokes_the_session_everywhere(people: dict[str, Cli], directory: LabDirectoryInfo) -> None:
+    bob = people["bob"]
+    assert login(bob, directory, "bob").returncode == 0
+    token = json.loads(bob.config.read_text())["token"]
+    assert bob("logout").returncode == 0
+    assert json.loads(bob.config.read_text())["token"] is None
+    reuse = bob("--token", token, "get", "vms")
+    assert reuse.returncode == 5 and "missing, invalid or expired bearer token" in reuse.stderr
+
+
+def test_sessions_expire_by_their_lease(directory: LabDirectoryInfo, etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    short = start(tmp_path / "data", etcd, "--directory", str(directory_file(tmp_path / "d.yaml", directory)),
+                  "--session-ttl", "3")
+    try:
+        bob = Cli(short, tmp_path, "bob")
+        assert login(bob, directory, "bob").returncode == 0
+        assert bob("auth", "whoami").returncode == 0
+        deadline = time.monotonic() + 30
+        while bob("auth", "whoami").returncode == 0:
+            assert time.monotonic() < deadline, "the session outlived its 3 s TTL by 27 s"
+            time.sleep(0.5)
+        assert "expired bearer token" in bob("auth", "whoami").stderr
+    finally:
+        short.stop()
+
+
+def test_directory_down_is_a_clear_503_and_the_static_token_still_works(
+    directory: LabDirectoryInfo, etcd: EmbeddedEtcd, tmp_path: Path
+) -> None:
+    dead = f"ldap://127.0.0.1:{free_port()}"  # nothing listens there
+    config = directory_file(tmp_path / "d.yaml", directory, urls=(dead,), connect_timeout=1.0)
+    srv = start(tmp_path / "data", etcd, "--directory", str(config))
+    try:
+        bob = Cli(srv, tmp_path, "bob")
+        done = login(bob, directory, "bob")
+        assert done.returncode == 4
+        assert "the directory cannot be reached (unreachable)" in done.stderr
+        assert "API tokens and the server's static token still work" in done.stderr
+        admin = Cli(srv, tmp_path, "admin")
+        assert admin("get", "vms").returncode == 0
+    finally:
+        srv.stop()
+
+
+def test_tls_with_another_ca_is_refused(server: Server, people: dict[str, Cli], tmp_path: Path) -> None:
+    other_ca, _ = make_ca(tmp_path / "other", "someone else's CA")
+    admin = people["admin"]
+    assert admin("get", "vms").returncode == 0
+    done = admin("--ca", str(other_ca), "get", "vms")
+    assert done.returncode == 4
+    assert "is not trusted by the CA in the CLI config" in done.stderr
+    plain = server.url.replace("https://", "http://")
+    with pytest.raises(httpx.TransportError):  # no plain HTTP on the TLS port
+        httpx.get(f"{plain}/readyz", timeout=5)
+
+
+def test_plain_http_is_refused_off_loopback(tmp_path: Path, etcd: EmbeddedEtcd) -> None:
+    done = subprocess.run([VIRTPLANE, "server", "--listen", f"0.0.0.0:{free_port()}", "--data-dir",
+                           str(tmp_path), "--etcd", etcd.endpoint, "--no-controllers", "--no-write-config"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "plain HTTP is only served on loopback" in done.stderr
+
+
+def test_service_account_tokens_are_bound_used_and_revoked(people: dict[str, Cli], tmp_path: Path) -> None:
+    admin = people["admin"]
+    made = admin("token", "create", "ci", "--description", "pipeline")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert secret.startswith("vpt_")
+    ci = Cli(Server("", tmp_path, None, tmp_path, admin.config), tmp_path, "ci")  # type: ignore[arg-type]
+    assert ci("--token", secret, "auth", "can-i", "list", "vm").returncode == 5  # no binding yet
+    binding = tmp_path / "ci.yaml"
+    binding.write_text("apiVersion: virtplane.io/v1\nkind: RoleBinding\nmetadata: {name: ci}\nspec:\n"
+                       "  role: viewer\n  subjects: [{kind: ServiceAccount, name: ci}]\n")
+    assert admin("apply", "-f", str(binding)).returncode == 0
+    deadline = time.monotonic() + 10  # the API's index follows a watch
+    while ci("--token", secret, "auth", "can-i", "list", "vm").returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    token_id = admin("token", "list").stdout.splitlines()[1].split()[0]
+    assert admin("token", "revoke", token_id).returncode == 0
+    assert ci("--token", secret, "get", "vms").returncode == 5
+
+
+def test_a_password_never_appears_in_logs_status_events_or_etcd(
+    server: Server, people: dict[str, Cli], directory: LabDirectoryInfo, etcd: EmbeddedEtcd
+) -> None:
+    passwords = {name: directory.user(name).password() for name in ("bob", "carol", "mallory")}
+    passwords["bind"] = directory.bind_password_file.read_text().strip()
+    for name in ("bob", "carol"):
+        assert login(people[name], directory, name).returncode == 0
+    assert login(people["bob"], directory, "bob", "Wr0ng-" + passwords["bob"]).returncode == 5
+    assert login(people["mallory"], directory, "mallory").returncode == 5
+    wrong = "Wr0ng-" + passwords["bob"]
+    everything = etcdctl_run(etcd.endpoint, "get", "--prefix", "/virtplane/")  # keys and values
+    admin = people["admin"]
+    seen = {
+        "etcd": everything,
+        "server log": server.log.read_text(),
+        "events": admin("events").stdout,
+        "audit": admin("audit").stdout,
+        "status": admin("get", "rolebindings", "-o", "yaml").stdout,
+    }
+    assert "login" in seen["audit"] and "/virtplane/sessions/" in everything  # we looked where they would be
+    for where, text in seen.items():
+        for name, secret in [*passwords.items(), ("wrong", wrong)]:
+            assert secret not in text, f"{name}'s password found in {where}"
+    # nor a session secret: etcd keys are hashes
+    assert json.loads(people["carol"].config.read_text())["token"] not in everything
