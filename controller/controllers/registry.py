@@ -3,7 +3,19 @@
 
 from __future__ import annotations
 
-from controller.controllers import cluster, disk, gluster, host, migration, network, pool, snapshot, storage, vm
+from controller.controllers import (
+    cluster,
+    disk,
+    gluster,
+    host,
+    migration,
+    network,
+    pool,
+    rbac,
+    snapshot,
+    storage,
+    vm,
+)
 from controller.runtime.registry import Registry
 
 
@@ -19,4 +31,6 @@ def default_registry() -> Registry:
         pool.CONTROLLER,
         snapshot.CONTROLLER,
         migration.CONTROLLER,
+        rbac.ROLE_CONTROLLER,
+        rbac.BINDING_CONTROLLER,
     ])
