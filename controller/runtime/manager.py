@@ -68,6 +68,7 @@ class Manager:
         self.rt.on_domain_event = self._on_domain_event
         self.rt.metrics.add_collector(self._metrics)
         self.reconciles: Counter[str] = Counter()  # reconciles run by this replica, by kind
+        self.resyncs_skipped = 0  # objects the periodic resync found in sync and did not queue
 
     # -- leadership -------------------------------------------------------------------------------
 
@@ -133,12 +134,25 @@ class Manager:
     async def _resync(self) -> None:
         while True:
             await anyio.sleep(self.options.resync_seconds)
-            self.resync_all()
+            self.resync_all(changed_only=True)
 
-    def resync_all(self) -> None:
+    def _on_gain(self, scope: str) -> None:
+        self.resync_all()  # everything, not only what looks out of sync: another replica acted meanwhile
+
+    def resync_all(self, *, changed_only: bool = False) -> int:
+        """Queue every object (at start, on gaining a scope), or with ``changed_only`` only those whose
+        controller cannot tell from the caches that they are in sync (the periodic resync). Returns how
+        many were queued."""
+        queued = 0
         for kind in self.registry.kinds:
+            in_sync = self.registry.controllers[kind].in_sync if changed_only else None
             for name in list(self.cache.specs[kind]):
+                if in_sync is not None and in_sync(self.rt, name):
+                    self.resyncs_skipped += 1
+                    continue
                 self.queue.add((kind, name))
+                queued += 1
+        return queued
 
     # -- diff -------------------------------------------------------------------------------------
 
@@ -188,7 +202,7 @@ class Manager:
             if controller.start is not None:
                 controller.start(self.rt)
         self._want_scopes(self.scope_of(kind, name) for kind in self.registry.kinds for name in self.cache.specs[kind])
-        self.elector.on_gain = lambda scope: self.resync_all()
+        self.elector.on_gain = self._on_gain
         self.resync_all()
         try:
             async with anyio.create_task_group() as tg:

@@ -37,9 +37,14 @@ from controller.adapters.libvirt.errors import ConflictError, ConnectionLost, Re
 from controller.adapters.libvirt.eventloop import ensure_event_loop
 from controller.adapters.libvirt.observe import (
     DomainEvent,
+    DomainListing,
+    DomainSummary,
+    FetchPredicate,
     job_from_stats,
     lifecycle_event,
     observe_domain_blocking,
+    reason_name,
+    state_name,
     version_string,
 )
 from reconcilers.domain import (
@@ -121,6 +126,7 @@ class HostConnection:
         self._event_ids: list[int] = []
         self._jobs_supported = True
         self._on_lost: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
+        self.generation = 0  # bumped on every (re)open: events may have been missed in between
 
     @classmethod
     def for_test_host(
@@ -200,6 +206,7 @@ class HostConnection:
                 err = classify(exc, host=self.name, op="open")
                 raise ConnectionLost(err.message, retry_after=delay, host=self.name, op="open") from exc
             self._conn, self._broken, self._failures, self._next_attempt = conn, False, 0, 0.0
+            self.generation += 1
             if self._subscribers:
                 self._register_events(conn)
             return conn
@@ -323,6 +330,37 @@ class HostConnection:
                     raise
         return out
 
+    async def list_domain_states(self, fetch: FetchPredicate) -> DomainListing:
+        """Every domain's state in two calls (``getAllDomainStats`` of the state group, the transient ones);
+        the XML of only those for which ``fetch(name, state, reason, persistent)`` says so. ``fetch`` runs in
+        the worker thread: give it a snapshot, not live structures."""
+        return await self._run("list_domain_states", partial(self._list_states_blocking, fetch=fetch))
+
+    def _list_states_blocking(self, conn: Conn, fetch: FetchPredicate) -> DomainListing:
+        self._count("getAllDomainStats")
+        stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
+        self._count("listAllDomains")
+        transient = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)}
+        states: dict[DomainName, DomainSummary] = {}
+        observed: dict[DomainName, ObservedDomain] = {}
+        for dom, values in stats:
+            name = DomainName(dom.name())
+            st = state_name(values["state.state"])
+            summary = DomainSummary(st, reason_name(st, values["state.reason"]), dom.UUIDString() not in transient)
+            states[name] = summary
+            if not fetch(name, summary):
+                continue
+            try:
+                observed[name] = observe_domain_blocking(
+                    self.name, dom, values["state.state"], values["state.reason"], summary.persistent,
+                    self._count, self._job,
+                )  # fmt: skip
+            except libvirt.libvirtError as exc:
+                if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:  # undefined since the listing: skip it
+                    raise
+                states.pop(name)
+        return DomainListing(states, observed)
+
     async def observe_domain(self, name: DomainName | str) -> ObservedDomain | None:
         return await self._run("observe_domain", lambda conn: self._observe_one_blocking(conn, name))
 
@@ -369,8 +407,21 @@ class HostConnection:
 
         return codec.parse_domain(await self._run("define", define))[0]
 
-    async def start_domain(self, name: DomainName | str) -> None:
-        await self._domain_call("start", name, lambda d: d.create())
+    async def start_domain(self, name: DomainName | str) -> DomainConfig | None:
+        """Start the domain; returns its live definition as QEMU runs it (None if it cannot be parsed)."""
+
+        def start(conn: Conn) -> str:
+            dom = self._domain(conn, name)
+            self._count("start")
+            dom.create()
+            self._count("XMLDesc")
+            return str(dom.XMLDesc(0))
+
+        xml = await self._run("start", start)
+        try:
+            return codec.parse_domain(xml)[0]
+        except codec.CodecError:
+            return None
 
     async def shutdown_domain(self, name: DomainName | str) -> None:
         """Ask the guest to power off (ACPI); observe the state later, don't wait here."""
