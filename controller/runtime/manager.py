@@ -68,6 +68,8 @@ class Manager:
         self.rt.on_domain_event = self._on_domain_event
         self.rt.metrics.add_collector(self._metrics)
         self.reconciles: Counter[str] = Counter()  # reconciles run by this replica, by kind
+        self._inflight: Counter[str | None] = Counter()  # reconciles running, by scope
+        self.elector.busy = lambda scope: self._inflight[scope] > 0
         self.resyncs_skipped = 0  # objects the periodic resync found in sync and did not queue
 
     # -- leadership -------------------------------------------------------------------------------
@@ -119,9 +121,11 @@ class Manager:
     async def _handle(self, key: Key) -> Result | None:
         kind, name = key
         controller = self.registry.get(kind)
-        if controller is None or not self.leads(kind, name):
+        scope = self.scope_of(kind, name)
+        if controller is None or (scope is not None and not self.elector.leads(scope)):
             return None  # another replica leads this object's scope
         self.reconciles[kind] += 1
+        self._inflight[scope] += 1  # the elector hands a scope over only between reconciles
         try:
             return await controller.reconcile(self.rt, name)
         except ConflictError:
@@ -130,6 +134,8 @@ class Manager:
             return None
         except StoreUnavailable as e:
             raise TransientError(str(e), retry_after=1.0) from e
+        finally:
+            self._inflight[scope] -= 1
 
     async def _resync(self) -> None:
         while True:
