@@ -67,8 +67,12 @@ class Elector:
                         for cluster in sorted(self.held):
                             self.on_gain(cluster)
                     return True
-            except StoreError as e:  # connection trouble: treat the lease as lost
+            except StoreError as e:
+                # etcd unreachable or electing a leader: the lease may well survive (a new raft leader
+                # extends every lease). Stop acting when validity runs out (leads()), keep the lease and
+                # the scopes, and refresh again next round; only a lease etcd says is gone is replaced.
                 log.warning("lease refresh failed: %s", e)
+                return False
         self.held.clear()
         self._valid_until = 0.0
         try:
