@@ -41,6 +41,8 @@ class Elector:
         self.lease_id = 0
         self._valid_until = 0.0
         self.on_gain: Callable[[str], None] = lambda cluster: None
+        # validity lapsed and came back with the lease intact (a slow loop): only what was skipped is owed
+        self.on_resume: Callable[[str], None] = lambda cluster: self.on_gain(cluster)
         self.busy: Callable[[str], bool] = lambda cluster: False  # a reconcile of this scope is running
         self.rounds = 0  # election rounds run (for observers: metrics, tests)
         self.replicas: set[str] = {identity}  # live replicas seen in the last round
@@ -63,9 +65,9 @@ class Elector:
                     self._valid_until = started + self.ttl / 2
                     if lapsed:
                         # Our lease survived but we had stopped acting (a slow loop): act again, and
-                        # let the owner re-queue what it skipped meanwhile.
+                        # let the owner re-queue what it skipped meanwhile (nobody else acted).
                         for cluster in sorted(self.held):
-                            self.on_gain(cluster)
+                            self.on_resume(cluster)
                     return True
             except StoreError as e:
                 # etcd unreachable or electing a leader: the lease may well survive (a new raft leader

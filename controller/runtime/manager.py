@@ -26,6 +26,7 @@ from controller.common.metrics import LabelValues, sample
 from controller.common.metrics import Registry as MetricsRegistry
 from controller.runtime.cache import Cache
 from controller.runtime.context import Key, Runtime
+from controller.runtime.events import EventSink
 from controller.runtime.executor import Executor
 from controller.runtime.hosts import HostRegistry
 from controller.runtime.leader import Elector
@@ -65,6 +66,8 @@ class Manager:
                           executor=Executor(registry.handlers), identity=options.identity,
                           secrets_dir=options.secrets_dir, lab_dir=options.lab_dir)
         self.rt.notify = self._dispatch
+        self.events = EventSink(store)
+        self.rt.events = self.events
         self.rt.on_domain_event = self._on_domain_event
         self.rt.metrics.add_collector(self._metrics)
         self.reconciles: Counter[str] = Counter()  # reconciles run by this replica, by kind
@@ -145,6 +148,9 @@ class Manager:
     def _on_gain(self, scope: str) -> None:
         self.resync_all()  # everything, not only what looks out of sync: another replica acted meanwhile
 
+    def _on_resume(self, scope: str) -> None:
+        self.resync_all(changed_only=True)  # our lease held throughout: only the keys skipped meanwhile
+
     def resync_all(self, *, changed_only: bool = False) -> int:
         """Queue every object (at start, on gaining a scope), or with ``changed_only`` only those whose
         controller cannot tell from the caches that they are in sync (the periodic resync). Returns how
@@ -209,10 +215,12 @@ class Manager:
                 controller.start(self.rt)
         self._want_scopes(self.scope_of(kind, name) for kind in self.registry.kinds for name in self.cache.specs[kind])
         self.elector.on_gain = self._on_gain
+        self.elector.on_resume = self._on_resume
         self.resync_all()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.elector.run)
+                tg.start_soon(self.events.run)
                 tg.start_soon(self.cache.watch, self._on_change)
                 tg.start_soon(self._resync)
                 tg.start_soon(run_workers, self.queue, self.options.workers, self._handle)

@@ -342,6 +342,34 @@ class Store:
                     raise
         raise AssertionError("unreachable")
 
+    async def emit_events(self, events: Sequence[Event]) -> Sequence[Event]:
+        """``emit_event`` for many events, in as few transactions as etcd's limits allow."""
+        now = self.clock()
+        stored: list[Event] = []
+        ops: list[tuple[bytes, bytes]] = []
+        for event in events:
+            uid = str(uuid4())
+            name = codec.event_name(now, uid)
+            done = event.model_copy(update={
+                "metadata": EventMeta(name=name, uid=uid),
+                "firstTimestamp": event.firstTimestamp or now,
+                "lastTimestamp": event.lastTimestamp or now,
+            })
+            stored.append(done)
+            ops.append(((codec.EVENTS + name).encode(), codec.encode_event(done)))
+        per_txn = max(1, self.limits.max_txn_ops)
+        for start in range(0, len(ops), per_txn):
+            chunk = ops[start:start + per_txn]
+            for attempt in (1, 2):
+                lease = await self._event_lease(renew=attempt == 2)
+                try:
+                    await self.kv.txn([], [op_put(key, value, lease) for key, value in chunk])
+                    break
+                except StoreError as exc:
+                    if attempt == 2 or "lease not found" not in str(exc):
+                        raise
+        return stored
+
     async def _event_lease(self, *, renew: bool) -> int:
         """One lease per interval (event_ttl / 10) for all events, not one per event."""
         loop = asyncio.get_running_loop()
