@@ -138,10 +138,10 @@ def _view(rt: Runtime, host: Host, exclude_vm: str) -> HostView:
     )
 
 
-def host_views(rt: Runtime, cluster: str, exclude_vm: str, override: Host | None = None) -> ClusterHostViews:
-    """The cluster's hosts for planning one VM (``override``: plan with this version of one Host instead of
-    the stored one — diff)."""
-    return ClusterHostViews(rt, cluster, exclude_vm, override)
+def host_views(rt: Runtime, cluster: str, exclude_vm: str, override: Host | None = None) -> tuple[HostView, ...]:
+    """Every host of the cluster as the scheduler sees it (``override``: plan with this version of one Host
+    instead of the stored one — diff)."""
+    return ClusterHostViews(rt, cluster, exclude_vm, override).all()
 
 
 def record_placement(rt: Runtime, vm: VirtualMachine, host: str | None) -> None:
@@ -179,7 +179,7 @@ def vm_inputs(
         status=vm_status,
         disks=disks,
         networks=resolve_networks(rt, vm) if vm else {},
-        hosts=host_views(rt, cluster, name, host_override) if vm else HostViews(),
+        hosts=ClusterHostViews(rt, cluster, name, host_override) if vm else HostViews(),
         policy=cluster_policy(rt, cluster),
         domains=dict(domains) if domains is not None else rt.hosts.locate(name),
         unreachable=unreachable,
