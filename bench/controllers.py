@@ -306,10 +306,12 @@ async def main_async(args: argparse.Namespace, base: Path) -> None:
             prof.enable()
         t0 = time.perf_counter()
         queued = manager.resync_all(changed_only=not args.full_resync)
+        t_compare = time.perf_counter() - t0
         drained = await wait_drained(manager, 120)
         t_resync = time.perf_counter() - t0
         kind = "full resync_all() (every key queued)" if args.full_resync else "periodic resync (changed only)"
-        print(f"\n(e) {kind}: {queued} keys queued, compare+drain {t_resync:.2f} s")
+        print(f"\n(e) {kind}: {queued} keys queued after comparing caches for {t_compare:.2f} s; "
+              f"compare+drain {t_resync:.2f} s")
         if prof is not None:
             prof.disable()
             prof.dump_stats(args.profile_resync)
