@@ -47,7 +47,7 @@ from controller.store._etcd import EtcdKV, compare_exists, compare_mod, op_delet
 from controller.store.apply import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, ApplyResult, Limits, apply_objects
 from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError
 from controller.store.leases import Leases
-from controller.store.watch import WatchEvent, watch_prefixes
+from controller.store.watch import Skip, WatchEvent, watch_prefixes
 from specs.event import Event, EventMeta
 from specs.meta import Resource, StatusBase
 
@@ -415,14 +415,16 @@ class Store:
         kinds: Sequence[str],
         parts: Sequence[str] = ("spec", "status"),
         known: Mapping[tuple[str, str], int] | None = None,
+        skip: Skip | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Changes to specs and/or statuses of ``kinds`` from ``start_revision`` on (see
         ``controller.store.watch``). ``known``: (kind, name) -> resourceVersion of the specs the consumer
-        listed, so that a re-list after compaction also reports those deleted meanwhile."""
+        listed, so that a re-list after compaction also reports those deleted meanwhile. ``skip``: PUTs not
+        to decode (the consumer's own writes)."""
         prefixes = [codec.kind_prefix(kind, part).decode() for part in ("spec", "status") if part in parts
                     for kind in kinds]
         keys = {codec.spec_key(k, n).decode(): rev for (k, n), rev in known.items()} if known is not None else None
-        return watch_prefixes(self.kv, prefixes, start_revision, known=keys)
+        return watch_prefixes(self.kv, prefixes, start_revision, known=keys, skip=skip)
 
     def watch_events(self, start_revision: int) -> AsyncGenerator[WatchEvent, None]:
         """Events stored from ``start_revision`` on."""
