@@ -323,24 +323,7 @@ class Store:
     async def emit_event(self, event: Event) -> Event:
         """Store ``event`` under /virtplane/events/<time>-<id> on a shared lease (it expires after
         event_ttl .. 1.1 * event_ttl). Sets metadata name/uid and missing timestamps."""
-        now = self.clock()
-        uid = str(uuid4())
-        name = codec.event_name(now, uid)
-        stored = event.model_copy(update={
-            "metadata": EventMeta(name=name, uid=uid),
-            "firstTimestamp": event.firstTimestamp or now,
-            "lastTimestamp": event.lastTimestamp or now,
-        })
-        key, value = (codec.EVENTS + name).encode(), codec.encode_event(stored)
-        for attempt in (1, 2):
-            lease = await self._event_lease(renew=attempt == 2)
-            try:
-                await self.kv.txn([], [op_put(key, value, lease)])
-                return stored
-            except StoreError as exc:
-                if attempt == 2 or "lease not found" not in str(exc):
-                    raise
-        raise AssertionError("unreachable")
+        return (await self.emit_events([event]))[0]
 
     async def emit_events(self, events: Sequence[Event]) -> Sequence[Event]:
         """``emit_event`` for many events, in as few transactions as etcd's limits allow."""

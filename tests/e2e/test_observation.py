@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,28 +19,20 @@ import libvirt
 import pytest
 
 from controller.adapters.libvirt.observe import DomainEvent
-from controller.controllers.registry import default_registry
 from controller.controllers.vm import FINALIZER as VM_FINALIZER
-from controller.runtime.manager import Manager, ManagerOptions
+from controller.runtime.manager import Manager
 from controller.store import Store
 from specs.kinds import parse_resource
 from specs.vm import VirtualMachineStatus
-from tests.e2e.helpers import cluster_doc, host_doc, vm_doc
+from tests.e2e.helpers import cluster_doc, host_doc, running_manager, vm_doc
 
 pytestmark = pytest.mark.anyio
 
 VMS = 12
 
 
-@asynccontextmanager
-async def running(store: Store, data_dir: Path) -> AsyncIterator[Manager]:
-    manager = Manager(store, default_registry(), ManagerOptions(data_dir=data_dir, identity="obs", workers=8))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(manager.run)
-        try:
-            yield manager
-        finally:
-            tg.cancel_scope.cancel()
+def running(store: Store, data_dir: Path) -> Any:
+    return running_manager(store, data_dir, identity="obs")
 
 
 async def until(what: str, probe: Any, timeout: float = 30.0) -> Any:
