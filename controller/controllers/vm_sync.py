@@ -4,7 +4,7 @@ queues only the VMs whose cached desired state and cached observation differ.
 A VM is in sync when its status describes its current generation and correlation id without an error,
 nothing is in flight for it (migration, HA restart, a request the guest must acknowledge), and its host's
 domain cache — trusted only when the host is Ready, listed on this connection, and the domain not marked
-dirty by an event — shows exactly one domain of ours, stamped with this generation, in the state its run
+dirty by an event — shows the domain of ours, stamped with this generation, in the state its run
 strategy asks for and its phase reports. Any doubt answers False: the resync queues it, and the reconcile
 decides.
 """
@@ -34,9 +34,8 @@ def vm_in_sync(rt: Runtime, name: str) -> bool:
     if (runtime is None or not runtime.ready or not runtime.last_listed or runtime.domains.dirty(name)
             or runtime.domains.listed_generation != runtime.conn.generation):
         return False
-    where = rt.hosts.locate(name)
-    domain = where.get(host)
-    if domain is None or len(where) != 1 or domain.owner is None:
+    domain = runtime.domains.get(name)  # a copy elsewhere shows up in that host's listing as a change
+    if domain is None or domain.owner is None:
         return False
     if domain.owner.uid != vm.metadata.uid or domain.owner.generation != vm.metadata.generation:
         return False
