@@ -207,5 +207,14 @@ async def preview_host(rt: Runtime, change: Change) -> Preview:
     return Preview(await preview_moves(rt, HostName(host.metadata.name), host))
 
 
+def host_in_sync(rt: Runtime, name: str) -> bool:
+    """The periodic resync owes nothing to a Ready host whose own next observation is already scheduled
+    (it requeues itself every HOST_RESYNC seconds)."""
+    runtime = rt.hosts.hosts.get(HostName(name))
+    host = rt.cache.get("Host", name, Host)
+    return (host is not None and runtime is not None and runtime.ready and runtime.uri == host.spec.uri
+            and rt.queue.scheduled(("Host", name)))
+
+
 CONTROLLER = Controller(kind="Host", reconcile=reconcile_host, scope=own_cluster, plan=preview_host,
-                        handlers=HANDLERS)
+                        handlers=HANDLERS, in_sync=host_in_sync)
