@@ -136,13 +136,15 @@ class Runtime:
             message=message,
             involvedObject=InvolvedObject(kind=obj.kind, name=obj.metadata.name, uid=obj.metadata.uid),
             correlationId=obj.metadata.correlationId,
+            user=obj.metadata.updatedBy,
             source=source,
         )
         self.counters["events"] += 1
         if self.events is None or not self.events.put(event):  # else written with others by the sink's task
             await self._store_event(event)
         log.info(
-            "%s %s/%s: %s [correlation %s]", reason, obj.kind, obj.metadata.name, message, obj.metadata.correlationId
+            "%s %s/%s: %s [correlation %s, user %s]", reason, obj.kind, obj.metadata.name, message,
+            obj.metadata.correlationId, obj.metadata.updatedBy or "-",
         )
 
     async def _store_event(self, event: Event) -> None:
