@@ -5,7 +5,7 @@ The chosen host goes into the VM's status, never into its spec.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -33,6 +33,40 @@ class HostView:
     storage_domains: frozenset[str] | None = None  # the domains the host reaches; None: unknown / all
     storage_notes: Mapping[str, str] = field(default_factory=dict)  # why it does not reach a domain
     networks: frozenset[str] | None = None
+
+
+class HostViews(Sequence[HostView]):
+    """The hosts a plan may consider. Naming them and looking one up are cheap; a subclass may build the
+    whole list only when a plan needs it (placing a VM, choosing a migration target)."""
+
+    def __init__(self, views: Sequence[HostView] = ()) -> None:
+        self._views = tuple(views)
+
+    def all(self) -> tuple[HostView, ...]:
+        return self._views
+
+    def names(self) -> frozenset[HostName]:
+        return frozenset(h.name for h in self.all())
+
+    def get(self, name: HostName) -> HostView | None:
+        return next((h for h in self.all() if h.name == name), None)
+
+    def __getitem__(self, index: int) -> HostView:  # type: ignore[override]
+        return self.all()[index]
+
+    def __len__(self) -> int:
+        return len(self.all())
+
+    def __iter__(self) -> Iterator[HostView]:
+        return iter(self.all())
+
+
+def host_names(hosts: Sequence[HostView]) -> frozenset[HostName]:
+    return hosts.names() if isinstance(hosts, HostViews) else frozenset(h.name for h in hosts)
+
+
+def host_view(hosts: Sequence[HostView], name: HostName) -> HostView | None:
+    return hosts.get(name) if isinstance(hosts, HostViews) else next((h for h in hosts if h.name == name), None)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from controller.runtime.context import Runtime
 from reconcilers.disk.plan import chap_usage, volume_name
 from reconcilers.domain import BlockSource, DiskSource, FileSource, HostName, NetworkSource, ObservedDomain
 from reconcilers.migration.plan import MigrationContext
-from reconcilers.scheduler import ClusterPolicy, HostView
+from reconcilers.scheduler import ClusterPolicy, HostView, HostViews
 from reconcilers.storage.backends import backend_for
 from reconcilers.vm.domain import ResolvedDisk, ResolvedNetwork
 from reconcilers.vm.plan import VmInputs
@@ -88,38 +88,72 @@ def cluster_policy(rt: Runtime, cluster: str) -> ClusterPolicy:
     return ClusterPolicy(policy=s.policy, cpu_overcommit=s.cpuOvercommit, memory_overcommit=s.memoryOvercommit)
 
 
+class ClusterHostViews(HostViews):
+    """The Hosts of one cluster as the scheduler sees them, built from the caches on demand: a plan for a VM
+    that stays where it runs looks up one host (its own); only placing or moving one builds them all."""
+
+    def __init__(self, rt: Runtime, cluster: str, exclude_vm: str, override: Host | None = None) -> None:
+        super().__init__()
+        self._rt, self._cluster, self._exclude, self._override = rt, cluster, exclude_vm, override
+        self._built: tuple[HostView, ...] | None = None
+        self._reach: tuple[dict[str, frozenset[str]], dict[str, dict[str, str]]] | None = None
+
+    def _storage(self) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, str]]]:
+        if self._reach is None:
+            self._reach = storage_reach(self._rt, self._cluster)
+        return self._reach
+
+    def _host(self, name: str) -> Host | None:
+        if self._override is not None and self._override.metadata.name == name:
+            return self._override
+        host = self._rt.cache.get("Host", name, Host)
+        return host if host is not None and host.spec.cluster == self._cluster else None
+
+    def names(self) -> frozenset[HostName]:
+        return frozenset(HostName(h.metadata.name) for h in self._rt.cache.all("Host", Host)
+                         if h.spec.cluster == self._cluster)
+
+    def get(self, name: HostName) -> HostView | None:
+        host = self._host(name)
+        return _view(self._rt, host, self._exclude, *self._storage()) if host is not None else None
+
+    def all(self) -> tuple[HostView, ...]:
+        if self._built is None:
+            hosts = (self._host(h.metadata.name) for h in self._rt.cache.all("Host", Host))
+            reach, notes = self._storage()
+            self._built = tuple(_view(self._rt, h, self._exclude, reach, notes) for h in hosts if h is not None)
+        return self._built
+
+
+def _view(rt: Runtime, host: Host, exclude_vm: str, reach: Mapping[str, frozenset[str]],
+          notes: Mapping[str, Mapping[str, str]]) -> HostView:
+    """Allocation from what is placed there (not from libvirt), leaving out the VM itself. Capacity is
+    what libvirt reports minus the host's spec.reserved; the storage domains it reaches from their status."""
+    name = host.metadata.name
+    runtime = rt.hosts.hosts.get(HostName(name))
+    observed = runtime.observed if runtime else None
+    cpus, memory, count, groups = rt.allocations.host(name, excluding=exclude_vm)
+    return HostView(
+        name=HostName(name),
+        cluster=host.spec.cluster,
+        ready=bool(runtime and runtime.ready),
+        maintenance=host.spec.maintenance,
+        labels=dict(host.metadata.labels),
+        cpus=max(0, (observed.cpus or 0) - host.spec.reserved.cpus) if observed else 0,
+        memory_bytes=max(0, (observed.memory_bytes or 0) - host.spec.reserved.memory_bytes) if observed else 0,
+        allocated_cpus=cpus,
+        allocated_memory_bytes=memory,
+        vm_count=count,
+        groups=groups,
+        storage_domains=reach.get(name, frozenset()),
+        storage_notes=dict(notes.get(name, {})),
+    )
+
+
 def host_views(rt: Runtime, cluster: str, exclude_vm: str, override: Host | None = None) -> tuple[HostView, ...]:
-    """Hosts with allocation from what is placed there (not from libvirt), leaving out the VM itself.
-    Capacity is what libvirt reports minus the host's spec.reserved. ``override``: plan with this version of
-    one Host instead of the stored one (diff)."""
-    views = []
-    reachable, notes = storage_reach(rt, cluster)
-    for stored in rt.cache.all("Host", Host):
-        host = override if override is not None and override.metadata.name == stored.metadata.name else stored
-        if host.spec.cluster != cluster:
-            continue
-        name = host.metadata.name
-        runtime = rt.hosts.hosts.get(HostName(name))
-        observed = runtime.observed if runtime else None
-        cpus, memory, count, groups = rt.allocations.host(name, excluding=exclude_vm)
-        views.append(
-            HostView(
-                name=HostName(name),
-                cluster=host.spec.cluster,
-                ready=bool(runtime and runtime.ready),
-                maintenance=host.spec.maintenance,
-                labels=dict(host.metadata.labels),
-                cpus=max(0, (observed.cpus or 0) - host.spec.reserved.cpus) if observed else 0,
-                memory_bytes=max(0, (observed.memory_bytes or 0) - host.spec.reserved.memory_bytes) if observed else 0,
-                allocated_cpus=cpus,
-                allocated_memory_bytes=memory,
-                vm_count=count,
-                groups=groups,
-                storage_domains=reachable.get(name, frozenset()),
-                storage_notes=notes.get(name, {}),
-            )
-        )
-    return tuple(views)
+    """Every host of the cluster as the scheduler sees it (``override``: plan with this version of one Host
+    instead of the stored one — diff)."""
+    return ClusterHostViews(rt, cluster, exclude_vm, override).all()
 
 
 def storage_reach(rt: Runtime, cluster: str) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, str]]]:
@@ -176,7 +210,7 @@ def vm_inputs(
         status=vm_status,
         disks=disks,
         networks=resolve_networks(rt, vm) if vm else {},
-        hosts=host_views(rt, cluster, name, host_override) if vm else (),
+        hosts=ClusterHostViews(rt, cluster, name, host_override) if vm else HostViews(),
         policy=cluster_policy(rt, cluster),
         domains=dict(domains) if domains is not None else rt.hosts.locate(name),
         unreachable=unreachable,

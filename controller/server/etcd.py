@@ -62,6 +62,8 @@ class EmbeddedEtcd:
         auto_compaction_retention: str | None = None,
         binary: str = ETCD_BINARY,
         start_timeout: float = 30.0,
+        name: str = "virtplane",
+        initial_cluster: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -73,6 +75,8 @@ class EmbeddedEtcd:
         self.auto_compaction_retention = auto_compaction_retention
         self.binary = binary
         self.start_timeout = start_timeout
+        self.name = name
+        self.initial_cluster = initial_cluster  # "name=peer-url,..." of every member; None: a cluster of one
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- public face ---------------------------------------------------------------------------
@@ -81,6 +85,10 @@ class EmbeddedEtcd:
     def endpoint(self) -> str:
         """Client URL, e.g. ``http://127.0.0.1:23790``."""
         return f"http://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def log_path(self) -> Path:
@@ -98,6 +106,13 @@ class EmbeddedEtcd:
         """Spawn etcd and return once ``/health`` answers true; raise EtcdServerError otherwise."""
         if self.running:
             return
+        self.spawn()
+        self.wait_healthy()
+
+    def spawn(self) -> None:
+        """Start the process without waiting (a cluster member is healthy only once a quorum runs)."""
+        if self.running:
+            return
         if not os.access(self.binary, os.X_OK):
             raise EtcdServerError(f"etcd binary {self.binary} not found or not executable "
                                   "(install Debian's etcd-server)")
@@ -112,6 +127,8 @@ class EmbeddedEtcd:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # our Ctrl-C is not etcd's; we stop it ourselves
             )
+
+    def wait_healthy(self) -> None:
         try:
             self._wait_healthy()
         except BaseException:
@@ -159,18 +176,20 @@ class EmbeddedEtcd:
         peer = f"http://{self.host}:{self.peer_port}"
         cmd = [
             self.binary,
-            "--name", "virtplane",
+            "--name", self.name,
             "--data-dir", str(self.data_dir / "etcd"),
             "--listen-client-urls", self.endpoint,
             "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"virtplane={peer}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
             "--initial-cluster-state", "new",
             "--max-txn-ops", str(self.max_txn_ops),
             "--max-request-bytes", str(self.max_request_bytes),
             "--quota-backend-bytes", str(self.quota_backend_bytes),
         ]
+        if self.initial_cluster is not None:
+            cmd += ["--initial-cluster-token", "virtplane"]
         if self.auto_compaction_retention is not None:
             cmd += ["--auto-compaction-mode", "revision",
                     "--auto-compaction-retention", self.auto_compaction_retention]
@@ -206,3 +225,52 @@ class EmbeddedEtcd:
         with contextlib.suppress(OSError), open(self.log_path, "rb") as log:
             return b"".join(deque(log, maxlen=lines)).decode(errors="replace")
         return "(no log)"
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback, each with its own data directory and ports, for tests and
+    benches of a replicated store (a real deployment runs its own cluster and passes every endpoint to
+    ``virtplane server --etcd``). Members are stopped and killed by PID."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], size: int = 3, **options: object) -> None:
+        base = Path(data_dir)
+        self.members = [EmbeddedEtcd(base / f"member-{i}", name=f"m{i}", **options)  # type: ignore[arg-type]
+                        for i in range(size)]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for m in self.members:
+            m.initial_cluster = initial
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    @property
+    def max_txn_ops(self) -> int:
+        return self.members[0].max_txn_ops
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.members[0].max_request_bytes
+
+    def start(self) -> None:
+        try:
+            for m in self.members:
+                m.spawn()
+            for m in self.members:
+                m.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def __enter__(self) -> EtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

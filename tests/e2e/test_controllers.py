@@ -14,8 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,7 @@ import anyio
 import libvirt
 import pytest
 
-from controller.controllers.registry import default_registry
-from controller.runtime.manager import Manager, ManagerOptions
+from controller.runtime.manager import Manager
 from controller.server.etcd import EmbeddedEtcd
 from controller.store import Store
 from tests.e2e.conftest import REPO, ServerProcess, Vp, etcdctl_run, start_server
@@ -35,6 +33,7 @@ from tests.e2e.helpers import (
     host_doc,
     is_ready,
     manifest,
+    running_manager,
     vm_doc,
     wait_for,
     write,
@@ -447,17 +446,6 @@ def test_examples_converge(cli: Cli, tmp_path: Path) -> None:
 
 
 # -- libvirt's own view: the Manager in-process, checked through libvirt's API ----------------------
-
-@asynccontextmanager
-async def running_manager(store: Store, data_dir: Path) -> AsyncIterator[Manager]:
-    manager = Manager(store, default_registry(), ManagerOptions(data_dir=data_dir, identity="inproc-e2e", workers=8))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(manager.run)
-        try:
-            yield manager
-        finally:
-            tg.cancel_scope.cancel()
-
 
 async def running_manager_alive(manager: Manager) -> bool:
     return manager.rt is not None
