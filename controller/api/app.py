@@ -522,4 +522,6 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/api/v1/{plural}/{name}", r("delete", api.delete_object), methods=["DELETE"]),
         Route("/api/v1/{plural}/{name}/status", r("status", api.get_status), methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_CorrelationEcho)])
+    app = Starlette(routes=routes, middleware=[Middleware(_CorrelationEcho)])
+    app.state.api = api  # for the web console (controller.ui), which calls these handlers in-process
+    return app
