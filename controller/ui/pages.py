@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 
 PAGE_SIZES = (25, 50, 100, 200)
 DEFAULT_LIMIT = 50
-NAV = ("Cluster", "Host", "VirtualMachine", "Migration", "StorageDomain", "Snapshot", "Disk", "Network",
-       "VirtualMachinePool", "Role", "RoleBinding")
 
 
 def _int(value: str | None, default: int, low: int, high: int) -> int:
@@ -61,7 +59,7 @@ class Pages:
         info = KINDS["Cluster"]
         cols = columns(info)
         rows = [{"name": o["metadata"]["name"], "cells": [cell(o, c) for c in cols]} for o in body["items"]]
-        return await self.c.page(request, "list.html", info=info, nav=NAV, columns=cols, rows=rows,
+        return await self.c.page(request, "list.html", info=info, columns=cols, rows=rows,
                                  total=len(rows), page=1, pages=1, limit=len(rows), selector="",
                                  revision=body["metadata"]["resourceVersion"], title="Clusters", links={})
 
@@ -89,7 +87,7 @@ class Pages:
             return f"/ui/{info.plural}/?{urlencode(query)}"
 
         return await self.c.page(
-            request, "list.html", info=info, nav=NAV, columns=cols, rows=rows, total=len(items), page=page,
+            request, "list.html", info=info, columns=cols, rows=rows, total=len(items), page=page,
             pages=pages, limit=limit, selector=selector, revision=body["metadata"]["resourceVersion"],
             title=info.kind, links={"prev": link(page - 1) if page > 1 else None,
                                     "next": link(page + 1) if page < pages else None},
@@ -112,7 +110,7 @@ class Pages:
         status = obj.get("status") or {}
         related = await self._related(request, secret, info.kind, name, obj)
         return await self.c.page(
-            request, "detail.html", info=info, nav=NAV, obj=obj, name=name, title=f"{info.kind} {name}",
+            request, "detail.html", info=info, obj=obj, name=name, title=f"{info.kind} {name}",
             fields=[(c.header, cell(obj, c)) for c in cols], conditions=status.get("conditions") or [],
             git_yaml=as_yaml(_git_view(obj)), status_yaml=as_yaml(status) if status else "",
             events=list(reversed((events or {}).get("items", [])))[:50], related=related,
@@ -153,14 +151,14 @@ class Pages:
         if code != 200:
             return await self.c.error(request, code, body)
         items = list(reversed(body["items"]))
-        return await self.c.page(request, "events.html", nav=NAV, title="Events", events=items, query=query,
+        return await self.c.page(request, "events.html", title="Events", events=items, query=query,
                                  plural_of={k: i.plural for k, i in KINDS.items()})
 
     async def diff_form(self, request: Request) -> Response:
         secret = await self.c.signed_in(request)
         if isinstance(secret, Response):
             return secret
-        return await self.c.page(request, "diff.html", nav=NAV, title="Plan a change", manifest="", changes=None,
+        return await self.c.page(request, "diff.html", title="Plan a change", manifest="", changes=None,
                                  problem="")
 
     async def diff(self, request: Request) -> Response:
@@ -177,7 +175,7 @@ class Pages:
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"line {mark.line + 1}: " if mark is not None else ""
-            return await self.c.page(request, "diff.html", code=400, nav=NAV, title="Plan a change",
+            return await self.c.page(request, "diff.html", code=400, title="Plan a change",
                                      manifest=manifest, changes=None, problem=f"{where}not YAML: {e}")
         code, body = await self.calls.call(request, "apply", secret, query={"dryRun": "true"},
                                            body={"objects": docs})
@@ -185,10 +183,10 @@ class Pages:
             error = (body or {}).get("error", {})
             problems = [f"object {p.get('index', 0) + 1}: {p.get('field') or '(object)'}: {p.get('message')}"
                         for p in error.get("details", {}).get("problems", [])]
-            return await self.c.page(request, "diff.html", code=code, nav=NAV, title="Plan a change",
+            return await self.c.page(request, "diff.html", code=code, title="Plan a change",
                                      manifest=manifest, changes=None,
                                      problem="; ".join([error.get("message", "refused"), *problems]))
         changes = [c | {"diff": _diff_lines(c)} for c in body["changes"]]
-        return await self.c.page(request, "diff.html", nav=NAV, title="Plan a change", manifest=manifest,
+        return await self.c.page(request, "diff.html", title="Plan a change", manifest=manifest,
                                  changes=changes, problem="", text=text)
 

@@ -20,6 +20,10 @@ STATIC = Path(__file__).parent / "static"
 
 env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
                   trim_blocks=True, lstrip_blocks=True)
+# The kinds in the navigation bar, in the order an operator looks at them.
+NAV = ("Cluster", "Host", "VirtualMachine", "Migration", "StorageDomain", "Snapshot", "Disk", "Network",
+       "VirtualMachinePool", "Role", "RoleBinding")
+env.globals["nav"] = [(kind, KINDS[kind].plural) for kind in NAV[1:]]
 
 
 @dataclass(frozen=True)
