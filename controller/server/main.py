@@ -185,6 +185,7 @@ async def _announce(
         lines.append(f"TLS: self-signed certificate {ca} (the CLI config names it as the CA)")
     if options.directory_config:
         lines.append(f"directory login: {options.directory_config}")
+        lines.append(f"web console: {url}/ui/ (log in with a directory account)")
     if options.write_config:
         path = write_client_config(ClientConfig(server=url, token=token, ca=str(ca) if ca else None))
         lines.append(f"CLI config written to {path} (mode 0600)")

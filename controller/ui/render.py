@@ -101,11 +101,19 @@ def columns(info: KindInfo) -> list[Column | Bar]:
     return out + list(EXTRA.get(info.kind, ()))
 
 
+# Columns that hold a number of bytes, shown as KiB/MiB/GiB (here and by console.js).
+BYTE_PATHS = frozenset({"status.capacity.memory", "status.capacity", "status.available", "status.allocation",
+                        "status.dataRemaining", "status.memory"})
+
+
 def cell(obj: dict[str, Any], column: Column | Bar) -> dict[str, Any]:
     if isinstance(column, Bar):
         return {"bar": True, "num": column.num, "den": column.den or "", "free": column.free,
                 "unit": column.unit, **bar_value(obj, column)}
-    return {"bar": False, "path": column.path, "text": text(lookup(obj, column.path))}
+    value = lookup(obj, column.path)
+    if column.path in BYTE_PATHS and isinstance(value, int):
+        return {"bar": False, "path": column.path, "text": human_bytes(value), "unit": "bytes"}
+    return {"bar": False, "path": column.path, "text": text(value), "unit": ""}
 
 
 def as_yaml(value: Any) -> str:

@@ -75,7 +75,8 @@
       holder.querySelectorAll("[data-path]").forEach(function (cell) {
         var r = rootOf(cell.dataset.path);
         if ((root === "status") !== (r === "status")) { return; }
-        var value = text(lookup(whole, cell.dataset.path));
+        var raw = lookup(whole, cell.dataset.path);
+        var value = cell.dataset.unit === "bytes" && typeof raw === "number" ? bytes(raw) : text(raw);
         if (cell.textContent !== value) { cell.textContent = value; }
       });
       holder.querySelectorAll(".bar").forEach(function (bar) {
