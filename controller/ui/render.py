@@ -39,10 +39,12 @@ class Bar:
 
 
 # Columns the console adds to `virtplane get`'s: load and capacity as bars.
-EXTRA: dict[str, tuple[Bar, ...]] = {
+EXTRA: dict[str, tuple[Column | Bar, ...]] = {
     "Host": (Bar("CPU allocated", "status.allocation.cpus", "status.capacity.cpus"),
-             Bar("Memory allocated", "status.allocation.memory", "status.capacity.memory", unit="bytes")),
-    "StorageDomain": (Bar("Used", "status.available", "status.capacity", free=True, unit="bytes"),),
+             Bar("Memory allocated", "status.allocation.memory", "status.capacity.memory", unit="bytes"),
+             Column("POWER", "status.power.operation"), Column("POWER STATE", "status.power.state")),
+    "StorageDomain": (Bar("Used", "status.available", "status.capacity", free=True, unit="bytes"),
+                      Column("ACTIVE ON", "status.readyHosts"), Column("FAILED ON", "status.failedHosts")),
 }
 
 

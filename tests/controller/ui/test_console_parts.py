@@ -10,7 +10,7 @@ from controller.ui.app import _safe_next
 from controller.ui.live import _revision, start_revision
 from controller.ui.render import EXTRA, Bar, bar_value, cell, columns, human_bytes
 from controller.ui.session import csrf_ok, csrf_token
-from specs.kinds import KINDS
+from specs.kinds import KINDS, Column
 
 HOST = {"metadata": {"name": "h1"}, "spec": {"maintenance": False, "cluster": "prod"},
         "status": {"phase": "Ready", "capacity": {"cpus": 64, "memory": 256 << 30},
@@ -27,7 +27,8 @@ HOST = {"metadata": {"name": "h1"}, "spec": {"maintenance": False, "cluster": "p
     (EXTRA["Host"][0], {"status": {"capacity": {"cpus": 0}, "allocation": {"cpus": 1}}}, None, "—"),  # no /0
     (EXTRA["Host"][0], {"status": {"capacity": {"cpus": 4}, "allocation": {"cpus": 8}}}, 100, "8 / 4 (100%)"),
 ])
-def test_bars(bar: Bar, obj: dict, percent: int | None, label: str) -> None:  # type: ignore[type-arg]
+def test_bars(bar: Column | Bar, obj: dict, percent: int | None, label: str) -> None:  # type: ignore[type-arg]
+    assert isinstance(bar, Bar)
     assert bar_value(obj, bar) == {"percent": percent, "label": label}
 
 
@@ -35,7 +36,7 @@ def test_host_row_has_get_columns_then_bars_and_paths_for_live_updates() -> None
     cols = columns(KINDS["Host"])
     headers = [c.header for c in cols]
     assert headers[:5] == ["NAME", "CLUSTER", "PHASE", "MAINTENANCE", "VMS"] and "AGE" not in headers
-    assert headers[-2:] == ["CPU allocated", "Memory allocated"]
+    assert headers[-4:] == ["CPU allocated", "Memory allocated", "POWER", "POWER STATE"]
     cells = {c.header: cell(HOST, c) for c in cols}
     assert cells["MAINTENANCE"] == {"bar": False, "path": "spec.maintenance", "text": "no", "unit": ""}
     assert cells["MEMORY"]["text"] == "256.0 GiB" and cells["MEMORY"]["unit"] == "bytes"
