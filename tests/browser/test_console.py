@@ -165,6 +165,11 @@ def test_a_viewer_is_refused_a_migration_and_nothing_is_written(world: World, br
     login(browser, world.url, "carol", world.password("carol"))
     wait_for("logged in", lambda: heading(browser).startswith("Clusters"))
     browser.get(f"{world.url}/ui/virtualmachines/vm-001")
+    wait_for("vm-001's conditions", lambda: "Ready" in [th.text for th in browser.find_elements(
+        By.CSS_SELECTOR, "table.conditions tbody th")] or browser.refresh())
+    host = browser.find_element(By.CSS_SELECTOR, '[data-obj="VirtualMachine/vm-001"] [data-path="status.host"]')
+    assert host.text in ("h1", "h2")
+    assert "kind: VirtualMachine" in browser.find_element(By.CSS_SELECTOR, "pre.yaml").text
     screenshot(browser, "vm-detail")
     browser.find_element(By.ID, "migrate").click()
     wait_for("the refusal", lambda: heading(browser).startswith("403"))

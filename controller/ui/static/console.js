@@ -92,7 +92,16 @@
   var url = "/ui/stream?kinds=" + encodeURIComponent(kinds) + "&resourceVersion=" + (revision + 1);
   var source = new EventSource(url);
   source.onopen = function () { window.vpConsole.state = "live"; say("Live"); };
-  source.onerror = function () { window.vpConsole.state = "reconnecting"; say("Reconnecting…"); };
+  source.onerror = function () {
+    // A network error: the browser reconnects by itself (Last-Event-ID). A refusal (401, 403) closes it.
+    if (source.readyState === EventSource.CLOSED) {
+      window.vpConsole.state = "closed";
+      say("Not live (session expired, or your role may not watch these objects): reload to see changes");
+    } else {
+      window.vpConsole.state = "reconnecting";
+      say("Reconnecting…");
+    }
+  };
   source.onmessage = function (message) {
     var event = JSON.parse(message.data);
     window.vpConsole.revision = event.revision;
