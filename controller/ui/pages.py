@@ -60,10 +60,11 @@ class Pages:
         cols = columns(info)
         rows = [{"name": o["metadata"]["name"], "cells": [cell(o, c) for c in cols]} for o in body["items"]]
         return await self.c.page(request, "list.html", info=info, columns=cols, rows=rows,
-                                 total=len(rows), page=1, pages=1, limit=len(rows), selector="",
+                                 total=len(rows), first="", last="", limit=len(rows), selector="",
                                  revision=body["metadata"]["resourceVersion"], title="Clusters", links={})
 
     async def listing(self, request: Request) -> Response:
+        """A page of a kind's objects, by name, read as one page from the API (``?limit=&continue=``)."""
         secret = await self.c.signed_in(request)
         if isinstance(secret, Response):
             return secret
@@ -72,25 +73,32 @@ class Pages:
             return await self.c.error(request, 404, {"error": {"reason": "NotFound", "message": "no such page"}})
         selector = request.query_params.get("labelSelector", "").strip()
         limit = _int(request.query_params.get("limit"), DEFAULT_LIMIT, 1, max(PAGE_SIZES))
-        code, body = await self._list(request, secret, info.plural, selector)
+        query = {"limit": str(limit)} | ({"labelSelector": selector} if selector else {})
+        for key in ("continue", "before"):
+            if request.query_params.get(key):
+                query[key] = request.query_params[key]
+        code, body = await self.calls.call(request, "list", secret, query=query, plural=info.plural)
         if code != 200:
             return await self.c.error(request, code, body)
-        items = sorted(body["items"], key=lambda o: o["metadata"]["name"])
-        pages = max(1, -(-len(items) // limit))
-        page = _int(request.query_params.get("page"), 1, 1, pages)
-        shown = items[(page - 1) * limit: page * limit]
+        meta = body["metadata"]
         cols = columns(info)
-        rows = [{"name": o["metadata"]["name"], "cells": [cell(o, c) for c in cols]} for o in shown]
+        rows = [{"name": o["metadata"]["name"], "cells": [cell(o, c) for c in cols]} for o in body["items"]]
 
-        def link(to_page: int) -> str:
-            query = {"page": str(to_page), "limit": str(limit)} | ({"labelSelector": selector} if selector else {})
-            return f"/ui/{info.plural}/?{urlencode(query)}"
+        def link(key: str, name: str | None) -> str | None:
+            if name is None:
+                return None
+            rest = {"limit": str(limit)} | ({"labelSelector": selector} if selector else {})
+            return f"/ui/{info.plural}/?{urlencode(rest | {key: name})}"
 
+        first = rows[0]["name"] if rows else ""
         return await self.c.page(
-            request, "list.html", info=info, columns=cols, rows=rows, total=len(items), page=page,
-            pages=pages, limit=limit, selector=selector, revision=body["metadata"]["resourceVersion"],
-            title=info.kind, links={"prev": link(page - 1) if page > 1 else None,
-                                    "next": link(page + 1) if page < pages else None},
+            request, "list.html", info=info, columns=cols, rows=rows, total=meta.get("total", len(rows)),
+            first=first, last=rows[-1]["name"] if rows else "", limit=limit, selector=selector,
+            revision=meta["resourceVersion"], title=info.kind,
+            links={"prev": link("before", meta.get("previous")), "next": link("continue", meta.get("continue")),
+                   "first": f"/ui/{info.plural}/?" + urlencode({k: v for k, v in query.items()
+                                                                if k in ("limit", "labelSelector")})
+                   if meta.get("previous") else None},
             page_sizes=PAGE_SIZES)
 
     async def detail(self, request: Request) -> Response:

@@ -132,7 +132,10 @@ def test_login_pages_live_update_event_to_object_and_logout(world: World, browse
     # VMs: paged on the server, filtered by label selector.
     browser.get(f"{world.url}/ui/virtualmachines/")
     assert len(browser.find_elements(By.CSS_SELECTOR, "table.objects tbody tr")) == 50
-    assert "Page 1 of 2" in browser.find_element(By.CSS_SELECTOR, "nav.pager").text
+    assert "50 of 60: vm-000 to vm-049" in browser.find_element(By.CSS_SELECTOR, "nav.pager").text
+    browser.find_element(By.CSS_SELECTOR, 'nav.pager a[rel="next"]').click()
+    wait_for("page 2", lambda: "10 of 60: vm-050 to vm-059" in browser.find_element(By.CSS_SELECTOR, "nav.pager").text)
+    browser.get(f"{world.url}/ui/virtualmachines/")
     box = browser.find_element(By.ID, "labelSelector")
     box.send_keys("tier=web", Keys.ENTER)  # the keyboard alone
     wait_for("filtered list", lambda: "labelSelector=tier%3Dweb" in browser.current_url)
@@ -214,10 +217,15 @@ def console_session(world: World, user: str) -> Iterator[httpx.Client]:
 
 def test_read_pages_work_without_javascript_and_writes_need_the_csrf_token(world: World) -> None:
     with console_session(world, "bob") as http:
-        page = http.get("/ui/virtualmachines/?labelSelector=tier%3Dweb&limit=5&page=2")
+        web = [f"vm-{i:03d}" for i in range(0, VMS, 3)]
+        page = http.get("/ui/virtualmachines/?labelSelector=tier%3Dweb&limit=5")
+        assert re.findall(r'data-obj="VirtualMachine/(vm-\d+)"', page.text) == web[:5]
+        following = re.search(r'rel="next" href="([^"]+)"', page.text)
+        assert following is not None
+        page = http.get(following.group(1).replace("&amp;", "&"))
         assert page.status_code == 200
-        assert re.findall(r'data-obj="VirtualMachine/(vm-\d+)"', page.text) == [
-            f"vm-{i:03d}" for i in range(0, VMS, 3)][5:10]
+        assert re.findall(r'data-obj="VirtualMachine/(vm-\d+)"', page.text) == web[5:10]
+        assert f"5 of {len(web)}: vm-015 to vm-027" in page.text
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
         assert csrf is not None
         forged = http.post("/ui/virtualmachines/vm-003/migrate", data={"targetHost": "h1"})
