@@ -9,8 +9,9 @@ filtered, and only the page is returned.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from controller.store import codec
 from controller.store._etcd import EtcdKV, prefix_end
@@ -28,7 +29,7 @@ class Page:
 
 
 async def list_page(kv: EtcdKV, kind: str, *, limit: int, after: str | None = None, before: str | None = None,
-                    matches: Callable[[Resource], bool] | None = None) -> Page:
+                    matches: Callable[[Mapping[str, str]], bool] | None = None) -> Page:
     prefix = codec.kind_prefix(kind)
     end = prefix_end(prefix)
     if matches is not None:
@@ -49,21 +50,32 @@ async def list_page(kv: EtcdKV, kind: str, *, limit: int, after: str | None = No
     return Page(items, statuses, revision, total, more_after, more_before and bool(items))
 
 
-def slice_by_name(items: list[Resource], limit: int, after: str | None, before: str | None
-                  ) -> tuple[list[Resource], bool, bool]:
+T = TypeVar("T")
+
+
+def slice_by_name(items: list[T], limit: int, after: str | None, before: str | None,
+                  name: Callable[[T], str] = lambda r: r.metadata.name,  # type: ignore[attr-defined]
+                  ) -> tuple[list[T], bool, bool]:
     """The page of ``items`` (sorted by name) after or before a name: (page, more before, more after)."""
     if before is not None:
-        ahead = [r for r in items if r.metadata.name < before]
+        ahead = [r for r in items if name(r) < before]
         return ahead[-limit:], len(ahead) > limit, True
-    rest = [r for r in items if after is None or r.metadata.name > after]
+    rest = [r for r in items if after is None or name(r) > after]
     return rest[:limit], len(rest) < len(items), len(rest) > limit
 
 
 async def _filtered(kv: EtcdKV, kind: str, limit: int, after: str | None, before: str | None,
-                    matches: Callable[[Resource], bool]) -> Page:
+                    matches: Callable[[Mapping[str, str]], bool]) -> Page:
+    """Labels are matched on the stored JSON; only the page's objects are validated into models."""
     kvs, revision = await kv.range_prefix(codec.kind_prefix(kind))
-    every = [r for r in (codec.decode_resource(i.value, i.mod_revision) for i in kvs) if matches(r)]
-    items, more_before, more_after = slice_by_name(every, limit, after, before)
+    prefix = len(codec.kind_prefix(kind))
+    every: list[tuple[str, Any]] = []
+    for item in kvs:
+        raw = codec.decode_raw(item.value)
+        if matches((raw.get("metadata") or {}).get("labels") or {}):
+            every.append((bytes(item.key)[prefix:].decode(), (raw, item.mod_revision)))
+    chosen, more_before, more_after = slice_by_name(every, limit, after, before, name=lambda e: e[0])
+    items = [codec.resource_from_raw(raw, rev) for _, (raw, rev) in chosen]
     return Page(items, await _statuses(kv, kind, items, revision), revision, len(every), more_after,
                 more_before)
 

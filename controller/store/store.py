@@ -166,8 +166,8 @@ class Store:
     async def list_page(self, kind: str, *, limit: int, after: str | None = None, before: str | None = None,
                         selector: Selector | None = None) -> Page:
         """``limit`` objects of ``kind`` after (or before) a name, with their statuses, at one revision."""
-        matches = (lambda r: selector.matches(r.metadata.labels)) if selector is not None else None
-        return await list_page(self.kv, kind, limit=limit, after=after, before=before, matches=matches)
+        return await list_page(self.kv, kind, limit=limit, after=after, before=before,
+                               matches=selector.matches if selector is not None else None)
 
     async def load_all(self, kinds: Sequence[str]) -> Snapshot:
         """Every spec and status of ``kinds`` at ONE revision (the first read's; later reads are pinned to
