@@ -20,11 +20,11 @@ from controller.ui.session import (
     session_secret,
     set_session_cookie,
 )
+from reconcilers.snapshot.plan import REVERT_ANNOTATION  # the one `virtplane snapshot revert` sets
 
 if TYPE_CHECKING:
     from controller.api.app import Api
 
-REVERT_ANNOTATION = "virtplane.io/revert-requested"  # the one `virtplane snapshot revert` sets
 
 
 class Console:

@@ -281,3 +281,28 @@ def test_a_logged_out_stream_and_page_ask_for_a_login(world: World) -> None:
         http.cookies.set("vp_session", "vps_not-a-session", path="/ui")
         stale = http.get("/ui/hosts/", follow_redirects=False)
         assert stale.status_code == 303 and 'vp_session=""' in stale.headers["set-cookie"]
+
+
+def test_snapshot_revert_is_the_clis_request_and_needs_a_role_that_may_update(world: World) -> None:
+    world.api.put({"apiVersion": "virtplane.io/v1", "kind": "Snapshot", "metadata": {"name": "snap-6"},
+                   "spec": {"vm": "vm-006"}})
+    # libvirt's test driver takes no disk snapshots: what is checked is the request, the annotation
+    # `virtplane snapshot revert` writes (its effect on lab hosts: tests/lab/test_snapshots.py).
+    with console_session(world, "carol") as http:
+        page = http.get("/ui/snapshots/snap-6")
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+        assert csrf is not None and 'action="/ui/snapshots/snap-6/revert"' in page.text
+        refused = http.post("/ui/snapshots/snap-6/revert", data={"csrf": csrf.group(1)})
+        assert refused.status_code == 403 and "carol may not update Snapshot/snap-6" in refused.text
+        assert "virtplane.io/revert-requested" not in (world.api.get("snapshots", "snap-6")["metadata"]
+                                                       .get("annotations") or {})
+    with console_session(world, "bob") as http:
+        page = http.get("/ui/snapshots/snap-6")
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+        assert csrf is not None
+        done = http.post("/ui/snapshots/snap-6/revert", data={"csrf": csrf.group(1)})
+        assert done.status_code == 303 and done.headers["location"].startswith("/ui/snapshots/snap-6?reverted=")
+    stored = world.api.get("snapshots", "snap-6")
+    requested = stored["metadata"]["annotations"]["virtplane.io/revert-requested"]
+    assert stored["metadata"]["updatedBy"] == "bob" and stored["spec"]["vm"] == "vm-006"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", requested)
