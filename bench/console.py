@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 import yaml
-from common import REPO, load_note, start_etcd, start_server, stop_on_sigterm
+from common import REPO, load_note, pct, start_etcd, start_server, stop_on_sigterm
 
 sys.path.insert(0, str(REPO))
 
@@ -37,15 +37,10 @@ from controller.dev.lab.directory import LabDirectory
 from tests.browser.console import launch, live, login, missing_browser, wait_for
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def report(label: str, ms: list[float], base: float | None = None) -> float:
-    p50 = pct(ms, 0.5)
+    p50 = pct(ms, 50)
     extra = f"  ({p50 / base:4.2f}x baseline)" if base else ""
-    print(f"{label:<58} n={len(ms):<3} p50 {p50:8.1f} ms  p95 {pct(ms, 0.95):8.1f} ms  "
+    print(f"{label:<58} n={len(ms):<3} p50 {p50:8.1f} ms  p95 {pct(ms, 95):8.1f} ms  "
           f"mean {statistics.fmean(ms):8.1f} ms{extra}", flush=True)
     return p50
 

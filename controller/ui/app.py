@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -107,17 +109,21 @@ class Console:
 
     # --- actions (one-shot requests, as the CLI makes them) ----------------------------------------
 
-    async def migrate(self, request: Request) -> Response:
+    async def posted(self, request: Request) -> tuple[str, dict[str, str]] | Response:
+        """A write from a console form: the session and the form, or the login page / a CSRF refusal."""
         secret = await self.signed_in(request)
         if isinstance(secret, Response):
             return secret
         fields = await self.form(request, secret)
-        if isinstance(fields, Response):
-            return fields
-        vm = request.path_params["name"]
-        import secrets as random
+        return fields if isinstance(fields, Response) else (secret, fields)
 
-        name = f"{vm}-{random.token_hex(3)}"
+    async def migrate(self, request: Request) -> Response:
+        posted = await self.posted(request)
+        if isinstance(posted, Response):
+            return posted
+        secret, fields = posted
+        vm = request.path_params["name"]
+        name = f"{vm}-{secrets.token_hex(3)}"  # like `virtplane migrate`
         spec: dict[str, Any] = {"vm": vm}
         if fields.get("targetHost"):
             spec["targetHost"] = fields["targetHost"]
@@ -129,18 +135,14 @@ class Console:
         return RedirectResponse(f"/ui/migrations/{quote(name)}", status_code=303)
 
     async def revert(self, request: Request) -> Response:
-        secret = await self.signed_in(request)
-        if isinstance(secret, Response):
-            return secret
-        fields = await self.form(request, secret)
-        if isinstance(fields, Response):
-            return fields
+        posted = await self.posted(request)
+        if isinstance(posted, Response):
+            return posted
+        secret = posted[0]
         name = request.path_params["name"]
         code, body = await self.calls.call(request, "get", secret, plural="snapshots", name=name)
         if code != 200:
             return await self.error(request, code, body)
-        from datetime import UTC, datetime
-
         requested = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         meta = {k: v for k, v in body["metadata"].items() if k in ("name", "labels", "annotations",
                                                                   "resourceVersion")}

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from controller.ui.render import as_yaml, cell, columns, kind_of_plural, lookup, text
-from specs.kinds import KINDS
+from specs.kinds import KINDS, KindInfo
 
 if TYPE_CHECKING:
     from controller.ui.app import Console
@@ -49,6 +49,16 @@ class Pages:
         query = {"labelSelector": selector} if selector else None
         return await self.calls.call(request, "list", secret, query=query, plural=plural)
 
+    async def _kind_page(self, request: Request) -> tuple[str, KindInfo] | Response:
+        """The session and the kind of ``/ui/{plural}/...``, or the login page / a 404 page."""
+        secret = await self.c.signed_in(request)
+        if isinstance(secret, Response):
+            return secret
+        info = kind_of_plural(request.path_params["plural"])
+        if info is None:
+            return await self.c.error(request, 404, {"error": {"reason": "NotFound", "message": "no such page"}})
+        return secret, info
+
     async def overview(self, request: Request) -> Response:
         secret = await self.c.signed_in(request)
         if isinstance(secret, Response):
@@ -65,12 +75,10 @@ class Pages:
 
     async def listing(self, request: Request) -> Response:
         """A page of a kind's objects, by name, read as one page from the API (``?limit=&continue=``)."""
-        secret = await self.c.signed_in(request)
-        if isinstance(secret, Response):
-            return secret
-        info = kind_of_plural(request.path_params["plural"])
-        if info is None:
-            return await self.c.error(request, 404, {"error": {"reason": "NotFound", "message": "no such page"}})
+        found = await self._kind_page(request)
+        if isinstance(found, Response):
+            return found
+        secret, info = found
         selector = request.query_params.get("labelSelector", "").strip()
         limit = _int(request.query_params.get("limit"), DEFAULT_LIMIT, 1, max(PAGE_SIZES))
         query = {"limit": str(limit)} | ({"labelSelector": selector} if selector else {})
@@ -102,12 +110,10 @@ class Pages:
             page_sizes=PAGE_SIZES)
 
     async def detail(self, request: Request) -> Response:
-        secret = await self.c.signed_in(request)
-        if isinstance(secret, Response):
-            return secret
-        info = kind_of_plural(request.path_params["plural"])
-        if info is None:
-            return await self.c.error(request, 404, {"error": {"reason": "NotFound", "message": "no such page"}})
+        found = await self._kind_page(request)
+        if isinstance(found, Response):
+            return found
+        secret, info = found
         name = request.path_params["name"]
         code, obj = await self.calls.call(request, "get", secret, plural=info.plural, name=name)
         if code != 200:
