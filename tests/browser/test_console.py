@@ -51,6 +51,7 @@ class World:
     server: ServerProcess
     api: Client  # the server's static admin token
     directory: LabDirectoryInfo
+    api_token: str
 
     @property
     def url(self) -> str:
@@ -80,7 +81,7 @@ def world(etcd: EmbeddedEtcd, tmp_path_factory: pytest.TempPathFactory) -> Itera
         wait_for("hosts Ready", lambda: all((api.get("hosts", h).get("status") or {}).get("phase") == "Ready"
                                             for h in ("h1", "h2")), 60)
         with api:
-            yield World(server, api, info)
+            yield World(server, api, info, token)
     finally:
         if server is not None:
             server.stop()
@@ -306,3 +307,19 @@ def test_snapshot_revert_is_the_clis_request_and_needs_a_role_that_may_update(wo
     requested = stored["metadata"]["annotations"]["virtplane.io/revert-requested"]
     assert stored["metadata"]["updatedBy"] == "bob" and stored["spec"]["vm"] == "vm-006"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", requested)
+
+
+def test_the_api_pages_by_name(world: World) -> None:
+    with httpx.Client(base_url=world.url, headers={"Authorization": f"Bearer {world.api_token}"}) as http:
+        first = http.get("/api/v1/virtualmachines", params={"limit": 25}).json()
+        assert [o["metadata"]["name"] for o in first["items"]] == [f"vm-{i:03d}" for i in range(25)]
+        assert first["metadata"]["total"] == VMS and first["metadata"]["continue"] == "vm-024"
+        assert "previous" not in first["metadata"] and all("status" in o for o in first["items"])
+        last = http.get("/api/v1/virtualmachines", params={"limit": 25, "continue": "vm-049"}).json()
+        assert [o["metadata"]["name"] for o in last["items"]] == [f"vm-{i:03d}" for i in range(50, VMS)]
+        assert "continue" not in last["metadata"] and last["metadata"]["previous"] == "vm-050"
+        back = http.get("/api/v1/virtualmachines", params={"limit": 25, "before": "vm-050"}).json()
+        assert [o["metadata"]["name"] for o in back["items"]] == [f"vm-{i:03d}" for i in range(25, 50)]
+        bad = http.get("/api/v1/virtualmachines", params={"limit": 0})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["message"] == "limit: expected a whole number from 1 to 1000, got '0'"
