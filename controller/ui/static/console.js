@@ -89,7 +89,11 @@
   }
   function say(message) { live.hidden = false; live.textContent = message; }
 
-  var url = "/ui/stream?kinds=" + encodeURIComponent(kinds) + "&resourceVersion=" + (revision + 1);
+  var shown = {};
+  document.querySelectorAll("[data-obj]").forEach(function (el) { shown[el.dataset.obj] = true; });
+  var url = "/ui/stream?kinds=" + encodeURIComponent(kinds) + "&resourceVersion=" + (revision + 1) +
+    "&objects=" + encodeURIComponent(Object.keys(shown).join(","));
+  if (document.querySelector("table.objects")) { url += "&listing=" + encodeURIComponent(kinds.split(",")[0]); }
   var source = new EventSource(url);
   source.onopen = function () { window.vpConsole.state = "live"; say("Live"); };
   source.onerror = function () {

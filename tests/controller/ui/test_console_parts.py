@@ -3,11 +3,13 @@ stream resumes."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 from starlette.requests import Request
 
 from controller.ui.app import _safe_next
-from controller.ui.live import _revision, start_revision
+from controller.ui.live import _sse, start_revision
 from controller.ui.render import EXTRA, Bar, bar_value, cell, columns, human_bytes
 from controller.ui.session import csrf_ok, csrf_token
 from specs.kinds import KINDS, Column
@@ -76,4 +78,21 @@ def test_the_stream_resumes_after_the_last_event_the_browser_saw() -> None:
     assert start_revision(request({}, "resourceVersion=41")) == "41"
     assert start_revision(request({"Last-Event-ID": "57"}, "resourceVersion=41")) == "58"
     assert start_revision(request({"Last-Event-ID": "junk"}, "resourceVersion=x")) is None
-    assert _revision(b'{"type": "PUT", "revision": 12, "object": {"revision": 3}}') == 12
+
+
+async def lines(*events: str) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event.encode()
+
+
+@pytest.mark.anyio
+async def test_a_page_receives_the_changes_of_its_objects_and_new_objects_of_its_list() -> None:
+    events = ('{"kind": "Host", "name": "h1", "part": "status", "revision": 7, "object": {"revision": 3}}',
+              '{"kind": "Host", "name": "h2", "part": "status", "revision": 8, "object": {}}',
+              '{"kind": "Host", "name": "h3", "part": "spec", "revision": 9, "object": {}}')
+    sent = [m async for m in _sse(lines(*events), frozenset({"Host/h1"}), "Host")]
+    assert sent[0].startswith(b"retry: 1000\n")
+    assert [m.split(b"\n")[0] for m in sent[1:]] == [b"id: 7", b"id: 9"]  # not h2's status
+    assert sent[1] == b"id: 7\ndata: " + events[0].encode() + b"\n\n"
+    assert len([m async for m in _sse(lines(*events), frozenset({"Host/h1"}), None)]) == 2
+    assert len([m async for m in _sse(lines(*events), frozenset(), None)]) == 4  # no filter: everything
