@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 import yaml
 from common import REPO, load_note, start_etcd, start_server, stop_on_sigterm
+from directory_login import pct, time_each
 
 sys.path.insert(0, str(REPO))
 
@@ -40,11 +41,6 @@ from specs.kinds import parse_resource
 from specs.rbac import RoleBinding
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def report(label: str, samples: list[float], base: float | None = None) -> float:
     ms = [s * 1000 for s in samples]
     p50 = pct(ms, 0.5)
@@ -52,17 +48,6 @@ def report(label: str, samples: list[float], base: float | None = None) -> float
     print(f"{label:<44} n={len(ms):<4} p50 {p50:7.2f} ms  p95 {pct(ms, 0.95):7.2f} ms  "
           f"mean {statistics.fmean(ms):7.2f} ms{extra}")
     return p50
-
-
-def time_each(n: int, fn: Callable[[], object]) -> list[float]:
-    for _ in range(5):
-        fn()  # warm-up, not counted
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return samples
 
 
 def interleaved(n: int, fns: dict[str, Callable[[], object]]) -> dict[str, list[float]]:

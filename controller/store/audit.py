@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from controller.store import codec
-from controller.store._etcd import EtcdKV, op_put, prefix_end
+from controller.store._etcd import EtcdKV, op_put, prefix_end, scan_newest
 
 AUDIT = codec.ROOT + "audit/"
 DEFAULT_MAX_RECORDS = 100_000
@@ -99,19 +99,10 @@ class AuditLog:
         self, *, user: str | None = None, since: datetime | None = None, limit: int = 500
     ) -> list[AuditRecord]:
         """The newest ``limit`` records (of ``user``, from ``since`` on), oldest first."""
-        found: list[AuditRecord] = []
         start = (AUDIT + _key_time(since)).encode() if since else AUDIT.encode()
-        end = prefix_end(AUDIT.encode())
-        while len(found) < limit:
-            resp = await self.kv.range(start, end, limit=1000, descend=True)
-            for kv in resp.kvs:
-                record = AuditRecord.from_json(kv.value)
-                if user is not None and record.user != user:
-                    continue
-                found.append(record)
-                if len(found) >= limit:
-                    break
-            if not resp.more or not resp.kvs:
-                break
-            end = bytes(resp.kvs[-1].key)
-        return found[::-1]
+
+        def keep(value: bytes) -> AuditRecord | None:
+            record = AuditRecord.from_json(value)
+            return record if user is None or record.user == user else None
+
+        return await scan_newest(self.kv, start, prefix_end(AUDIT.encode()), limit, keep)

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 from uuid import uuid4
 
 from controller.store import codec
-from controller.store._etcd import EtcdKV, compare_exists, compare_mod, op_delete, op_get, op_put
+from controller.store._etcd import EtcdKV, compare_exists, compare_mod, op_delete, op_get, op_put, scan_newest
 from controller.store.apply import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, ApplyResult, Limits, apply_objects
 from controller.store.audit import AuditLog
 from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError
@@ -376,24 +376,16 @@ class Store:
         limit: int = 500,
     ) -> builtins.list[Event]:
         """The newest ``limit`` matching events, oldest first."""
-        found: builtins.list[Event] = []
-        start, end = codec.EVENTS.encode(), codec.EVENTS[:-1].encode() + b"0"
-        while len(found) < limit:
-            resp = await self.kv.range(start, end, limit=1000, descend=True)
-            for kv in resp.kvs:
-                event = codec.decode_event(kv.value)
-                obj = event.involvedObject
-                if involved is not None and (obj.kind, obj.name) != involved:
-                    continue
-                if correlation_id is not None and event.correlationId != correlation_id:
-                    continue
-                found.append(event)
-                if len(found) >= limit:
-                    break
-            if not resp.more or not resp.kvs:
-                break
-            end = bytes(resp.kvs[-1].key)
-        return found[::-1]
+        def keep(value: bytes) -> Event | None:
+            event = codec.decode_event(value)
+            obj = event.involvedObject
+            if involved is not None and (obj.kind, obj.name) != involved:
+                return None
+            if correlation_id is not None and event.correlationId != correlation_id:
+                return None
+            return event
+
+        return await scan_newest(self.kv, codec.EVENTS.encode(), codec.EVENTS[:-1].encode() + b"0", limit, keep)
 
     # -- watch ------------------------------------------------------------------------------------
 
