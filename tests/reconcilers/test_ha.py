@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from specs.kinds import parse_resource
 from specs.meta import Condition
 from specs.vm import VirtualMachineStatus
 from tests.reconcilers.test_migration import running_on
-from tests.reconcilers.test_vm import H1, H2, host, inputs, make_vm
+from tests.reconcilers.test_vm import DISKS, H1, H2, host, inputs, make_vm
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -196,3 +197,18 @@ def _shutoff(d: Any) -> Any:
 
 def test_conditions_are_typed() -> None:
     assert Condition(type="Down", status="True", reason="HostFenced").reason == "HostFenced"
+
+
+def test_a_vm_waiting_for_a_dependency_keeps_its_host_so_it_is_never_placed_twice() -> None:
+    """Found by the fault-injection test: after a controller restart with the VM's host down, its disk read
+    not-ready for a moment; the VM forgot its host, and was then placed anew while the host could still run it."""
+    vm = make_vm(disks=[{"disk": "d1", "bootOrder": 1}], highAvailability={"enabled": True})
+    not_ready = {"d1": DISKS["d1"].__class__(**{**DISKS["d1"].__dict__, "ready": False})}
+    d = plan_vm(dataclasses.replace(inputs(vm, {}, on_h1(), (host(H1, ready=False), host(H2)),
+                                           unreachable=frozenset({H1})), disks=not_ready))
+    assert not d.plan and d.host == H1 and d.phase == "Pending"
+    running = plan_vm(dataclasses.replace(inputs(vm, running_on(H1), on_h1()), disks=not_ready))
+    assert not running.plan and running.host == H1 and running.phase == "Running"
+    # Once the disk is back, the VM of the silent host stays Unknown (not placed elsewhere).
+    back = plan_vm(inputs(vm, {}, on_h1(), (host(H1, ready=False), host(H2)), unreachable=frozenset({H1})))
+    assert not back.plan and back.phase == "Unknown" and back.host == H1
