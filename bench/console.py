@@ -11,7 +11,7 @@ interleaved round by round so that load on this shared machine hits every varian
   by ``tier=web``, measured by the browser (Navigation Timing: request start -> DOMContentLoaded, and the
   paint timing's first-contentful-paint), beside the raw API request the page is made of
   (``GET /api/v1/virtualmachines?limit=50``, with the same selector) with httpx; and, for scale, the whole
-  list without paging (3 times);
+  list without paging (``--full`` times);
 - update latency: the time from just before a ``PUT`` of the Host (maintenance toggled) to the moment the page's DOM
   shows it (a MutationObserver's Date.now()), beside the time to the same event arriving on a raw
   ``GET /api/v1/watch`` stream read by httpx in this process.
@@ -92,6 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--vms", type=int, default=10000)
     parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--full", type=int, default=3, help="times the whole list is read, for scale")
     args = parser.parse_args()
     if missing_browser():
         sys.exit(missing_browser())
@@ -121,7 +122,7 @@ def main() -> None:
             wait_for("logged in", lambda: "Clusters" in driver.find_element("tag name", "h1").text)
 
             full: list[float] = []
-            for _ in range(3):  # the whole list, for scale (what a page would cost without paging)
+            for _ in range(args.full):  # the whole list, for scale (what a page would cost without paging)
                 started = time.perf_counter()
                 r = admin.get("/api/v1/virtualmachines")
                 full.append((time.perf_counter() - started) * 1000)
