@@ -88,12 +88,15 @@ class RawWatch:
     def _run(self) -> None:
         import json
 
-        with self.client.stream("GET", "/api/v1/watch?kinds=Host&parts=spec") as stream:
-            for line in stream.iter_lines():
-                if line:
-                    body = json.loads(line)
-                    step = ((body.get("object") or {}).get("metadata") or {}).get("labels", {}).get("step")
-                    self.arrived[str(step)] = time.time()
+        try:
+            with self.client.stream("GET", "/api/v1/watch?kinds=Host&parts=spec") as stream:
+                for line in stream.iter_lines():
+                    if line:
+                        body = json.loads(line)
+                        labels = ((body.get("object") or {}).get("metadata") or {}).get("labels", {})
+                        self.arrived[str(labels.get("step"))] = time.time()
+        except httpx.TransportError:
+            return  # the server stopped at the end of the run
 
 
 def main() -> None:
