@@ -23,9 +23,9 @@ from controller.dev.lab.directory import LabDirectory
 from controller.dev.lab.guest import READY_MARKER, GuestImage
 from controller.dev.lab.hosts import Lab
 from controller.server.etcd import EmbeddedEtcd
-from tests.browser.console import launch, live, login, missing_browser, screenshot
+from tests.browser.console import launch, live, login, missing_browser, screenshot, wait_for
 from tests.e2e.conftest import etcdctl_run, start_server
-from tests.e2e.helpers import virsh, wait_for
+from tests.e2e.helpers import virsh
 
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(missing_browser() is not None, reason=missing_browser() or "")]
@@ -112,18 +112,19 @@ def test_an_operator_migrates_a_vm_and_watches_it_move(setup: dict[str, Any]) ->
     driver = launch()
     try:
         login(driver, setup["url"], "bob", setup["password"])
-        wait_for("logged in", lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith("Clusters"))
+        wait_for("logged in", lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith("Clusters"), 30)
         driver.get(f"{setup['url']}/ui/virtualmachines/web")
         assert driver.find_element(By.CSS_SELECTOR, '[data-obj="VirtualMachine/web"] [data-path="status.host"]'
                                    ).text == source
         Select(driver.find_element(By.ID, "targetHost")).select_by_visible_text(target)
         driver.find_element(By.ID, "migrate").click()
-        wait_for("the Migration's page", lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith("Migration"))
-        wait_for("live", lambda: live(driver))
+        wait_for("the Migration's page", lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith("Migration"),
+                 30)
+        wait_for("live", lambda: live(driver), 30)
         driver.execute_script(OBSERVE)
         name = driver.current_url.rsplit("/", 1)[1]
-        wait_for("a bar between 0 and 100", lambda: 0 < driver.find_element(
-            By.CSS_SELECTOR, ".bar progress").get_property("value") < 100, 120)
+        wait_for("a bar between 0 and 100", lambda: 0 < float(driver.find_element(
+            By.CSS_SELECTOR, ".bar progress").get_property("value")) < 100, 120)  # type: ignore[arg-type]
         screenshot(driver, "migration")
         wait_for("Succeeded on the page", lambda: driver.find_element(
             By.CSS_SELECTOR, '[data-obj^="Migration/"] [data-path="status.phase"]').text == "Succeeded", 180)
