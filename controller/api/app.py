@@ -458,14 +458,21 @@ class Api:
             ).encode()
 
     async def events(self, request: Request) -> Response:
-        await self._authorize(request, "list", "Event")
+        who = await self._authenticate(request)
         involved = None
+        cluster = None
         if request.query_params.get("for"):
             kind_text, _, name = request.query_params["for"].partition("/")
             try:
                 involved = (resolve_kind(kind_text).kind, name)
             except UnknownKind as e:
                 raise ApiError(400, "BadRequest", str(e)) from e
+            # The events of one object: a binding in that object's cluster is enough (`describe`).
+            obj = await self.ctx.store.get(*involved)
+            cluster = await rbac.object_cluster(obj, rbac.batch_lookup((), self.ctx.store)) if obj else None
+        if not self.ctx.authz.allowed(who, "list", "Event", cluster):
+            where = f" of {involved[0]}/{involved[1]}" if involved else ""
+            raise ApiError(403, "Forbidden", f"{who.name} may not list Events{where}")
         cid = request.query_params.get("correlationId")
         limit = int(request.query_params.get("limit", "500"))
         events = await self.ctx.store.list_events(involved=involved, correlation_id=cid, limit=limit)

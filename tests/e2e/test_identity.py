@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from controller.client.sdk import Client
 from controller.dev.lab.directory import LabDirectory, LabDirectoryInfo, make_ca
 from controller.server.etcd import EmbeddedEtcd, free_port
 from tests.e2e.conftest import REPO, VIRTPLANE, ServerProcess, etcdctl_run, start_server
@@ -161,6 +162,12 @@ def test_refused_logins_say_little_and_are_audited_with_the_reason(
     assert "DENIED" in last and reason in last and "401" in last
 
 
+def sdk(cli: Cli) -> Client:
+    """The Python SDK with the person's CLI config (their session token, the server's CA)."""
+    config = json.loads(cli.config.read_text())
+    return Client(config["server"], config["token"], ca=config["ca"])
+
+
 def test_roles_by_group_allow_and_deny_each_verb(people: dict[str, Cli], directory: LabDirectoryInfo) -> None:
     for name in ("bob", "carol", "dave"):
         assert login(people[name], directory, name).returncode == 0
@@ -171,13 +178,39 @@ def test_roles_by_group_allow_and_deny_each_verb(people: dict[str, Cli], directo
         "carol": {"get": True, "list": True, "watch": True, "create": False, "update": False, "delete": False},
     }
     for name, verbs in expected.items():
-        for verb, allowed in verbs.items():
-            done = people[name]("auth", "can-i", verb, "vm", "-n", "prod")
-            assert (done.returncode == 0) == allowed, (name, verb, done.stdout, done.stderr)
-            assert done.stdout.strip() == ("yes" if allowed else "no")
-        # operators may not touch hosts, nor VMs of another cluster
-        assert people[name]("auth", "can-i", "create", "host", "-n", "prod").returncode == 5
-        assert people[name]("auth", "can-i", "delete", "vm", "-n", "dev").returncode == 5
+        with sdk(people[name]) as api:
+            for verb, allowed in verbs.items():
+                assert api.can_i(verb, "vm", "prod")["allowed"] is allowed, (name, verb)
+            # operators may not touch hosts, nor VMs of another cluster
+            assert not api.can_i("create", "host", "prod")["allowed"]
+            assert not api.can_i("delete", "vm", "dev")["allowed"]
+    # what a person sees on the command line
+    yes, no = people["dave"]("auth", "can-i", "delete", "vm", "-n", "prod"), people["carol"]("auth", "can-i",
+                                                                                          "delete", "vm")
+    assert (yes.returncode, yes.stdout, no.returncode, no.stdout) == (0, "yes\n", 5, "no\n")
+
+
+def test_a_per_cluster_binding_reads_its_cluster_only(people: dict[str, Cli], directory: LabDirectoryInfo,
+                                                      tmp_path: Path) -> None:
+    admin, jdoe = people["admin"], Cli(people["admin"].config, tmp_path, "jdoe")  # jdoe is in no group
+    files = tmp_path / "objs.yaml"
+    files.write_text(vm("web-prod", "prod") + "---\n" + vm("web-dev", "dev") + "---\n"
+                     "apiVersion: virtplane.io/v1\nkind: RoleBinding\nmetadata: {name: jdoe}\n"
+                     "spec: {role: operator, subjects: [{kind: User, name: jdoe}], clusters: [prod]}\n")
+    assert admin("apply", "-f", str(files)).returncode == 0
+    assert login(jdoe, directory, "jdoe").returncode == 0
+    with sdk(jdoe) as api:
+        deadline = time.monotonic() + 10  # the API's index follows a watch
+        while not api.can_i("get", "vm", "prod")["allowed"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert [v["metadata"]["name"] for v in api.list("vms")] == ["web-prod"]
+    assert jdoe("describe", "vm/web-prod").returncode == 0  # its events: a binding in prod is enough
+    refused = jdoe("get", "vm", "web-dev")
+    assert refused.returncode == 5 and "jdoe may not get VirtualMachine/web-dev" in refused.stderr
+    assert jdoe("events").returncode == 5  # every event: a global binding only
+    for name in ("web-prod", "web-dev"):
+        assert admin("delete", f"vm/{name}").returncode == 0
 
 
 def test_writes_are_checked_per_object_and_an_apply_is_refused_whole(
