@@ -30,7 +30,8 @@ class HostView:
     allocated_memory_bytes: int = 0
     vm_count: int = 0
     groups: frozenset[str] = frozenset()  # anti-affinity / affinity groups of VMs placed here
-    storage_domains: frozenset[str] | None = None  # None: unknown / all
+    storage_domains: frozenset[str] | None = None  # the domains the host reaches; None: unknown / all
+    storage_notes: Mapping[str, str] = field(default_factory=dict)  # why it does not reach a domain
     networks: frozenset[str] | None = None
 
 
@@ -110,8 +111,9 @@ def reject_reason(host: HostView, req: Request, policy: ClusterPolicy, *, moving
     if req.anti_affinity_group and req.anti_affinity_group in host.groups:
         return Rejection(Reject.ANTI_AFFINITY, f"runs a VM of anti-affinity group {req.anti_affinity_group!r}")
     if host.storage_domains is not None and not req.storage_domains <= host.storage_domains:
-        missing = ", ".join(sorted(req.storage_domains - host.storage_domains))
-        return Rejection(Reject.NO_STORAGE, f"cannot see storage {missing}")
+        missing = sorted(req.storage_domains - host.storage_domains)
+        why = "; ".join(f"{m} ({host.storage_notes[m]})" if m in host.storage_notes else m for m in missing)
+        return Rejection(Reject.NO_STORAGE, f"cannot reach storage {why}")
     if host.networks is not None and not req.networks <= host.networks:
         return Rejection(Reject.NO_NETWORK, f"lacks network {', '.join(sorted(req.networks - host.networks))}")
     cpu_limit = int(host.cpus * policy.cpu_overcommit)

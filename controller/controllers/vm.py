@@ -32,6 +32,7 @@ from reconcilers.plan import Action, Plan
 from reconcilers.vm.actions import DefineDomain, DestroyDomain, ShutdownDomain, StartDomain, UndefineDomain
 from reconcilers.vm.live import PENDING_DEADLINE_S, pending_key
 from reconcilers.vm.plan import VmDecision, plan_vm
+from specs.disk import Disk
 from specs.host import Host
 from specs.migration import Migration
 from specs.vm import NicStatus, VirtualMachine, VirtualMachineStatus
@@ -343,6 +344,15 @@ def _vms_using_disk(rt: Runtime, disk: str, before: Any, after: Any) -> Iterable
             if any(a.disk == disk for a in vm.spec.disks)]
 
 
+def _vms_using_storage(rt: Runtime, sd: str, before: Any, after: Any) -> Iterable[str]:
+    """When the hosts reaching a storage domain change, the VMs with disks on it (placement filter)."""
+    if getattr(before, "readyHosts", None) == getattr(after, "readyHosts", None):
+        return ()
+    disks = {d.metadata.name for d in rt.cache.all("Disk", Disk) if d.spec.storageDomain == sd}
+    return [vm.metadata.name for vm in rt.cache.all("VirtualMachine", VirtualMachine)
+            if any(a.disk in disks for a in vm.spec.disks)]
+
+
 def _vms_using_network(rt: Runtime, network: str, before: Any, after: Any) -> Iterable[str]:
     return [vm.metadata.name for vm in rt.cache.all("VirtualMachine", VirtualMachine)
             if any(n.network == network for n in vm.spec.nics)]
@@ -403,6 +413,7 @@ CONTROLLER = Controller(
     watches=(
         Watch("Disk", "status", _vms_using_disk),
         Watch("Network", "status", _vms_using_network),
+        Watch("StorageDomain", "status", _vms_using_storage),
         Watch("Host", "spec", _vms_on_or_waiting_for_host),
         Watch("Host", "ready", on_host_readiness("VirtualMachine")),
         Watch("Host", "status", _vms_of_host_phase),

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from controller.controllers.migration_state import migration_context
 from controller.runtime.allocations import Usage
 from controller.runtime.context import Runtime
-from reconcilers.disk.plan import volume_name
+from reconcilers.disk.plan import chap_usage, volume_name
 from reconcilers.domain import BlockSource, DiskSource, FileSource, HostName, NetworkSource, ObservedDomain
 from reconcilers.migration.plan import MigrationContext
 from reconcilers.scheduler import ClusterPolicy, HostView
@@ -22,7 +22,7 @@ from specs.cluster import Cluster
 from specs.disk import Disk, DiskStatus
 from specs.host import Host, HostStatus
 from specs.network import Network, NetworkStatus
-from specs.storage import StorageDomain
+from specs.storage import StorageDomain, StorageDomainStatus
 from specs.vm import VirtualMachine, VirtualMachineStatus
 
 
@@ -31,10 +31,10 @@ def _lun_source(disk: Disk) -> DiskSource:
     assert lun is not None
     if lun.blockPath is not None:
         return BlockSource(lun.blockPath)
-    assert lun.iscsi is not None
-    portal = lun.iscsi.portal
-    host, _, port = portal.rpartition(":") if ":" in portal else (portal, "", "3260")
-    return NetworkSource("iscsi", host.strip("[]"), f"{lun.iscsi.iqn}/{lun.iscsi.lun}", int(port or 3260))
+    iscsi = lun.iscsi
+    assert iscsi is not None
+    usage = chap_usage(iscsi.chapSecret) if iscsi.chapSecret is not None else None
+    return NetworkSource("iscsi", iscsi.host, f"{iscsi.iqn}/{iscsi.lun}", iscsi.port, iscsi.chapUsername, usage)
 
 
 def resolve_disks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedDisk]:
@@ -43,11 +43,12 @@ def resolve_disks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedDisk]:
         disk = rt.cache.get("Disk", attachment.disk, Disk)
         if disk is None:
             continue
-        if disk.spec.lun is not None:
-            found[attachment.disk] = ResolvedDisk(attachment.disk, _lun_source(disk), "raw", disk.spec.shareable,
-                                                  True, None)
-            continue
         status = rt.cache.status["Disk"].get(attachment.disk)
+        if disk.spec.lun is not None:  # an iSCSI LUN is ready once probed and its CHAP secret is on the hosts
+            lun_ready = isinstance(status, DiskStatus) and status.phase == "Ready"
+            found[attachment.disk] = ResolvedDisk(attachment.disk, _lun_source(disk), "raw", disk.spec.shareable,
+                                                  lun_ready, None)
+            continue
         path = status.path if isinstance(status, DiskStatus) else None
         ready = isinstance(status, DiskStatus) and status.phase == "Ready" and path is not None
         sd = rt.cache.get("StorageDomain", disk.spec.storageDomain or "", StorageDomain)
@@ -71,7 +72,8 @@ def resolve_networks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedNetwo
         if t == "user":
             found[nic.network] = ResolvedNetwork(nic.network, "user", None, True)
         elif t == "bridge":
-            found[nic.network] = ResolvedNetwork(nic.network, "bridge", net.spec.bridge, True)
+            found[nic.network] = ResolvedNetwork(nic.network, "bridge", net.spec.bridge, True,
+                                                 net.spec.virtualport, net.spec.vlan)
         else:
             ready = isinstance(status, NetworkStatus) and status.phase in ("Ready", "Degraded")
             found[nic.network] = ResolvedNetwork(nic.network, "network", f"vp-{nic.network}", ready)
@@ -91,6 +93,7 @@ def host_views(rt: Runtime, cluster: str, exclude_vm: str, override: Host | None
     Capacity is what libvirt reports minus the host's spec.reserved. ``override``: plan with this version of
     one Host instead of the stored one (diff)."""
     views = []
+    reachable, notes = storage_reach(rt, cluster)
     for stored in rt.cache.all("Host", Host):
         host = override if override is not None and override.metadata.name == stored.metadata.name else stored
         if host.spec.cluster != cluster:
@@ -112,9 +115,30 @@ def host_views(rt: Runtime, cluster: str, exclude_vm: str, override: Host | None
                 allocated_memory_bytes=memory,
                 vm_count=count,
                 groups=groups,
+                storage_domains=reachable.get(name, frozenset()),
+                storage_notes=notes.get(name, {}),
             )
         )
     return tuple(views)
+
+
+def storage_reach(rt: Runtime, cluster: str) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, str]]]:
+    """Per host: the storage domains of ``cluster`` it reaches (from their status), and why not the others."""
+    reach: dict[str, set[str]] = {}
+    notes: dict[str, dict[str, str]] = {}
+    for sd in rt.cache.all("StorageDomain", StorageDomain):
+        if sd.spec.cluster != cluster:
+            continue
+        name = sd.metadata.name
+        status = rt.cache.status["StorageDomain"].get(name)
+        if not isinstance(status, StorageDomainStatus):
+            continue
+        for host in status.readyHosts:
+            reach.setdefault(host, set()).add(name)
+        for state in status.hosts:
+            if not state.reachable:
+                notes.setdefault(state.host, {})[name] = f"{state.reason}: {state.message}"
+    return {h: frozenset(v) for h, v in reach.items()}, notes
 
 
 def record_placement(rt: Runtime, vm: VirtualMachine, host: str | None) -> None:

@@ -342,12 +342,14 @@ def test_diff_shows_the_plan_of_every_kind(cli: Cli, tmp_path: Path) -> None:
     wait_for("disk Ready", lambda: (cli.obj("disk", f"{c}-data") or {}).get("status", {}).get("phase") == "Ready",
              READY_S)
 
-    # A Disk grown, a pool scaled up: diff names the resize (live) and the replicas it will create.
+    # A Disk grown, a pool scaled up: diff names the resize (offline: no guest has the floating disk open)
+    # and the replicas it will create. A disk in use by a running guest grows live: tests/lab/test_shared_storage.
     bigger = {**data, "spec": {**data["spec"], "size": "2Gi"}}
     grown = cli("diff", "-f", str(write(tmp_path / "d2.yaml", manifest(*infra, *pool_docs(c, 3), net, bigger))))
     assert grown.returncode == 1, grown.stderr
     resize = plan_of(grown.stdout, f"disk/{c}-data")
-    assert len(resize) == 1 and resize[0].startswith("ResizeVolume") and "[live]" in resize[0], grown.stdout
+    assert len(resize) == 1 and resize[0].startswith("ResizeVolume") and "[none]" in resize[0], grown.stdout
+    assert "(offline)" in resize[0], resize
     assert str(2 << 30) in resize[0], resize
     scale = plan_of(grown.stdout, f"virtualmachinepool/{c}-runners")
     assert len(scale) == 1 and scale[0].startswith("ApplyObjects"), grown.stdout

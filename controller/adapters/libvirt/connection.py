@@ -43,17 +43,19 @@ from controller.adapters.libvirt.observe import (
     version_string,
 )
 from reconcilers.domain import (
-    DirPoolConfig,
     DomainConfig,
     DomainName,
     HostName,
+    NetfsPoolConfig,
     NetworkConfig,
     NetworkName,
     ObservedDomain,
     ObservedHost,
     ObservedJob,
     ObservedNetwork,
+    ObservedPool,
     ObservedVolume,
+    PoolConfig,
     PoolName,
     VolumeConfig,
     VolumeName,
@@ -411,6 +413,11 @@ class HostConnection:
             set_memory = partial(_set_memory, memory_kib=memory_kib, flags=flags)
             await self._domain_call("setMemory", name, set_memory)
 
+    async def block_resize(self, name: DomainName | str, target: str, capacity_bytes: int) -> None:
+        """Grow a disk of a running domain (QEMU resizes the image and the guest sees the new size)."""
+        flags = libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
+        await self._domain_call("blockResize", name, lambda d: d.blockResize(target, capacity_bytes, flags))
+
     async def _domain_call(self, op: str, name: str, fn: Callable[[libvirt.virDomain], Any]) -> None:
         def call(conn: Conn) -> None:
             dom = self._domain(conn, name)
@@ -421,19 +428,26 @@ class HostConnection:
 
     # ================================================================ storage and networks
 
-    async def ensure_pool(self, pool: DirPoolConfig) -> DirPoolConfig:
-        """Define, build, start and autostart a dir pool if needed; a same-named pool elsewhere conflicts."""
-        xml = await self._run(
+    async def ensure_pool(self, pool: PoolConfig) -> ObservedPool:
+        """Define, build, start (mount) and autostart a pool if needed; an active same-named pool with other
+        settings conflicts (it is not unmounted under running guests)."""
+        xml, active = await self._run(
             "ensure_pool", partial(resources.ensure_pool_blocking, pool=pool, count=self._count)
         )
-        observed = codec.parse_pool(xml)
-        if observed.path != pool.path:
+        observed = codec.parse_pool_state(xml, active)
+        if observed.config != pool:
             raise ConflictError(
-                f"pool {pool.name} exists with path {observed.path}, not {pool.path}",
+                f"pool {pool.name} is active with other settings ({_pool_text(observed.config)}), not "
+                f"{_pool_text(pool)}; stop its guests and `virsh pool-destroy {pool.name}` to change it",
                 host=self.name,
                 op="ensure_pool",
             )
         return observed
+
+    async def observe_pool(self, name: PoolName | str) -> ObservedPool | None:
+        """The pool with capacity and free space (refreshed), or None when it is not defined."""
+        found = await self._run("observe_pool", partial(resources.observe_pool_blocking, name=name, count=self._count))
+        return codec.parse_pool_state(*found) if found is not None else None
 
     async def create_volume(self, pool: PoolName | str, volume: VolumeConfig) -> ObservedVolume:
         """Create the volume unless one of that name exists; returns it as observed."""
@@ -472,6 +486,12 @@ class HostConnection:
     async def list_volumes(self, pool: PoolName | str) -> list[ObservedVolume]:
         list_all = partial(resources.list_volumes_blocking, pool=pool, count=self._count)
         return [codec.parse_volume(xml) for xml in await self._run("list_volumes", list_all)]
+
+    async def ensure_iscsi_secret(self, usage: str, description: str, value: bytes) -> str:
+        """The private iSCSI secret ``usage`` defined here with ``value``; returns its UUID."""
+        ensure = partial(resources.ensure_iscsi_secret_blocking, usage=usage, description=description, value=value,
+                         count=self._count)
+        return await self._run("ensure_secret", ensure)
 
     async def ensure_network(self, network: NetworkConfig) -> ObservedNetwork:
         """Define, start and autostart a network if needed; returns it as observed (compare configs there)."""
@@ -519,3 +539,9 @@ class HostConnection:
             except RuntimeError:  # that loop is closed: forget the subscriber
                 with self._count_lock:
                     self._subscribers.remove((loop, callback))
+
+
+def _pool_text(pool: PoolConfig) -> str:
+    if isinstance(pool, NetfsPoolConfig):
+        return f"{pool.format} {pool.source_host}:{pool.source_dir} at {pool.path}"
+    return f"dir {pool.path}"
