@@ -50,10 +50,11 @@ CONTROLLER_LAYERS: dict[str, set[str]] = {
     "runtime": {"common", "store", "adapters"},
     "controllers": {"common", "store", "adapters", "runtime"},
     "api": {"common", "store", "adapters"},  # adapters: the directory (LDAP) client
+    "ui": {"common", "api"},  # the web console: pages over the API's own handlers
     "client": {"common"},
     "gitops": {"common"},
     "cli": {"common", "client", "gitops"},
-    "server": {"common", "store", "adapters", "runtime", "controllers", "api", "client", "cli"},
+    "server": {"common", "store", "adapters", "runtime", "controllers", "api", "ui", "client", "cli"},
     "dev": {"*"},
     "__init__": set(),
     "main": {"*"},  # controller/main.py: the entry point wires the CLI to the server side
@@ -69,7 +70,8 @@ OWNED_LIBRARIES: dict[str, set[str]] = {
     "libvirtaio": {"adapters"},
     "aetcd": {"store"},
     "grpc": {"store"},
-    "starlette": {"api"},
+    "starlette": {"api", "ui"},
+    "jinja2": {"ui"},
     "uvicorn": {"server"},
     "ldap3": {"adapters", "dev"},
     "httpx": {"client", "adapters", "dev"},  # adapters: the Redfish probe

@@ -2,7 +2,7 @@
 
 Routes::
 
-    GET    /api/v1/{plural}                  list (?labelSelector=)
+    GET    /api/v1/{plural}                  list (?labelSelector=; a page: ?limit=N&continue=NAME|before=NAME)
     GET    /api/v1/{plural}/{name}           get (spec + status)
     POST   /api/v1/{plural}                  create (409 if it exists)
     PUT    /api/v1/{plural}/{name}           create or replace (metadata.resourceVersion -> precondition, 409)
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +141,34 @@ def _change_to_wire(
     return body
 
 
+MAX_PAGE = 1000
+
+
+def _paging(request: Request) -> tuple[int, str | None, str | None] | None:
+    """``?limit=N`` (1-1000) with ``continue=NAME`` (after it) or ``before=NAME``; None: no paging asked."""
+    text = request.query_params.get("limit")
+    if text is None:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise ApiError(400, "BadRequest", f"limit: expected a whole number from 1 to {MAX_PAGE}, got {text!r}")
+    return int(text), request.query_params.get("continue") or None, request.query_params.get("before") or None
+
+
+def _list_response(info: KindInfo, revision: int, items: list[Resource], statuses: Mapping[str, Any],
+                   total: int | None = None, more: tuple[bool, bool] = (False, False)) -> JSONResponse:
+    """A list; a page of one also says ``total`` and, when there are more, where the next and previous
+    pages start (``continue``: the last name of this page; ``previous``: its first)."""
+    metadata: dict[str, Any] = {"resourceVersion": str(revision)}
+    if total is not None:
+        metadata["total"] = total
+        if items and more[1]:
+            metadata["continue"] = items[-1].metadata.name
+        if items and more[0]:
+            metadata["previous"] = items[0].metadata.name
+    return JSONResponse({"apiVersion": "virtplane.io/v1", "kind": f"{info.kind}List", "metadata": metadata,
+                         "items": [resource_to_wire(r, statuses.get(r.metadata.name)) for r in items]})
+
+
 @dataclass(frozen=True)
 class _OneChange:
     """A single-object write, shaped like ``store.Change`` for the permission check."""
@@ -256,19 +284,21 @@ class Api:
                 selector = LabelSelector.parse(request.query_params["labelSelector"])
             except ValueError as e:
                 raise ApiError(400, "BadRequest", f"labelSelector: {e}") from e
+        paging = _paging(request)
+        if paging is not None and clusters is None:  # one page read from etcd, whatever the kind's size
+            page = await self.ctx.store.list_page(info.kind, limit=paging[0], after=paging[1], before=paging[2],
+                                                  selector=selector)
+            return _list_response(info, page.revision, page.items, page.statuses, page.total,
+                                  (page.more_before, page.more_after))
         items, revision = await self.ctx.store.list(info.kind, selector)
         if clusters is not None:  # per-cluster bindings only: the objects of those clusters
             lookup = rbac.batch_lookup((), self.ctx.store)
             items = [o for o in items if await rbac.object_cluster(o, lookup) in clusters]
         statuses = await self.ctx.store.list_status(info.kind)
-        return JSONResponse(
-            {
-                "apiVersion": "virtplane.io/v1",
-                "kind": f"{info.kind}List",
-                "metadata": {"resourceVersion": str(revision)},
-                "items": [resource_to_wire(r, statuses.get(r.metadata.name)) for r in items],
-            }
-        )
+        if paging is None:
+            return _list_response(info, revision, items, statuses)
+        shown, more_before, more_after = store_mod.slice_by_name(items, *paging)
+        return _list_response(info, revision, shown, statuses, len(items), (more_before, more_after))
 
     async def _get_allowed(self, request: Request, info: KindInfo, name: str) -> Resource:
         """The object, if the caller may get it in its cluster (401, 403 or 404 otherwise)."""
@@ -529,4 +559,6 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/api/v1/{plural}/{name}", r("delete", api.delete_object), methods=["DELETE"]),
         Route("/api/v1/{plural}/{name}/status", r("status", api.get_status), methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_CorrelationEcho)])
+    app = Starlette(routes=routes, middleware=[Middleware(_CorrelationEcho)])
+    app.state.api = api  # for the web console (controller.ui), which calls these handlers in-process
+    return app

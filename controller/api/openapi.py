@@ -44,7 +44,15 @@ def openapi_document() -> dict[str, Any]:
         paths[f"/api/v1/{info.plural}"] = {
             "get": {
                 "summary": f"List {info.plural}",
-                "parameters": [{"name": "labelSelector", "in": "query", "schema": {"type": "string"}}],
+                "parameters": [
+                    {"name": "labelSelector", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "description": "a page of at most this many (1-1000), by name",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "continue", "in": "query", "description": "the page after this name "
+                     "(metadata.continue of the previous page)", "schema": {"type": "string"}},
+                    {"name": "before", "in": "query", "description": "the page before this name "
+                     "(metadata.previous of the next page)", "schema": {"type": "string"}},
+                ],
                 "responses": {"200": {"description": "List"}, **errors},
             },
             "post": {

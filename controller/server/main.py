@@ -26,6 +26,7 @@ from controller.server import tls as tls_mod
 from controller.server.etcd import EmbeddedEtcd
 from controller.server.identity import load_directory
 from controller.store import Store
+from controller.ui.app import console_routes
 
 log = logging.getLogger("virtplane.server")
 
@@ -145,6 +146,7 @@ async def serve(options: ServerOptions, background: tuple[BackgroundTask, ...] =
             authz=RbacAuthorizer(index), metrics=Registry(), directory=directory, session_ttl=options.session_ttl,
         )
         app = create_app(ctx)
+        app.router.routes.extend(console_routes(app.state.api))  # the web console under /ui/
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2,
             ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None,
@@ -183,6 +185,7 @@ async def _announce(
         lines.append(f"TLS: self-signed certificate {ca} (the CLI config names it as the CA)")
     if options.directory_config:
         lines.append(f"directory login: {options.directory_config}")
+        lines.append(f"web console: {url}/ui/ (log in with a directory account)")
     if options.write_config:
         path = write_client_config(ClientConfig(server=url, token=token, ca=str(ca) if ca else None))
         lines.append(f"CLI config written to {path} (mode 0600)")

@@ -27,6 +27,7 @@ from controller.store.errors import (
 )
 from controller.store.identity import Identities, SessionRecord, TokenRecord
 from controller.store.leases import Leases
+from controller.store.paging import Page, slice_by_name
 from controller.store.store import Selector, Snapshot, Store
 from controller.store.watch import WatchEvent
 
@@ -44,6 +45,7 @@ __all__ = [
     "Identities",
     "Leases",
     "NotFoundError",
+    "Page",
     "PartialApplyError",
     "RevisionCompacted",
     "Selector",
@@ -56,6 +58,7 @@ __all__ = [
     "TooLargeError",
     "WatchEvent",
     "kind_prefix",
+    "slice_by_name",
     "spec_key",
     "status_key",
 ]

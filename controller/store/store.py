@@ -11,6 +11,7 @@ Public API (all coroutines unless noted)::
     revision() -> int;  compact(revision)
     get(kind, name) -> Resource | None
     list(kind, selector=None) -> (list[Resource], revision)        selector: anything with .matches
+    list_page(kind, *, limit, after=None, before=None, selector=None) -> Page   one page by name (paging.py)
     apply(objects, *, correlation_id, source=None, dry_run=False, prune=False, user=None) -> ApplyResult
     delete(kind, name, *, correlation_id, resource_version=None, user=None) -> Resource | None
     add_finalizer(kind, name, finalizer) -> Resource
@@ -51,6 +52,7 @@ from controller.store.audit import AuditLog
 from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError
 from controller.store.identity import Identities
 from controller.store.leases import Leases
+from controller.store.paging import Page, list_page
 from controller.store.watch import Skip, WatchEvent, watch_prefixes
 from specs.event import Event, EventMeta
 from specs.meta import Resource, StatusBase
@@ -160,6 +162,12 @@ class Store:
         if selector is not None:
             items = [r for r in items if selector.matches(r.metadata.labels)]
         return items, revision
+
+    async def list_page(self, kind: str, *, limit: int, after: str | None = None, before: str | None = None,
+                        selector: Selector | None = None) -> Page:
+        """``limit`` objects of ``kind`` after (or before) a name, with their statuses, at one revision."""
+        return await list_page(self.kv, kind, limit=limit, after=after, before=before,
+                               matches=selector.matches if selector is not None else None)
 
     async def load_all(self, kinds: Sequence[str]) -> Snapshot:
         """Every spec and status of ``kinds`` at ONE revision (the first read's; later reads are pinned to
