@@ -361,6 +361,13 @@ SPEC_NAMES = {
     "kernel_boot": "boot.kernel/initrd/cmdline",
     "disks": "disks",
     "nics": "nics",
+    "boot_devices": "boot.devices",
+    "cpu_topology": "cpu.topology",
+    "cpu_features": "cpu.features",
+    "memory_hotplug": "memory.dimmSlots/dimmMaxSize",
+    "features": "passthrough.features",
+    "extra_elements": "passthrough.elements",
+    "extra_devices": "passthrough.devices",
 }
 
 

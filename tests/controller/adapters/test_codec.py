@@ -251,7 +251,8 @@ def test_spare_root_ports_count_only_free_ports() -> None:
       <memballoon model='virtio'/><graphics type='vnc'/></devices></domain>"""
     config, owner = parse_domain(xml)
     assert config.spare_root_ports == 2  # port 1 holds vda
-    assert [d.target for d in config.disks] == ["vda"]  # the cdrom is not ours to manage
+    assert [(d.target, d.device) for d in config.disks] == [("vda", "disk"), ("sda", "cdrom")]
+    assert config.extra_devices == ('<graphics type="vnc" />',)  # the balloon is libvirt's default
     assert owner is None
 
 

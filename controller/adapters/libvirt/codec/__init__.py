@@ -17,16 +17,16 @@ Normalizations (documented because they are lossy on purpose):
 Anything we cannot represent raises :class:`CodecError`.
 """
 
-from controller.adapters.libvirt.codec._xml import CodecError
+from controller.adapters.libvirt.codec._xml import USER_ALIAS_PREFIX, CodecError
 from controller.adapters.libvirt.codec.domain import (
     METADATA_NS,
-    USER_ALIAS_PREFIX,
     parse_domain,
     parse_owner,
     render_disk_device,
     render_domain,
     render_nic_device,
 )
+from controller.adapters.libvirt.codec.fidelity import unrepresented
 from controller.adapters.libvirt.codec.resources import (
     parse_host_uuid,
     parse_network,
@@ -55,4 +55,5 @@ __all__ = [
     "render_pool",
     "render_test_host",
     "render_volume",
+    "unrepresented",
 ]
