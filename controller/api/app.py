@@ -39,6 +39,7 @@ from controller.api.openapi import openapi_document
 from controller.common.metrics import Registry
 from controller.common.wire import (
     CORRELATION_HEADER,
+    HookError,
     error_body,
     resource_to_wire,
     spec_to_wire,
@@ -52,6 +53,8 @@ from specs.selector import LabelSelector
 
 # The controllers' diff planners: (kind, name) -> {"plan": [action, ...], "note"?: text} per change.
 PlanHook = Callable[[list[Any]], Awaitable[dict[tuple[str, str], dict[str, Any]]]]
+# The controllers' adoption preview: (host, domains, all) -> {"adopted": [...], "refused": [...]}.
+AdoptHook = Callable[[str, list[str], bool], Awaitable[dict[str, Any]]]
 
 
 class ApiError(Exception):
@@ -67,6 +70,7 @@ class ApiContext:
     authz: Authorizer
     metrics: Registry
     plan_hook: PlanHook | None = None  # set by the controllers: plans for a dry-run apply
+    adopt_hook: AdoptHook | None = None  # set by the controllers: `virtplane adopt`
     # Finalizers the running controllers put on new objects of a kind (set when they start), so that
     # creating an object costs one write rather than a create and a later finalizer update.
     default_finalizers: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -182,6 +186,8 @@ class Api:
                 )
             except store_mod.StoreUnavailable as e:
                 response = JSONResponse(error_body(503, "StoreUnavailable", str(e)), 503)
+            except HookError as e:
+                response = JSONResponse(error_body(e.code, "Refused", str(e)), e.code)
             self.requests.inc(route=name, code=str(response.status_code))
             self.latency.observe(time.perf_counter() - start, route=name)
             return response
@@ -226,6 +232,21 @@ class Api:
             raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
         status, _ = await self.ctx.store.get_status(info.kind, name)
         return JSONResponse(resource_to_wire(obj, status))
+
+    async def adopt(self, request: Request) -> Response:
+        """Propose objects reproducing foreign domains of one host (read-only; see controllers/adopt.py)."""
+        self._authorize(request, "create", "VirtualMachine")
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "expected {\"domains\": [...], \"all\": false}")
+        domains, everything = body.get("domains") or [], bool(body.get("all"))
+        if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+            raise ApiError(400, "BadRequest", "domains: expected a list of domain names")
+        if bool(domains) == everything:
+            raise ApiError(400, "BadRequest", "name domains, or ask for all of them (not both, not neither)")
+        if self.ctx.adopt_hook is None:
+            raise ApiError(503, "Unavailable", "the controllers are not running in this server")
+        return JSONResponse(await self.ctx.adopt_hook(request.path_params["name"], domains, everything))
 
     async def get_status(self, request: Request) -> Response:
         info = _kind_from_path(request)
@@ -436,6 +457,7 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/api/v1/apply", r("apply", api.apply), methods=["POST"]),
         Route("/api/v1/watch", r("watch", api.watch)),
         Route("/api/v1/events", r("events", api.events)),
+        Route("/api/v1/hosts/{name}/adopt", r("adopt", api.adopt), methods=["POST"]),
         Route("/api/v1/{plural}", r("list", api.list_objects), methods=["GET"]),
         Route("/api/v1/{plural}", r("create", api.create_object), methods=["POST"]),
         Route("/api/v1/{plural}/{name}", r("get", api.get_object), methods=["GET"]),

@@ -80,6 +80,15 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": {"description": "Changes"}, **errors},
         }
     }
+    paths["/api/v1/hosts/{name}/adopt"] = {
+        "parameters": [name_param],
+        "post": {
+            "summary": "Objects reproducing foreign domains of a host ({domains: [...]} or {all: true}); "
+            "read-only: the caller writes them to Git and applies them",
+            "responses": {"200": {"description": "adopted: [{domain, objects}], refused: [{domain, problems}]"},
+                          **errors},
+        },
+    }
     paths["/api/v1/watch"] = {
         "get": {
             "summary": "JSON lines of changes from ?resourceVersion=",

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from controller.cli import adopt as adopt_cmd
 from controller.cli import apply as apply_cmd
 from controller.cli import export as export_cmd
 from controller.cli import migrate as migrate_cmd
@@ -44,6 +45,7 @@ app.command()(read_cmd.events)
 app.command()(read_cmd.wait)
 app.command()(export_cmd.export)
 app.command()(migrate_cmd.migrate)
+app.command()(adopt_cmd.adopt)
 
 
 app.add_typer(snapshot_cmd.app, name="snapshot")

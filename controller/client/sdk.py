@@ -143,6 +143,14 @@ class Client:
         ).json()
         return body
 
+    def adopt(self, host: str, domains: Sequence[str] = (), *, everything: bool = False) -> dict[str, Any]:
+        """Objects reproducing foreign domains of ``host`` (read-only): ``{"adopted": [{"domain", "objects"}],
+        "refused": [{"domain", "problems"}]}``."""
+        body: dict[str, Any] = self._request(
+            "POST", f"/api/v1/hosts/{host}/adopt", json={"domains": list(domains), "all": everything}
+        ).json()
+        return body
+
     def events(
         self, *, involved: str | None = None, correlation_id: str | None = None
     ) -> builtins.list[dict[str, Any]]:

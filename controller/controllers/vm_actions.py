@@ -22,6 +22,7 @@ from reconcilers.vm.actions import (
     SetMemory,
     SetVcpus,
     ShutdownDomain,
+    StampOwner,
     StartDomain,
     UndefineDomain,
 )
@@ -46,6 +47,10 @@ async def shutdown_then_destroy(conn: HostConnection, domain: DomainName, timeou
 
 async def _define(a: DefineDomain, rt: Runtime) -> None:
     await rt.hosts.connection(a.host).define_domain(a.config)
+
+
+async def _stamp(a: StampOwner, rt: Runtime) -> None:
+    await rt.hosts.connection(a.host).stamp_owner(a.domain, a.owner, live=a.live)
 
 
 async def _start(a: StartDomain, rt: Runtime) -> None:
@@ -102,6 +107,7 @@ async def _abort(a: AbortMigration, rt: Runtime) -> None:
 
 HANDLERS: dict[type, Handler] = {
     DefineDomain: _define,
+    StampOwner: _stamp,
     StartDomain: _start,
     ShutdownDomain: _shutdown,
     DestroyDomain: _destroy,

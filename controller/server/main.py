@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -18,6 +19,7 @@ from controller.api.app import ApiContext, create_app
 from controller.api.auth import AllowAdmins, StaticTokenAuthenticator
 from controller.client.config import ClientConfig, load_or_create_token, write_client_config
 from controller.common.metrics import Registry
+from controller.controllers.adopt import adopt_preview
 from controller.controllers.registry import default_registry
 from controller.runtime.manager import Manager, ManagerOptions
 from controller.server.etcd import EmbeddedEtcd
@@ -45,6 +47,7 @@ def controllers_task(options: ManagerOptions) -> BackgroundTask:
         registry = default_registry()
         manager = Manager(store, registry, options, metrics=ctx.metrics)
         ctx.plan_hook = manager.plan_changes
+        ctx.adopt_hook = functools.partial(adopt_preview, manager.rt)
         ctx.default_finalizers.update(registry.finalizers())
         await manager.run()
 

@@ -32,9 +32,11 @@ from reconcilers.scheduler import ClusterPolicy, HostView, Request, place
 from reconcilers.vm.actions import (
     DefineDomain,
     ShutdownDomain,
+    StampOwner,
     StartDomain,
     UndefineDomain,
 )
+from reconcilers.vm.adopt import adopting_host
 from reconcilers.vm.domain import ResolvedDisk, ResolvedNetwork, config_differences, desired_domain
 from reconcilers.vm.live import PENDING_TYPES, cold_device_changes, live_actions, without_pending
 from specs.meta import Condition
@@ -151,6 +153,9 @@ def _choose_host(inputs: VmInputs, vm: VirtualMachine) -> tuple[HostName | None,
     if ours:
         host = sorted(ours)[0]
         return host, _cond("Scheduled", True, "Scheduled", f"on {host}")
+    adopted = adopting_host(vm, inputs.domains)
+    if adopted is not None:
+        return adopted, _cond("Scheduled", True, "Adopting", f"on {adopted}, where the adopted domain is")
     if inputs.unlisted:
         # A host not looked at yet may hold this VM: never place it twice.
         waiting = ", ".join(sorted(inputs.unlisted))
@@ -215,6 +220,8 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
         why = f"{host} does not answer" + (f"; {note}" if note else "")
         return VmDecision(Plan(), host, "Unknown", (scheduled, _cond("Ready", False, "HostNotResponding", why)))
     foreign = inputs.domains.get(host)
+    if foreign is not None and not _ours(vm, foreign) and adopting_host(vm, {host: foreign}) == host:
+        return _plan_adoption(inputs, vm, host, foreign, scheduled)
     if foreign is not None and not _ours(vm, foreign):
         return VmDecision(
             Plan(),
@@ -226,8 +233,8 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
                     "Ready",
                     False,
                     "NameConflict",
-                    f"{host} has a domain named {vm.metadata.name} that virtplane does not own; rename the VM or "
-                    "import the domain",
+                    f"{host} has a domain named {vm.metadata.name} that virtplane does not own; rename the VM, "
+                    f"or adopt the domain: virtplane adopt host/{host} --domain {vm.metadata.name}",
                 ),
             ),
         )
@@ -264,6 +271,28 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
         move=move,
         requeue_after=move.requeue_after if move is not None else None,
     )
+
+
+def _plan_adoption(
+    inputs: VmInputs, vm: VirtualMachine, host: HostName, d: ObservedDomain, scheduled: Condition
+) -> VmDecision:
+    """Take a foreign domain over without touching it: only when the spec reproduces its persistent config
+    exactly (in what the planner compares); then stamp our owner metadata, live and persistent."""
+    desired = desired_domain(vm, inputs.status, inputs.disks, inputs.networks,
+                             inputs.domain_types.get(host, "kvm"), d)
+    if d.config is None:
+        diffs: tuple[str, ...] = (d.parse_error or "the definition cannot be read",)
+    else:
+        diffs = tuple(f for f in config_differences(desired, d.config)
+                      if not (f == "cpu_model" and desired.cpu_model is None))
+    if diffs:
+        why = (f"the spec does not reproduce the domain on {host} ({_describe('differs in', diffs)}); the "
+               "domain was left alone: fix the spec (virtplane adopt writes one that does)")
+        return VmDecision(Plan(), None, "Failed", (scheduled, _cond("Ready", False, "AdoptionMismatch", why)))
+    assert desired.owner is not None
+    stamp = StampOwner(host, d.name, desired.owner, d.active, reason="adopt: the spec reproduces the domain")
+    return VmDecision(Plan.of(stamp), host, "Running" if d.active else "Stopped",
+                      (scheduled, _cond("Ready", False, "Adopting", f"taking over {d.name} on {host}")), desired)
 
 
 def _plan_move(inputs: VmInputs, vm: VirtualMachine, host: HostName, d: ObservedDomain | None) -> MoveDecision | None:

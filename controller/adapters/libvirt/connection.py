@@ -54,6 +54,7 @@ from reconcilers.domain import (
     ObservedJob,
     ObservedNetwork,
     ObservedVolume,
+    OwnerMetadata,
     PoolName,
     VolumeConfig,
     VolumeName,
@@ -368,6 +369,40 @@ class HostConnection:
             return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
 
         return codec.parse_domain(await self._run("define", define))[0]
+
+    async def domain_xml(self, name: DomainName | str) -> str:
+        """The persistent definition as libvirt holds it (with secrets such as a VNC password)."""
+
+        def read(conn: Conn) -> str:
+            dom = self._domain(conn, name)
+            self._count("XMLDesc")
+            return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+
+        return await self._run("XMLDesc", read)
+
+    async def block_capacities(self, name: DomainName | str, targets: list[str]) -> dict[str, int]:
+        """Virtual size in bytes of each of the domain's disks (by target), as QEMU or libvirt see it."""
+
+        def read(conn: Conn) -> dict[str, int]:
+            dom = self._domain(conn, name)
+            sizes = {}
+            for target in targets:
+                self._count("blockInfo")
+                sizes[target] = int(dom.blockInfo(target)[0])
+            return sizes
+
+        return await self._run("blockInfo", read)
+
+    async def stamp_owner(self, name: DomainName | str, owner: OwnerMetadata, *, live: bool) -> None:
+        """Write our owner stamp into the domain's metadata, in the persistent definition and (``live``) the
+        running one, without redefining or restarting it (``virDomainSetMetadata``)."""
+        xml = codec.render_owner(owner)
+        flags = _affect(live, True)
+
+        def stamp(dom: libvirt.virDomain) -> None:
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, codec.METADATA_PREFIX, codec.METADATA_NS, flags)
+
+        await self._domain_call("setMetadata", name, stamp)
 
     async def start_domain(self, name: DomainName | str) -> None:
         await self._domain_call("start", name, lambda d: d.create())

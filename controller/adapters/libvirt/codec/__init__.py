@@ -20,11 +20,13 @@ Anything we cannot represent raises :class:`CodecError`.
 from controller.adapters.libvirt.codec._xml import USER_ALIAS_PREFIX, CodecError
 from controller.adapters.libvirt.codec.domain import (
     METADATA_NS,
+    METADATA_PREFIX,
     parse_domain,
     parse_owner,
     render_disk_device,
     render_domain,
     render_nic_device,
+    render_owner,
 )
 from controller.adapters.libvirt.codec.fidelity import unrepresented
 from controller.adapters.libvirt.codec.resources import (
@@ -40,6 +42,7 @@ from controller.adapters.libvirt.codec.resources import (
 
 __all__ = [
     "METADATA_NS",
+    "METADATA_PREFIX",
     "USER_ALIAS_PREFIX",
     "CodecError",
     "parse_domain",
@@ -52,6 +55,7 @@ __all__ = [
     "render_domain",
     "render_network",
     "render_nic_device",
+    "render_owner",
     "render_pool",
     "render_test_host",
     "render_volume",

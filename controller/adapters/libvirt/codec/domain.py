@@ -104,6 +104,13 @@ def render_domain(config: DomainConfig) -> str:
     return to_string(dom)
 
 
+def render_owner(owner: OwnerMetadata) -> str:
+    """Our ``<owner>`` element alone, for ``virDomainSetMetadata`` (stamping a domain without redefining it)."""
+    holder = ET.Element("metadata")
+    _render_owner(holder, owner)
+    return ET.tostring(holder[0], encoding="unicode")
+
+
 def _render_owner(metadata: ET.Element, owner: OwnerMetadata) -> None:
     el = sub(metadata, f"{{{METADATA_NS}}}owner")
     sub(el, f"{{{METADATA_NS}}}uid", owner.uid)
