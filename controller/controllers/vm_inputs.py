@@ -164,7 +164,17 @@ def vm_inputs(
         host_notes=notes,
         ha_target=ha.host if ha is not None else None,
         ha_note=ha.message if ha is not None and ha.host is None else None,
+        powering_on=powering_on(rt, cluster_hosts),
     )
+
+
+def powering_on(rt: Runtime, hosts: set[HostName]) -> HostName | None:
+    """A host of the cluster that power saving is powering on (asked, or on its way)."""
+    for name in sorted(hosts):
+        status = rt.cache.status["Host"].get(name)
+        if rt.power.get(name) == "on" or getattr(status, "phase", None) == "PoweringOn":
+            return name
+    return None
 
 
 def host_health(rt: Runtime, hosts: set[HostName]) -> tuple[frozenset[HostName], dict[HostName, str]]:

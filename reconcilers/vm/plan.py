@@ -65,6 +65,7 @@ class VmInputs:
     host_notes: Mapping[HostName, str] = field(default_factory=dict)  # why a silent host's VMs stay put
     ha_target: HostName | None = None  # where the HA restart after fencing placed this VM (host controller)
     ha_note: str | None = None  # why the HA restart could not place it
+    powering_on: HostName | None = None  # a host of the cluster power saving is powering on for capacity
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,10 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     host, scheduled = _choose_host(inputs, vm)
     if host is None:
         unschedulable = _cond("Ready", False, "Unschedulable", scheduled.message)
+        if scheduled.reason == "Unschedulable" and inputs.powering_on is not None:
+            unschedulable = _cond("Ready", False, "WaitingForHostPowerOn",
+                                  f"host {inputs.powering_on} is being powered on for capacity (power saving); "
+                                  f"now: {scheduled.message}")
         return VmDecision(Plan(), None, "Pending", (scheduled, unschedulable))
     if host in inputs.unreachable:
         note = inputs.host_notes.get(host)
