@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os.path
 from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from controller.adapters import images
 from controller.adapters.libvirt import snapshots as lv
 from controller.common.errors import TransientError
 from controller.runtime.cache import Cache
@@ -15,7 +18,8 @@ from controller.runtime.registry import GLOBAL, Controller, Handler, Preview, Wa
 from controller.runtime.workqueue import Result
 from controller.store import Change
 from reconcilers.conditions import cond
-from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, ResizeVolume
+from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, ImportImage, ResizeVolume
+from reconcilers.disk.imports import import_refusal
 from reconcilers.disk.plan import DiskSourceInfo, plan_disk, source_info, volume_name
 from reconcilers.domain import HostName, ObservedVolume, VolumeName
 from reconcilers.plan import Plan
@@ -70,6 +74,12 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
         await rt.write_status("Disk", name, _status(rt, disk, "Pending", "SourceNotReady", source,
                                                     attachedTo=attached))
         return None
+    if observed is None and not deleting and not isinstance(source, str):
+        refused = _import_blocked(rt, disk, source)
+        if refused is not None:
+            reason, message = refused
+            await rt.write_status("Disk", name, _status(rt, disk, "Failed", reason, message, attachedTo=attached))
+            return None
     overlays = overlay_clones_of(rt, name)
     if deleting and (attached or overlays):
         why = [f"attached to {', '.join(attached)}; detach it first"] if attached else []
@@ -87,6 +97,10 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
             assert result.error is not None and result.failed is not None
             await rt.emit(disk, "VolumeFailed", f"{result.failed.name}: {result.error}", warning=True,
                           source="disk-controller")
+            if isinstance(result.error, images.ImageError):  # the same input fails the same way: no retry
+                await rt.write_status("Disk", name, _status(rt, disk, "Failed", result.error.reason,
+                                                            str(result.error), attachedTo=attached))
+                return None
             raise result.error
         await rt.emit(disk, "PlanExecuted", result.describe_done(), source="disk-controller")
         observed = await _observe(rt, host, disk)
@@ -116,6 +130,23 @@ async def _reconcile_lun(rt: Runtime, disk: Disk, attached: tuple[str, ...], del
     await rt.write_status("Disk", disk.metadata.name, _status(rt, disk, "Ready", "Lun", "", path=path,
                                                               attachedTo=attached))
     return None
+
+
+def _import_blocked(rt: Runtime, disk: Disk, source: DiskSourceInfo | None) -> tuple[str, str] | None:
+    """(reason, message) when the import must not run (again): a path outside what the server may read, or
+    an import that already failed for this generation (a terminal failure; change the spec to retry)."""
+    src = disk.spec.source
+    if source is None or src is None or src.import_ is None:
+        return None
+    prev = rt.cache.status["Disk"].get(disk.metadata.name)
+    if isinstance(prev, DiskStatus) and prev.phase == "Failed" and prev.observedGeneration == disk.metadata.generation:
+        ready = next((c for c in prev.conditions if c.type == "Ready"), None)
+        return (ready.reason or "ImportFailed", ready.message or "") if ready else ("ImportFailed", "")
+    if src.import_.path is None:
+        return None
+    allowed = [d for sd in rt.cache.all("StorageDomain", StorageDomain) if (d := backend_for(sd).image_dir(sd))]
+    why = import_refusal(os.path.realpath(source.path), [*allowed, *rt.import_dirs])
+    return ("ImportRefused", why) if why is not None else None
 
 
 def _host_for(rt: Runtime, sd_name: str) -> HostName | None:
@@ -168,6 +199,38 @@ async def _create(a: CreateVolume, rt: Runtime) -> None:
         await conn.copy_volume(a.pool, a.volume, a.source_path, a.source_format)
 
 
+async def _import(a: ImportImage, rt: Runtime) -> None:
+    """Download (a URL), inspect against the declared format, convert with progress in status, check."""
+    disk = rt.cache.get("Disk", a.disk, Disk)
+
+    def reporter(stage: str) -> images.Progress:
+        async def report(percent: int) -> None:
+            if disk is not None:
+                await rt.write_status("Disk", a.disk, _status(rt, disk, "Creating", "Importing",
+                                                              f"{stage} {a.source}: {percent}%", progress=percent))
+        return report
+
+    conn = rt.hosts.connection(a.host)
+    staged: Path | None = None
+    source = a.source
+    try:
+        if source.startswith(("http://", "https://")):
+            staged = Path(a.dest_path + ".download")
+            await images.download(source, staged, reporter("downloading"))
+            source = str(staged)
+        info = await images.image_info(source, a.source_format)
+        volume = replace(a.volume, capacity_bytes=max(a.volume.capacity_bytes, info.virtual_size))
+        if conn.is_test:
+            # libvirt's test driver has no files: the source was inspected for real, the volume is simulated.
+            await conn.create_volume(a.pool, volume)
+            return
+        await images.convert(source, info.format, a.dest_path, a.volume.format, reporter("converting"))
+        await images.check(a.dest_path, a.volume.format)
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+
+
 async def _resize(a: ResizeVolume, rt: Runtime) -> None:
     await rt.hosts.connection(a.host).resize_volume(a.pool, a.volume, a.capacity_bytes)
 
@@ -183,7 +246,8 @@ async def _copy_snapshot(a: CopySnapshotDisk, rt: Runtime) -> None:
 
 
 HANDLERS: dict[type, Handler] = {
-    CreateVolume: _create, ResizeVolume: _resize, DeleteVolume: _delete, CopySnapshotDisk: _copy_snapshot,
+    CreateVolume: _create, ImportImage: _import, ResizeVolume: _resize, DeleteVolume: _delete,
+    CopySnapshotDisk: _copy_snapshot,
 }
 
 

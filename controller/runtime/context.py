@@ -76,6 +76,8 @@ class Runtime:
     policy_clock: PolicyClock = field(default_factory=PolicyClock)
     # where `virtplane lab` hosts live, for the lab power agent (`virtplane server --lab-dir`).
     lab_dir: Path | None = None
+    # `virtplane server --import-dir`: directories Disk imports may read images from (storage domains too).
+    import_dirs: tuple[str, ...] = ()
 
     async def ensure_finalizer(self, obj: R, finalizer: str) -> R:
         """``obj`` with ``finalizer`` added in the store (unless it is there or the object is being deleted)."""

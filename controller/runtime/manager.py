@@ -49,6 +49,7 @@ class ManagerOptions:
     lease_ttl: int = 10
     secrets_dir: Path = DEFAULT_SECRETS_DIR  # where spec fields that name a secret find its file
     lab_dir: Path | None = None  # `virtplane lab` hosts the lab power agent may switch
+    import_dirs: tuple[str, ...] = ()  # `--import-dir`: where Disk imports may read images (beside storage)
 
 
 class Manager:
@@ -63,7 +64,8 @@ class Manager:
         self.elector = Elector(store, options.identity, ttl=options.lease_ttl)
         self.rt = Runtime(store, self.cache, self.hosts, self.queue, metrics or MetricsRegistry(),
                           executor=Executor(registry.handlers), identity=options.identity,
-                          secrets_dir=options.secrets_dir, lab_dir=options.lab_dir)
+                          secrets_dir=options.secrets_dir, lab_dir=options.lab_dir,
+                          import_dirs=options.import_dirs)
         self.rt.notify = self._dispatch
         self.rt.on_domain_event = self._on_domain_event
         self.rt.metrics.add_collector(self._metrics)

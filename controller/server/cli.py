@@ -37,6 +37,11 @@ def server(
         Path | None,
         typer.Option("--lab-dir", help="A `virtplane lab` directory whose hosts the lab power agent may switch."),
     ] = None,
+    import_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--import-dir", help="A directory Disk imports may read images from (repeatable); "
+                     "storage domains are always allowed."),
+    ] = None,
 ) -> None:
     """Run the API server (and the controllers) on embedded or external etcd."""
     from controller.server.main import ServerOptions, serve
@@ -47,7 +52,7 @@ def server(
     endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else ()
     try:
         options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config)
-        background = _background_tasks(data_dir, secrets_dir, lab_dir) if controllers else ()
+        background = _background_tasks(data_dir, secrets_dir, lab_dir, tuple(import_dirs or ())) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
@@ -55,9 +60,12 @@ def server(
         pass
 
 
-def _background_tasks(data_dir: Path, secrets_dir: Path, lab_dir: Path | None) -> tuple[BackgroundTask, ...]:
+def _background_tasks(
+    data_dir: Path, secrets_dir: Path, lab_dir: Path | None, import_dirs: tuple[Path, ...] = ()
+) -> tuple[BackgroundTask, ...]:
     identity = f"{socket.gethostname()}-{os.getpid()}"
-    options = ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir, lab_dir=lab_dir)
+    options = ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir, lab_dir=lab_dir,
+                             import_dirs=tuple(str(d.resolve()) for d in import_dirs))
     return (controllers_task(options),)
 
 

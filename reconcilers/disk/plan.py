@@ -9,7 +9,7 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, ResizeVolume
+from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, ImportImage, ResizeVolume
 from reconcilers.domain import HostName, ImageFormat, ObservedVolume, VolumeConfig, VolumeName
 from reconcilers.plan import Action, Plan
 from reconcilers.snapshot.actions import SnapshotName
@@ -50,7 +50,8 @@ def source_info(disk: Disk, base: str, other: Mapping[str, DiskSourceInfo],
         assert src.clone.image is not None
         return DiskSourceInfo(_relative(src.clone.image, base), None, None)
     if src.import_ is not None:
-        return DiskSourceInfo(_relative(src.import_.path, base), src.import_.format, None)
+        where = src.import_.url or _relative(src.import_.path or "", base)
+        return DiskSourceInfo(where, src.import_.format, None)
     assert src.snapshot is not None
     held = (snapshots or {}).get(src.snapshot.snapshot)
     if held is None:
@@ -83,6 +84,11 @@ def plan_disk(disk: Disk, host: HostName, path: str, observed: ObservedVolume | 
             actions.append(CopySnapshotDisk(host, pool, VolumeConfig(name, capacity, fmt), source.path,
                                             SnapshotName(source.snapshot), path,
                                             reason=f"copy of {source.path} at snapshot {source.snapshot}"))
+        elif source is not None and disk.spec.source is not None and disk.spec.source.import_ is not None:
+            vol = VolumeConfig(name, size or 0, fmt)
+            actions.append(ImportImage(host, disk=disk.metadata.name, pool=pool, volume=vol, source=source.path,
+                                       source_format=source.format, dest_path=posixpath.join(path, name),
+                                       reason=f"import of {source.path}"))
         elif source is not None and clone is not None and clone.mode == "overlay":
             capacity = max(size or 0, source.capacity_bytes or 0)
             vol = VolumeConfig(name, capacity, "qcow2", source.path, _fmt(source.format))

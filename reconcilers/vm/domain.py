@@ -49,6 +49,7 @@ class ResolvedDisk:
     shareable: bool
     ready: bool
     storage_domain: str | None = None
+    template: bool = False  # a template Disk: cloned, or attached read-only, never attached writable
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,12 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     vm = inputs.vm
     if vm is None or vm.metadata.deletionTimestamp is not None:
         return plan_teardown(inputs)
+    writable_templates = [a.disk for a in vm.spec.disks if a.disk in inputs.disks and inputs.disks[a.disk].template
+                          and not a.readOnly and a.device == "disk"]
+    if writable_templates:
+        why = (f"disk {', '.join(writable_templates)} is a template: clone it (a Disk with source.clone) or "
+               "attach it readOnly")
+        return VmDecision(Plan(), None, "Failed", (_cond("Ready", False, "TemplateNotWritable", why),))
     missing = [a.disk for a in vm.spec.disks if a.disk not in inputs.disks or not inputs.disks[a.disk].ready]
     missing_nets = [
         n.network for n in vm.spec.nics if n.network not in inputs.networks or not inputs.networks[n.network].ready
