@@ -233,6 +233,23 @@ class Api:
         status, _ = await self.ctx.store.get_status(info.kind, name)
         return JSONResponse(resource_to_wire(obj, status))
 
+    async def backup(self, request: Request) -> Response:
+        """The whole store (specs with server metadata, statuses); events and leases left out."""
+        self._authorize(request, "list", None)
+        return JSONResponse(await store_mod.take_backup(self.ctx.store))
+
+    async def restore(self, request: Request) -> Response:
+        """Load a backup into an empty store (409 when it is not empty; nothing written)."""
+        self._authorize(request, "create", None)
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "expected a backup document")
+        try:
+            written = await store_mod.restore_backup(self.ctx.store, body)
+        except store_mod.RestoreRefused as e:
+            raise ApiError(409, "Conflict", str(e)) from e
+        return JSONResponse({"restored": written})
+
     async def adopt(self, request: Request) -> Response:
         """Propose objects reproducing foreign domains of one host (read-only; see controllers/adopt.py)."""
         self._authorize(request, "create", "VirtualMachine")
@@ -458,6 +475,8 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/api/v1/watch", r("watch", api.watch)),
         Route("/api/v1/events", r("events", api.events)),
         Route("/api/v1/hosts/{name}/adopt", r("adopt", api.adopt), methods=["POST"]),
+        Route("/api/v1/backup", r("backup", api.backup), methods=["GET"]),
+        Route("/api/v1/restore", r("restore", api.restore), methods=["POST"]),
         Route("/api/v1/{plural}", r("list", api.list_objects), methods=["GET"]),
         Route("/api/v1/{plural}", r("create", api.create_object), methods=["POST"]),
         Route("/api/v1/{plural}/{name}", r("get", api.get_object), methods=["GET"]),

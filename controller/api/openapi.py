@@ -89,6 +89,14 @@ def openapi_document() -> dict[str, Any]:
                           **errors},
         },
     }
+    paths["/api/v1/backup"] = {
+        "get": {"summary": "The whole store: specs with server metadata and statuses (no events, no leases)",
+                "responses": {"200": {"description": "a virtplane.io/backup/v1 document"}, **errors}},
+    }
+    paths["/api/v1/restore"] = {
+        "post": {"summary": "Load a backup into an empty store (409 if it is not empty; nothing written)",
+                 "responses": {"200": {"description": "{restored: N}"}, **errors}},
+    }
     paths["/api/v1/watch"] = {
         "get": {
             "summary": "JSON lines of changes from ?resourceVersion=",

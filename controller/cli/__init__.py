@@ -12,6 +12,7 @@ import typer
 
 from controller.cli import adopt as adopt_cmd
 from controller.cli import apply as apply_cmd
+from controller.cli import backup as backup_cmd
 from controller.cli import export as export_cmd
 from controller.cli import migrate as migrate_cmd
 from controller.cli import read as read_cmd
@@ -46,6 +47,8 @@ app.command()(read_cmd.wait)
 app.command()(export_cmd.export)
 app.command()(migrate_cmd.migrate)
 app.command()(adopt_cmd.adopt)
+app.command()(backup_cmd.backup)
+app.command()(backup_cmd.restore)
 
 
 app.add_typer(snapshot_cmd.app, name="snapshot")

@@ -143,6 +143,15 @@ class Client:
         ).json()
         return body
 
+    def backup(self) -> dict[str, Any]:
+        """The whole store as a ``virtplane.io/backup/v1`` document."""
+        body: dict[str, Any] = self._request("GET", "/api/v1/backup").json()
+        return body
+
+    def restore(self, backup: dict[str, Any]) -> int:
+        """Load a backup into an empty store; the number of objects restored."""
+        return int(self._request("POST", "/api/v1/restore", json=backup).json()["restored"])
+
     def adopt(self, host: str, domains: Sequence[str] = (), *, everything: bool = False) -> dict[str, Any]:
         """Objects reproducing foreign domains of ``host`` (read-only): ``{"adopted": [{"domain", "objects"}],
         "refused": [{"domain", "problems"}]}``."""

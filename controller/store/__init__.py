@@ -10,10 +10,12 @@ Errors (tree in ``controller.store.errors``)::
     ├── PartialApplyError(written, not_written, cause, uncertain)
     ├── NotFoundError(kind, name)
     ├── StoreUnavailable
-    └── RevisionCompacted(revision)
+    ├── RevisionCompacted(revision)
+    └── RestoreRefused               (backup: the store is not empty, or the backup is unreadable)
 """
 
 from controller.store.apply import ApplyResult, Change
+from controller.store.backup import RestoreRefused, restore_backup, take_backup
 from controller.store.codec import EVENTS, ROOT, SPECS, STATUS, kind_prefix, spec_key, status_key
 from controller.store.errors import (
     ConflictError,
@@ -39,6 +41,7 @@ __all__ = [
     "Leases",
     "NotFoundError",
     "PartialApplyError",
+    "RestoreRefused",
     "RevisionCompacted",
     "Selector",
     "Snapshot",
@@ -48,6 +51,8 @@ __all__ = [
     "TooLargeError",
     "WatchEvent",
     "kind_prefix",
+    "restore_backup",
     "spec_key",
     "status_key",
+    "take_backup",
 ]
