@@ -160,6 +160,7 @@ KINDS: dict[str, KindInfo] = {
                 _AGE,
                 Column("PATH", "status.path", True),
                 Column("ALLOCATION", "status.allocation", True),
+                Column("PROGRESS", "status.progress", True, bar=True),
             ),
         ),
         _info(

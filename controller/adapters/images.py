@@ -84,7 +84,8 @@ async def download(url: str, dest: Path, progress: Progress) -> None:
                     if total:
                         report(done * 100 // total)
         except urllib.error.HTTPError as exc:
-            raise ImageError("SourceUnreachable", f"{url}: HTTP {exc.code} {exc.reason}") from exc
+            exc.close()  # it holds the response's socket
+            raise ImageError("SourceUnreachable", f"{url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise ImageError("SourceUnreachable", f"{url}: {getattr(exc, 'reason', exc)}") from exc
 
