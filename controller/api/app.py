@@ -23,8 +23,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import anyio
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -71,6 +73,8 @@ class ApiContext:
     metrics: Registry
     plan_hook: PlanHook | None = None  # set by the controllers: plans for a dry-run apply
     adopt_hook: AdoptHook | None = None  # set by the controllers: `virtplane adopt`
+    # Where `virtplane disk upload` puts images for the Disk controller (the server's data dir/uploads).
+    upload_dir: Path | None = None
     # Finalizers the running controllers put on new objects of a kind (set when they start), so that
     # creating an object costs one write rather than a create and a later finalizer update.
     default_finalizers: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -249,6 +253,33 @@ class Api:
         except store_mod.RestoreRefused as e:
             raise ApiError(409, "Conflict", str(e)) from e
         return JSONResponse({"restored": written})
+
+    async def upload(self, request: Request) -> Response:
+        """Receive the image of a Disk whose source is ``import: {upload: true}`` (streamed to the upload
+        directory as ``NAME.UID``; it appears complete or not at all). The Disk controller imports it."""
+        self._authorize(request, "update", "Disk")
+        name = request.path_params["name"]
+        disk = await self.ctx.store.get("Disk", name)
+        src = getattr(getattr(disk, "spec", None), "source", None) if disk is not None else None
+        if disk is None:
+            raise ApiError(404, "NotFound", f"Disk {name!r} not found")
+        if src is None or src.import_ is None or not src.import_.upload:
+            raise ApiError(409, "Conflict", f"Disk {name} does not take an upload (set spec.source.import.upload)")
+        if self.ctx.upload_dir is None:
+            raise ApiError(503, "Unavailable", "this server takes no uploads")
+        self.ctx.upload_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        final = self.ctx.upload_dir / f"{name}.{disk.metadata.uid}"
+        partial = final.with_name(final.name + ".part")
+        written = 0
+        try:
+            async with await anyio.open_file(partial, "wb") as out:
+                async for chunk in request.stream():
+                    await out.write(chunk)
+                    written += len(chunk)
+            partial.replace(final)
+        finally:
+            partial.unlink(missing_ok=True)
+        return JSONResponse({"disk": name, "bytes": written})
 
     async def adopt(self, request: Request) -> Response:
         """Propose objects reproducing foreign domains of one host (read-only; see controllers/adopt.py)."""
@@ -476,6 +507,7 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/api/v1/events", r("events", api.events)),
         Route("/api/v1/hosts/{name}/adopt", r("adopt", api.adopt), methods=["POST"]),
         Route("/api/v1/backup", r("backup", api.backup), methods=["GET"]),
+        Route("/api/v1/disks/{name}/upload", r("upload", api.upload), methods=["PUT"]),
         Route("/api/v1/restore", r("restore", api.restore), methods=["POST"]),
         Route("/api/v1/{plural}", r("list", api.list_objects), methods=["GET"]),
         Route("/api/v1/{plural}", r("create", api.create_object), methods=["POST"]),

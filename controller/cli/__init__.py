@@ -13,6 +13,7 @@ import typer
 from controller.cli import adopt as adopt_cmd
 from controller.cli import apply as apply_cmd
 from controller.cli import backup as backup_cmd
+from controller.cli import disk as disk_cmd
 from controller.cli import export as export_cmd
 from controller.cli import migrate as migrate_cmd
 from controller.cli import read as read_cmd
@@ -52,4 +53,5 @@ app.command()(backup_cmd.restore)
 
 
 app.add_typer(snapshot_cmd.app, name="snapshot")
+app.add_typer(disk_cmd.app, name="disk")
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -80,7 +81,8 @@ class Client:
     # --- plumbing ---
 
     def _request(self, method: str, path: str, *, correlation_id: str | None = None, **kwargs: Any) -> httpx.Response:
-        headers = {CORRELATION_HEADER: correlation_id} if correlation_id else None
+        headers = {CORRELATION_HEADER: correlation_id} if correlation_id else {}
+        headers |= kwargs.pop("headers", None) or {}
         try:
             response = self._http.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as e:
@@ -142,6 +144,23 @@ class Client:
             correlation_id=correlation_id,
         ).json()
         return body
+
+    def upload(self, disk: str, path: Path, progress: Callable[[int], None] | None = None) -> int:
+        """Stream the image at ``path`` to the server for Disk ``disk``; ``progress(bytes sent so far)``."""
+
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    sent += len(chunk)
+                    yield chunk
+                    if progress is not None:
+                        progress(sent)
+
+        size = path.stat().st_size
+        response = self._request("PUT", f"/api/v1/disks/{disk}/upload", content=chunks(),
+                                 headers={"Content-Length": str(size)}, timeout=None)
+        return int(response.json()["bytes"])
 
     def backup(self) -> dict[str, Any]:
         """The whole store as a ``virtplane.io/backup/v1`` document."""

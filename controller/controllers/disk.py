@@ -67,13 +67,15 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
                                                     f"storage domain {sd_name} is not ready", attachedTo=attached))
         return None
     observed = await _observe(rt, host, disk)
-    source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt))
+    source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt), _uploaded(rt, disk))
     # The source matters only to create the image: an existing or deleted one never waits for it (the
     # base of an overlay waits for the overlay to go, so the overlay must not wait for the base).
     if isinstance(source, str) and observed is None and not deleting:
-        await rt.write_status("Disk", name, _status(rt, disk, "Pending", "SourceNotReady", source,
-                                                    attachedTo=attached))
-        return None
+        imp = disk.spec.source.import_ if disk.spec.source is not None else None
+        upload = imp is not None and imp.upload
+        await rt.write_status("Disk", name, _status(rt, disk, "Pending", "WaitingForUpload" if upload else
+                                                    "SourceNotReady", source, attachedTo=attached))
+        return Result(requeue_after=2.0) if upload else None  # an upload lands outside the store: look again
     if observed is None and not deleting and not isinstance(source, str):
         refused = _import_blocked(rt, disk, source)
         if refused is not None:
@@ -130,6 +132,14 @@ async def _reconcile_lun(rt: Runtime, disk: Disk, attached: tuple[str, ...], del
     await rt.write_status("Disk", disk.metadata.name, _status(rt, disk, "Ready", "Lun", "", path=path,
                                                               attachedTo=attached))
     return None
+
+
+def _uploaded(rt: Runtime, disk: Disk) -> str | None:
+    """The complete upload for this Disk (``virtplane disk upload``), if there is one."""
+    if rt.upload_dir is None:
+        return None
+    path = rt.upload_dir / f"{disk.metadata.name}.{disk.metadata.uid}"
+    return str(path) if path.exists() else None
 
 
 def _import_blocked(rt: Runtime, disk: Disk, source: DiskSourceInfo | None) -> tuple[str, str] | None:
@@ -226,6 +236,8 @@ async def _import(a: ImportImage, rt: Runtime) -> None:
             return
         await images.convert(source, info.format, a.dest_path, a.volume.format, reporter("converting"))
         await images.check(a.dest_path, a.volume.format)
+        if rt.upload_dir is not None and Path(source).parent == rt.upload_dir:
+            Path(source).unlink(missing_ok=True)  # imported: the staged upload is not needed any more
     finally:
         if staged is not None:
             staged.unlink(missing_ok=True)
@@ -276,7 +288,7 @@ async def preview_disk(rt: Runtime, change: Change) -> Preview:
     if isinstance(status, DiskStatus) and status.path and status.capacity is not None:
         observed = ObservedVolume(VolumeName(volume_name(disk)), status.path, status.capacity,
                                   status.allocation or 0, status.format or "qcow2", status.backingPath)
-    source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt))
+    source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt), _uploaded(rt, disk))
     if isinstance(source, str) and observed is None and disk.metadata.deletionTimestamp is None:
         return Preview(Plan(), note=f"waiting: {source}")
     return Preview(plan_disk(disk, host, base, observed, None if isinstance(source, str) else source))

@@ -65,7 +65,7 @@ class Manager:
         self.rt = Runtime(store, self.cache, self.hosts, self.queue, metrics or MetricsRegistry(),
                           executor=Executor(registry.handlers), identity=options.identity,
                           secrets_dir=options.secrets_dir, lab_dir=options.lab_dir,
-                          import_dirs=options.import_dirs)
+                          import_dirs=options.import_dirs, upload_dir=options.data_dir / "uploads")
         self.rt.notify = self._dispatch
         self.rt.on_domain_event = self._on_domain_event
         self.rt.metrics.add_collector(self._metrics)

@@ -106,7 +106,8 @@ async def serve(options: ServerOptions, background: tuple[BackgroundTask, ...] =
     options.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = load_or_create_token(options.data_dir)
     async with open_store(options) as (store, etcd_text):
-        ctx = ApiContext(store=store, authn=StaticTokenAuthenticator(token), authz=AllowAdmins(), metrics=Registry())
+        ctx = ApiContext(store=store, authn=StaticTokenAuthenticator(token), authz=AllowAdmins(), metrics=Registry(),
+                         upload_dir=options.data_dir / "uploads")
         app = create_app(ctx)
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2

@@ -37,9 +37,11 @@ def _relative(path: str, base: str) -> str:
 
 
 def source_info(disk: Disk, base: str, other: Mapping[str, DiskSourceInfo],
-                snapshots: Mapping[str, tuple[str, ...]] | None = None) -> DiskSourceInfo | str | None:
+                snapshots: Mapping[str, tuple[str, ...]] | None = None,
+                uploaded: str | None = None) -> DiskSourceInfo | str | None:
     """Where the initial content comes from. Returns an error message (str) when it cannot be found yet.
-    ``snapshots``: the Ready Snapshots, each with the Disks it holds."""
+    ``snapshots``: the Ready Snapshots, each with the Disks it holds; ``uploaded``: where the image
+    uploaded for this Disk is, once the upload is complete."""
     src = disk.spec.source
     if src is None or src.empty is not None:
         return None
@@ -49,6 +51,10 @@ def source_info(disk: Disk, base: str, other: Mapping[str, DiskSourceInfo],
             return found if found is not None else f"source disk {src.clone.disk} is not ready"
         assert src.clone.image is not None
         return DiskSourceInfo(_relative(src.clone.image, base), None, None)
+    if src.import_ is not None and src.import_.upload:
+        if uploaded is None:
+            return f"waiting for the image: virtplane disk upload {disk.metadata.name} FILE"
+        return DiskSourceInfo(uploaded, src.import_.format, None)
     if src.import_ is not None:
         where = src.import_.url or _relative(src.import_.path or "", base)
         return DiskSourceInfo(where, src.import_.format, None)

@@ -114,3 +114,18 @@ def test_a_template_is_not_attached_writable(cli: Cli) -> None:
     vm["spec"]["disks"] = [{"disk": "golden", "readOnly": True}]
     assert cli("apply", "-f", "-", input=yaml.safe_dump(vm)).returncode == 0
     assert wait_for("read-only template attached", lambda: reason() == "Running" or None, 30)
+
+
+def test_an_upload_with_a_progress_bar_is_imported(cli: Cli, store_dir: Path) -> None:
+    up = _disk("uploaded", upload=True, format="vmdk")
+    assert cli("apply", "-f", "-", input=yaml.safe_dump(up)).returncode == 0
+    wait_for("waiting for the upload", lambda: _reason((cli.obj("disk", "uploaded") or {}).get("status") or
+                                                        {"conditions": [{"type": "Ready", "reason": ""}]})[0]
+             == "WaitingForUpload" or None, 30)
+    done = cli("disk", "upload", "uploaded", str(store_dir / "app.vmdk"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "uploaded" in done.stdout and "app.vmdk -> disk/uploaded" in done.stderr  # the progress bar's line
+    status = _settled(cli, "uploaded")
+    assert status["phase"] == "Ready" and status["capacity"] == 24 << 20, status
+    wrong = cli("disk", "upload", "app", str(store_dir / "app.vmdk"))
+    assert wrong.returncode == 2 and "does not take an upload" in wrong.stderr, wrong.stderr
