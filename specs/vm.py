@@ -90,6 +90,8 @@ class CpuSpec(StrictModel):
                 f"sockets x dies x cores x threads = {t.sockets * t.dies * t.cores * t.threads}, but the VM has "
                 f"{self.max_cores} vCPUs at most (maxCores, else cores); they must be equal",
             )
+        if self.features and self.model is None:
+            raise field_error("features", "CPU features need a cpu.model (libvirt refuses them without one)")
         names = [f.name for f in self.features]
         for index, name in enumerate(names):
             if name in names[:index]:

@@ -41,6 +41,7 @@ FULL = {
     "cpu": {
         "cores": 2,
         "maxCores": 4,
+        "model": "Skylake-Client",
         "topology": {"sockets": 1, "cores": 2, "threads": 2},
         "features": [{"name": "pcid"}, {"name": "hle", "policy": "disable"}],
     },
@@ -120,6 +121,7 @@ def test_drives_keep_their_targets_when_observed() -> None:
     ("spec", "path", "words"),
     [
         ({"cpu": {"cores": 2, "topology": {"sockets": 2, "cores": 2}}}, "cpu.topology", "must be equal"),
+        ({"cpu": {"cores": 1, "features": [{"name": "pcid"}]}}, "cpu.features", "need a cpu.model"),
         ({"disks": [{"disk": "iso", "device": "cdrom"}]}, "disks.0.bus", "sata, ide or scsi"),
         (
             {"nics": [{"name": "a", "network": "lan", "bootOrder": 1}], "emptyDrives": [{"bootOrder": 1}]},
