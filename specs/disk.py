@@ -58,8 +58,8 @@ class ImportSource(StrictModel):
         default=None, pattern=r"^https?://[^\s/]+/\S*$",
         description="http(s):// URL of the image, downloaded by the server.",
     )
-    upload: bool = Field(
-        default=False, description="The image is uploaded through the API: virtplane disk upload NAME FILE."
+    upload: bool | None = Field(
+        default=None, description="true: the image is uploaded through the API (virtplane disk upload NAME FILE)."
     )
     format: ImportFormat | None = Field(
         default=None,
@@ -69,7 +69,7 @@ class ImportSource(StrictModel):
 
     @model_validator(mode="after")
     def _one(self) -> ImportSource:
-        if (self.path is not None) + (self.url is not None) + self.upload != 1:
+        if (self.path is not None) + (self.url is not None) + bool(self.upload) != 1:
             raise field_error("path", "import needs exactly one of path (a file), url (http/https) or upload: true")
         if self.path is not None and any(part == ".." for part in self.path.split("/")):
             raise field_error("path", f"path must not contain '..' components, got {self.path!r}")
