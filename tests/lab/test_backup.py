@@ -69,7 +69,6 @@ def _restore_and_check(cluster: LabCluster, backup: Path, name: str, uid: str, d
     wait_for(f"{name} Ready after restore", lambda: any(
         c["type"] == "Ready" and c["status"] == "True" for c in cluster.status("VirtualMachine", name).get(
             "conditions", [])), 60)
-    cluster.wait_reconciles("VirtualMachine", 3)
     assert virsh(uri, "domid", name).strip() == domid, "the domain was restarted"
     assert _qemu_pid(cluster, name) == pid, "QEMU was restarted"
     assert cluster.console(name).count(READY_MARKER) == 1, "the guest booted again"
