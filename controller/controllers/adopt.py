@@ -56,11 +56,10 @@ async def _adopt_one(rt: Runtime, base: AdoptContext, d: ObservedDomain) -> Adop
     problems = unrepresented(xml)
     capacities: dict[str, int] = {}
     if d.config is not None:
-        sized = [x for x in d.config.disks if isinstance(x.source, FileSource | BlockSource)]
-        by_target = await conn.block_capacities(d.name, [x.target for x in sized])
-        for x in sized:
-            assert isinstance(x.source, FileSource | BlockSource)
-            capacities[x.source.path if isinstance(x.source, FileSource) else x.source.dev] = by_target[x.target]
+        paths = {x.target: x.source.path if isinstance(x.source, FileSource) else x.source.dev
+                 for x in d.config.disks if isinstance(x.source, FileSource | BlockSource)}
+        by_target = await conn.block_capacities(d.name, paths)
+        capacities = {paths[target]: size for target, size in by_target.items()}
     ctx = AdoptContext(base.host, base.cluster, base.domain_type, base.storage, base.networks, base.existing,
                        capacities)
     return plan_adoption(d, ctx, problems)

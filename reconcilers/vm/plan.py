@@ -36,7 +36,7 @@ from reconcilers.vm.actions import (
     StartDomain,
     UndefineDomain,
 )
-from reconcilers.vm.adopt import adopting_host
+from reconcilers.vm.adopt import ADOPTED_FROM, ADOPTED_UUID, adopting_host
 from reconcilers.vm.domain import ResolvedDisk, ResolvedNetwork, config_differences, desired_domain
 from reconcilers.vm.live import PENDING_TYPES, cold_device_changes, live_actions, without_pending
 from specs.meta import Condition
@@ -157,6 +157,13 @@ def _choose_host(inputs: VmInputs, vm: VirtualMachine) -> tuple[HostName | None,
     adopted = adopting_host(vm, inputs.domains)
     if adopted is not None:
         return adopted, _cond("Scheduled", True, "Adopting", f"on {adopted}, where the adopted domain is")
+    from_host = (vm.metadata.annotations or {}).get(ADOPTED_FROM)
+    if from_host is not None and status_host is None:
+        # Never placed anew: the domain it was adopted from may just not be listed yet.
+        return None, _cond("Scheduled", False, "WaitingForAdoptedDomain",
+                           f"the domain it adopts is not seen on {from_host} (with uuid "
+                           f"{(vm.metadata.annotations or {}).get(ADOPTED_UUID)}); to create the VM anew instead, "
+                           f"remove the annotations {ADOPTED_FROM} and {ADOPTED_UUID}")
     if inputs.unlisted:
         # A host not looked at yet may hold this VM: never place it twice.
         waiting = ", ".join(sorted(inputs.unlisted))
@@ -221,6 +228,8 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     host, scheduled = _choose_host(inputs, vm)
     if host is None:
         unschedulable = _cond("Ready", False, "Unschedulable", scheduled.message)
+        if scheduled.reason == "WaitingForAdoptedDomain":
+            unschedulable = _cond("Ready", False, scheduled.reason, scheduled.message)
         if scheduled.reason == "Unschedulable" and inputs.powering_on is not None:
             unschedulable = _cond("Ready", False, "WaitingForHostPowerOn",
                                   f"host {inputs.powering_on} is being powered on for capacity (power saving); "

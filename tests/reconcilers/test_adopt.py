@@ -178,4 +178,12 @@ def test_without_the_adoption_annotations_a_foreign_domain_is_a_name_conflict() 
     ready = {c.type: c for c in decision.conditions}["Ready"]
     assert ready.reason == "NameConflict" and "virtplane adopt host/h1 --domain legacy" in ready.message
     other_uuid = plan_vm(_inputs(vm, {H1: observed(uuid=DomainUUID("00000000-0000-4000-8000-000000000000"))}))
-    assert {c.type: c.reason for c in other_uuid.conditions}["Ready"] == "NameConflict"
+    assert {c.type: c.reason for c in other_uuid.conditions}["Ready"] == "WaitingForAdoptedDomain"
+
+
+def test_an_adopting_vm_is_never_placed_anew_while_its_domain_is_not_seen() -> None:
+    vm = _adopted_vm()
+    decision = plan_vm(_inputs(vm, {}))
+    assert not decision.plan and decision.host is None
+    ready = {c.type: c for c in decision.conditions}["Ready"]
+    assert ready.reason == "WaitingForAdoptedDomain" and ADOPTED_FROM in ready.message

@@ -380,13 +380,21 @@ class HostConnection:
 
         return await self._run("XMLDesc", read)
 
-    async def block_capacities(self, name: DomainName | str, targets: list[str]) -> dict[str, int]:
-        """Virtual size in bytes of each of the domain's disks (by target), as QEMU or libvirt see it."""
+    async def block_capacities(self, name: DomainName | str, disks: dict[str, str]) -> dict[str, int]:
+        """Virtual size in bytes of the domain's disks ({target: path}): from the storage volume at that path
+        when a pool holds it, else from the domain (``virDomainGetBlockInfo``)."""
 
         def read(conn: Conn) -> dict[str, int]:
             dom = self._domain(conn, name)
             sizes = {}
-            for target in targets:
+            for target, path in disks.items():
+                try:
+                    self._count("storageVolLookupByPath")
+                    sizes[target] = int(conn.storageVolLookupByPath(path).info()[1])
+                    continue
+                except libvirt.libvirtError as exc:
+                    if _code(exc) != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                        raise
                 self._count("blockInfo")
                 sizes[target] = int(dom.blockInfo(target)[0])
             return sizes

@@ -105,10 +105,13 @@ def render_domain(config: DomainConfig) -> str:
 
 
 def render_owner(owner: OwnerMetadata) -> str:
-    """Our ``<owner>`` element alone, for ``virDomainSetMetadata`` (stamping a domain without redefining it)."""
-    holder = ET.Element("metadata")
-    _render_owner(holder, owner)
-    return ET.tostring(holder[0], encoding="unicode")
+    """Our ``<owner>`` element alone, for ``virDomainSetMetadata`` (stamping a domain without redefining it).
+    Without a namespace: libvirt puts it in the one it is given (METADATA_NS, prefix METADATA_PREFIX)."""
+    el = ET.Element("owner")
+    for tag, value in (("uid", owner.uid), ("kind", owner.kind), ("name", owner.name),
+                       ("generation", str(owner.generation)), ("correlationId", owner.correlation_id)):
+        sub(el, tag, value)
+    return ET.tostring(el, encoding="unicode")
 
 
 def _render_owner(metadata: ET.Element, owner: OwnerMetadata) -> None:
