@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from pathlib import Path
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, load_note, ratio, start_server, stop_on_sigterm, vm_doc, vp, write_yaml
+from common import REPO, cluster_doc, load_note, ratio, start_server, stop_on_sigterm, vm_doc, vp, write_yaml
 
 from controller.adapters import images
 from controller.adapters.libvirt.codec import domain as codec_domain
@@ -64,10 +65,9 @@ def bench_codec(rounds: int = 2000) -> None:
 def bench_import(work: Path, mib: int) -> None:
     raw = work / "seed.raw"
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), f"{mib}M"], check=True)
-    with open(raw, "r+b") as f:  # some data in every 4 MiB so the conversion has work to do
-        for off in range(0, mib << 20, 4 << 20):
-            f.seek(off)
-            f.write(b"x" * 65536)
+    with open(raw, "r+b") as f:  # incompressible data in the whole image, so the conversion has work to do
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
     vmdk = work / "seed.vmdk"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", str(raw), str(vmdk)], check=True)
 
@@ -94,8 +94,7 @@ def bench_import(work: Path, mib: int) -> None:
 
 
 def bench_backup(work: Path, n: int) -> None:
-    docs = [{"apiVersion": "virtplane.io/v1", "kind": "Cluster", "metadata": {"name": "bench"}, "spec": {}}]
-    docs += [vm_doc(i) for i in range(n)]
+    docs = [cluster_doc(), *(vm_doc(i) for i in range(n))]
     write_yaml(work / "vms.yaml", docs)
     first = start_server(work / "one", None, "--no-controllers")
     try:

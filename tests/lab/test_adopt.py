@@ -134,7 +134,6 @@ def test_a_running_foreign_guest_is_adopted_without_restart(cluster: LabCluster,
         cluster.wait_phase(kind, disk, "Ready", timeout=60)
     diff = cluster.vp("diff", "-f", str(repo))
     assert diff.returncode == 0, diff.stdout + diff.stderr
-    cluster.wait_reconciles("VirtualMachine", 3)
     assert virsh(uri, "domid", name).strip() == domid and _qemu_pid(cluster, name) == pid
     events = cluster.vp("events", "--for", f"vm/{name}")
     assert "InconsistentResult" not in events.stdout, events.stdout
