@@ -13,6 +13,7 @@ one interval and the idle clock of an empty host starts again (a host is powered
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -117,6 +118,11 @@ def power_hosts(rt: Runtime, cluster: str, views: tuple[HostView, ...], clock: P
         phase = status.phase if isinstance(status, HostStatus) else None
         if rt.power.get(view.name) == "on":
             phase = "PoweringOn"  # asked; the Host controller has not written it yet
+        if view.cpus == 0 and host is not None and isinstance(status, HostStatus) and status.capacity is not None:
+            # Powered off: libvirt cannot say what it has; its status keeps what it had when it last answered.
+            view = dataclasses.replace(
+                view, cpus=max(0, status.capacity.cpus - host.spec.reserved.cpus),
+                memory_bytes=max(0, status.capacity.memory - host.spec.reserved.memory_bytes))
         agent = host is not None and host.spec.powerManagement is not None \
             and host.spec.powerManagement.agent != "none"
         if view.vm_count == 0 and view.ready:

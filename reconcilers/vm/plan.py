@@ -220,7 +220,12 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     if missing or missing_nets:
         what = ", ".join([f"disk {d}" for d in missing] + [f"network {n}" for n in missing_nets])
         waiting = _cond("Ready", False, "WaitingForDependencies", f"{what} not ready")
-        return VmDecision(Plan(), None, "Pending", (waiting,))
+        # The VM keeps its host: forgetting it would let it be placed anew while it may still run there
+        # (a dependency reads not-ready for a while after a controller restart or a host loss).
+        host = HostName(inputs.status.host) if inputs.status is not None and inputs.status.host else None
+        here = inputs.domains.get(host) if host is not None else None
+        running = here is not None and _ours(vm, here) and here.active
+        return VmDecision(Plan(), host, "Running" if running else "Pending", (waiting,))
 
     fenced = _on_fenced_host(inputs, vm)
     if fenced is not None:
