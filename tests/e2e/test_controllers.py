@@ -24,6 +24,7 @@ import libvirt
 import pytest
 
 from controller.controllers.registry import default_registry
+from controller.dev.demo import ensure_example_image
 from controller.runtime.manager import Manager, ManagerOptions
 from controller.server.etcd import EmbeddedEtcd
 from controller.store import Store
@@ -421,6 +422,7 @@ def test_the_base_of_an_overlay_clone_stays_until_the_clone_is_deleted(cli: Cli,
 def test_examples_converge(cli: Cli, tmp_path: Path) -> None:
     """The README's main job: every VM of examples/ with runStrategy Always reaches Ready."""
     examples = shutil.copytree(REPO / "examples", tmp_path / "examples")
+    ensure_example_image()  # the template Disk imports a real file (a missing one is Failed, never Ready)
     cli.apply(examples)
     started = time.monotonic()
 
