@@ -36,7 +36,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from controller import store as store_mod
+from controller.api import audit as audit_mod
+from controller.api import rbac
 from controller.api.auth import Authenticator, Authorizer, Identity, Verb
+from controller.api.identity import IdentityRoutes
 from controller.api.openapi import openapi_document
 from controller.common.metrics import Registry
 from controller.common.wire import (
@@ -78,6 +81,10 @@ class ApiContext:
     # Finalizers the running controllers put on new objects of a kind (set when they start), so that
     # creating an object costs one write rather than a create and a later finalizer update.
     default_finalizers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Directory login (POST /api/v1/login); None: login is refused, tokens only. See controller/api/identity.py.
+    directory: Any = None  # controller.adapters.directory.DirectoryClient
+    session_ttl: int = 8 * 3600
+    audit: bool = True  # every write is recorded in the audit log (controller/api/audit.py)
 
 
 def _kind_from_path(request: Request) -> KindInfo:
@@ -142,6 +149,17 @@ def _change_to_wire(
     return body
 
 
+@dataclass(frozen=True)
+class _OneChange:
+    """A single-object write, shaped like ``store.Change`` for the permission check."""
+
+    kind: str
+    name: str
+    action: str
+    before: Resource | None
+    after: Resource | None
+
+
 class Api:
     """Request handlers. One instance per server; state lives in ``ctx``."""
 
@@ -154,13 +172,40 @@ class Api:
 
     # --- plumbing -------------------------------------------------------------------------------
 
-    def _authorize(self, request: Request, verb: Verb, kind: str | None) -> Identity:
-        who = self.ctx.authn.authenticate(request.headers.get("authorization"))
+    async def _authenticate(self, request: Request) -> Identity:
+        who = await self.ctx.authn.authenticate(request.headers.get("authorization"))
         if who is None:
-            raise ApiError(401, "Unauthorized", "missing or invalid bearer token (see `virtplane server` output)")
-        if not self.ctx.authz.allowed(who, verb, kind):
-            raise ApiError(403, "Forbidden", f"{who.name} may not {verb} {kind or 'this'}")
+            raise ApiError(
+                401, "Unauthorized",
+                "missing, invalid or expired bearer token (`virtplane login`, or the token `virtplane server` wrote)",
+            )
+        request.state.identity = who
         return who
+
+    async def _authorize(self, request: Request, verb: Verb, kind: str | None, cluster: str | None = None) -> Identity:
+        who = await self._authenticate(request)
+        if not self.ctx.authz.allowed(who, verb, kind, cluster):
+            where = f" in cluster {cluster}" if cluster else ""
+            raise ApiError(403, "Forbidden", f"{who.name} may not {verb} {kind or 'this'}{where}")
+        return who
+
+    async def _authorize_changes(self, request: Request, who: Identity, changes: list[Any],
+                                 objects: list[Resource]) -> None:
+        """403 naming every object of a write that ``who`` may not make; nothing is written then."""
+        request.state.audit_objects = [f"{c.kind}/{c.name}" for c in changes if c.action != "unchanged"]
+        if self.ctx.authz.allows_everything(who):
+            return
+        lookup = rbac.batch_lookup(objects, self.ctx.store)
+        denied = await rbac.forbidden_changes(self.ctx.authz, who, changes, lookup)
+        if denied:
+            index = {(o.kind, o.metadata.name): i for i, o in enumerate(objects)}
+            raise ApiError(
+                403, "Forbidden",
+                f"{who.name} may not {denied[0].describe()}"
+                + (f" (and {len(denied) - 1} more)" if len(denied) > 1 else "") + "; nothing was written",
+                denied=[{"kind": d.kind, "name": d.name, "verb": d.verb, "cluster": d.cluster,
+                         "index": index.get((d.kind, d.name))} for d in denied],
+            )
 
     def route(
         self, name: str, handler: Callable[[Request], Awaitable[Response]]
@@ -194,6 +239,8 @@ class Api:
                 response = JSONResponse(error_body(e.code, "Refused", str(e)), e.code)
             self.requests.inc(route=name, code=str(response.status_code))
             self.latency.observe(time.perf_counter() - start, route=name)
+            if self.ctx.audit and request.method in ("POST", "PUT", "DELETE"):
+                await audit_mod.record(self.ctx.store, request, response, name)
             return response
 
         return endpoint
@@ -209,7 +256,10 @@ class Api:
 
     async def list_objects(self, request: Request) -> Response:
         info = _kind_from_path(request)
-        self._authorize(request, "list", info.kind)
+        who = await self._authenticate(request)
+        clusters = self.ctx.authz.clusters_allowed(who, "list", info.kind)
+        if clusters is not None and not clusters:
+            raise ApiError(403, "Forbidden", f"{who.name} may not list {info.kind}")
         selector = None
         if request.query_params.get("labelSelector"):
             try:
@@ -217,6 +267,9 @@ class Api:
             except ValueError as e:
                 raise ApiError(400, "BadRequest", f"labelSelector: {e}") from e
         items, revision = await self.ctx.store.list(info.kind, selector)
+        if clusters is not None:  # per-cluster bindings only: the objects of those clusters
+            lookup = rbac.batch_lookup((), self.ctx.store)
+            items = [o for o in items if await rbac.object_cluster(o, lookup) in clusters]
         statuses = await self.ctx.store.list_status(info.kind)
         return JSONResponse(
             {
@@ -227,24 +280,32 @@ class Api:
             }
         )
 
-    async def get_object(self, request: Request) -> Response:
-        info = _kind_from_path(request)
-        self._authorize(request, "get", info.kind)
-        name = request.path_params["name"]
+    async def _get_allowed(self, request: Request, info: KindInfo, name: str) -> Resource:
+        """The object, if the caller may get it in its cluster (401, 403 or 404 otherwise)."""
+        who = await self._authenticate(request)
         obj = await self.ctx.store.get(info.kind, name)
+        cluster = await rbac.object_cluster(obj, rbac.batch_lookup((), self.ctx.store)) if obj else None
+        if not self.ctx.authz.allowed(who, "get", info.kind, cluster):
+            raise ApiError(403, "Forbidden", f"{who.name} may not get {info.kind}/{name}")
         if obj is None:
             raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
+        return obj
+
+    async def get_object(self, request: Request) -> Response:
+        info = _kind_from_path(request)
+        name = request.path_params["name"]
+        obj = await self._get_allowed(request, info, name)
         status, _ = await self.ctx.store.get_status(info.kind, name)
         return JSONResponse(resource_to_wire(obj, status))
 
     async def backup(self, request: Request) -> Response:
         """The whole store (specs with server metadata, statuses); events and leases left out."""
-        self._authorize(request, "list", None)
+        await self._authorize(request, "list", None)
         return JSONResponse(await store_mod.take_backup(self.ctx.store))
 
     async def restore(self, request: Request) -> Response:
         """Load a backup into an empty store (409 when it is not empty; nothing written)."""
-        self._authorize(request, "create", None)
+        await self._authorize(request, "create", None)
         body = await _json(request)
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "expected a backup document")
@@ -257,7 +318,7 @@ class Api:
     async def upload(self, request: Request) -> Response:
         """Receive the image of a Disk whose source is ``import: {upload: true}`` (streamed to the upload
         directory as ``NAME.UID``; it appears complete or not at all). The Disk controller imports it."""
-        self._authorize(request, "update", "Disk")
+        await self._authorize(request, "update", "Disk")
         name = request.path_params["name"]
         disk = await self.ctx.store.get("Disk", name)
         src = getattr(getattr(disk, "spec", None), "source", None) if disk is not None else None
@@ -283,7 +344,7 @@ class Api:
 
     async def adopt(self, request: Request) -> Response:
         """Propose objects reproducing foreign domains of one host (read-only; see controllers/adopt.py)."""
-        self._authorize(request, "create", "VirtualMachine")
+        await self._authorize(request, "create", "VirtualMachine")
         body = await _json(request)
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "expected {\"domains\": [...], \"all\": false}")
@@ -298,17 +359,15 @@ class Api:
 
     async def get_status(self, request: Request) -> Response:
         info = _kind_from_path(request)
-        self._authorize(request, "get", info.kind)
         name = request.path_params["name"]
-        if await self.ctx.store.get(info.kind, name) is None:
-            raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
+        await self._get_allowed(request, info, name)
         status, revision = await self.ctx.store.get_status(info.kind, name)
         body = status.model_dump(mode="json", exclude_none=True) if status is not None else {}
         return JSONResponse({"status": body, "resourceVersion": str(revision)})
 
     async def put_object(self, request: Request) -> Response:
         info = _kind_from_path(request)
-        self._authorize(request, "update", info.kind)
+        await self._authenticate(request)
         body = await _json(request)
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "expected one object")
@@ -322,7 +381,7 @@ class Api:
 
     async def create_object(self, request: Request) -> Response:
         info = _kind_from_path(request)
-        self._authorize(request, "create", info.kind)
+        await self._authenticate(request)
         body = await _json(request)
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "expected one object")
@@ -331,11 +390,15 @@ class Api:
         return await self._write_one(request, body, create_only=True)
 
     async def _write_one(self, request: Request, body: dict[str, Any], *, create_only: bool) -> Response:
+        who: Identity = request.state.identity
         (obj,) = _parse_objects([body])
-        if create_only and await self.ctx.store.get(obj.kind, obj.metadata.name) is not None:
+        existing = await self.ctx.store.get(obj.kind, obj.metadata.name)
+        if create_only and existing is not None:
             raise ApiError(409, "AlreadyExists", f"{obj.kind} {obj.metadata.name!r} already exists")
+        change = _OneChange(obj.kind, obj.metadata.name, "configured" if existing else "created", existing, obj)
+        await self._authorize_changes(request, who, [change], [obj])
         cid = _correlation_id(request)
-        result = await self.ctx.store.apply([self._with_finalizers(obj)], correlation_id=cid)
+        result = await self.ctx.store.apply([self._with_finalizers(obj)], correlation_id=cid, user=who.name)
         stored = await self.ctx.store.get(obj.kind, obj.metadata.name)
         assert stored is not None
         code = 201 if result.changes and result.changes[0].action == "created" else 200
@@ -343,34 +406,49 @@ class Api:
 
     async def delete_object(self, request: Request) -> Response:
         info = _kind_from_path(request)
-        self._authorize(request, "delete", info.kind)
+        who = await self._authenticate(request)
         name = request.path_params["name"]
+        existing = await self.ctx.store.get(info.kind, name)
+        if existing is not None:
+            await self._authorize_changes(request, who, [_OneChange(info.kind, name, "deleted", existing, None)], [])
+        elif not self.ctx.authz.allowed(who, "delete", info.kind):
+            raise ApiError(403, "Forbidden", f"{who.name} may not delete {info.kind}/{name}")
         cid = _correlation_id(request)
         removed = await self.ctx.store.delete(
-            info.kind, name, correlation_id=cid, resource_version=request.query_params.get("resourceVersion")
+            info.kind, name, correlation_id=cid, resource_version=request.query_params.get("resourceVersion"),
+            user=who.name,
         )
         if removed is None:
             raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
         return JSONResponse(resource_to_wire(removed), headers={CORRELATION_HEADER: cid})
 
     async def apply(self, request: Request) -> Response:
+        who = await self._authenticate(request)
         body = await _json(request)
         if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
             raise ApiError(400, "BadRequest", 'expected {"objects": [...]}')
         dry_run = request.query_params.get("dryRun", "").lower() in ("1", "true", "all") or bool(body.get("dryRun"))
+        request.state.audit_skip = dry_run  # a dry run writes nothing: not audited
         objects = _parse_objects(body["objects"])
-        for kind in {o.kind for o in objects}:
-            self._authorize(request, "update", kind)
         prune = bool(body.get("prune"))
         source = body.get("source")
         if prune and not source:
             raise ApiError(400, "BadRequest", "prune needs a source (apply --prune --source NAME)")
-        if prune:
-            for kind in KINDS:
-                self._authorize(request, "delete", kind)
         cid = _correlation_id(request)
         objects = [self._with_finalizers(o) for o in objects]
-        result = await self.ctx.store.apply(objects, correlation_id=cid, source=source, dry_run=dry_run, prune=prune)
+        result = None
+        if not self.ctx.authz.allows_everything(who):
+            # Check what would change (the same computation, not written), refusing the whole apply if any
+            # object of it is forbidden, naming it.
+            result = await self.ctx.store.apply(
+                objects, correlation_id=cid, source=source, dry_run=True, prune=prune, user=who.name
+            )
+            await self._authorize_changes(request, who, result.changes, objects)
+        if result is None or not dry_run:
+            result = await self.ctx.store.apply(
+                objects, correlation_id=cid, source=source, dry_run=dry_run, prune=prune, user=who.name
+            )
+        request.state.audit_objects = [f"{c.kind}/{c.name}" for c in result.changes if c.action != "unchanged"]
         plans = None
         if dry_run and self.ctx.plan_hook is not None and body.get("plan", True):
             plans = await self.ctx.plan_hook([c for c in result.changes if c.action != "unchanged"])
@@ -394,7 +472,7 @@ class Api:
     async def watch(self, request: Request) -> Response:
         kinds = [resolve_kind(k).kind for k in request.query_params.get("kinds", "").split(",") if k] or list(KINDS)
         for kind in kinds:
-            self._authorize(request, "watch", kind)
+            await self._authorize(request, "watch", kind)
         parts = [p for p in request.query_params.get("parts", "spec,status").split(",") if p in ("spec", "status")]
         start = request.query_params.get("resourceVersion")
         start_revision = int(start) if start else await self.ctx.store.revision() + 1
@@ -419,14 +497,21 @@ class Api:
             ).encode()
 
     async def events(self, request: Request) -> Response:
-        self._authorize(request, "list", "Event")
+        who = await self._authenticate(request)
         involved = None
+        cluster = None
         if request.query_params.get("for"):
             kind_text, _, name = request.query_params["for"].partition("/")
             try:
                 involved = (resolve_kind(kind_text).kind, name)
             except UnknownKind as e:
                 raise ApiError(400, "BadRequest", str(e)) from e
+            # The events of one object: a binding in that object's cluster is enough (`describe`).
+            obj = await self.ctx.store.get(*involved)
+            cluster = await rbac.object_cluster(obj, rbac.batch_lookup((), self.ctx.store)) if obj else None
+        if not self.ctx.authz.allowed(who, "list", "Event", cluster):
+            where = f" of {involved[0]}/{involved[1]}" if involved else ""
+            raise ApiError(403, "Forbidden", f"{who.name} may not list Events{where}")
         cid = request.query_params.get("correlationId")
         limit = int(request.query_params.get("limit", "500"))
         events = await self.ctx.store.list_events(involved=involved, correlation_id=cid, limit=limit)
@@ -502,6 +587,7 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/readyz", r("readyz", api.readyz)),
         Route("/metrics", r("metrics", api.metrics)),
         Route("/openapi.json", r("openapi", api.openapi)),
+        *IdentityRoutes(api).routes(),  # before /api/v1/{plural}: "tokens" and "audit" are not kinds
         Route("/api/v1/apply", r("apply", api.apply), methods=["POST"]),
         Route("/api/v1/watch", r("watch", api.watch)),
         Route("/api/v1/events", r("events", api.events)),

@@ -1,8 +1,10 @@
 """Identity and permission checks, behind one seam.
 
 Every API request goes through an ``Authenticator`` (who is this?) and an ``Authorizer`` (may they do
-this?). Today there is one static bearer token (the server's admin token); directory (LDAP) login and
-role bindings plug in here later without touching the routes.
+this?). The server wires ``controller.api.sessions.SessionAuthenticator`` (static token, login sessions,
+service-account tokens) and ``controller.api.rbac.RbacAuthorizer`` (roles bound to users, groups and
+service accounts, per cluster); ``StaticTokenAuthenticator`` and ``AllowAdmins`` alone are the simplest
+pair (one admin token, nothing else).
 """
 
 from __future__ import annotations
@@ -18,14 +20,21 @@ Verb = Literal["get", "list", "watch", "create", "update", "delete"]
 class Identity:
     name: str
     groups: frozenset[str] = field(default_factory=frozenset)
+    credential: str = "static"  # "static", "session:<id>", "token:<id>": which credential proved it
 
 
 class Authenticator(Protocol):
-    def authenticate(self, authorization: str | None) -> Identity | None: ...
+    async def authenticate(self, authorization: str | None) -> Identity | None: ...
 
 
 class Authorizer(Protocol):
-    def allowed(self, who: Identity, verb: Verb, kind: str | None) -> bool: ...
+    def allowed(self, who: Identity, verb: Verb, kind: str | None, cluster: str | None = None) -> bool: ...
+
+    def allows_everything(self, who: Identity) -> bool: ...
+
+    def clusters_allowed(self, who: Identity, verb: Verb, kind: str) -> frozenset[str] | None:
+        """Where ``who`` may do ``verb`` on ``kind``: None everywhere, else those clusters (maybe none)."""
+        ...
 
 
 class StaticTokenAuthenticator:
@@ -35,7 +44,7 @@ class StaticTokenAuthenticator:
         self._token = token.encode()
         self._identity = identity or Identity("admin", frozenset({"virtplane:admins"}))
 
-    def authenticate(self, authorization: str | None) -> Identity | None:
+    def match(self, authorization: str | None) -> Identity | None:
         if not authorization:
             return None
         scheme, _, credential = authorization.partition(" ")
@@ -45,9 +54,18 @@ class StaticTokenAuthenticator:
             return self._identity
         return None
 
+    async def authenticate(self, authorization: str | None) -> Identity | None:
+        return self.match(authorization)
+
 
 class AllowAdmins:
     """Everything for members of ``virtplane:admins``; nothing for anyone else."""
 
-    def allowed(self, who: Identity, verb: Verb, kind: str | None) -> bool:
+    def allowed(self, who: Identity, verb: Verb, kind: str | None, cluster: str | None = None) -> bool:
         return "virtplane:admins" in who.groups
+
+    def allows_everything(self, who: Identity) -> bool:
+        return "virtplane:admins" in who.groups
+
+    def clusters_allowed(self, who: Identity, verb: Verb, kind: str) -> frozenset[str] | None:
+        return None if "virtplane:admins" in who.groups else frozenset()

@@ -109,6 +109,21 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": {"description": "Events"}},
         }
     }
+    ok = {"200": {"description": "OK"}, **errors}
+    paths["/api/v1/login"] = {"post": {
+        "summary": 'Directory login: {"username", "password"} -> a session token (401 refused, 503 directory down)',
+        "security": [], "responses": ok}}
+    paths["/api/v1/logout"] = {"post": {"summary": "Revoke the caller's session", "responses": ok}}
+    paths["/api/v1/auth/whoami"] = {"get": {"summary": "The caller's user, groups and credential", "responses": ok}}
+    paths["/api/v1/auth/can-i"] = {"get": {
+        "summary": "?verb=&kind=&cluster= -> {allowed} for the caller", "responses": ok}}
+    paths["/api/v1/tokens"] = {
+        "get": {"summary": "Service-account API tokens (ids, never secrets)", "responses": ok},
+        "post": {"summary": '{"account", "description"?, "ttlSeconds"?} -> a token, shown once', "responses": ok},
+    }
+    paths["/api/v1/tokens/{id}"] = {"delete": {"summary": "Revoke an API token", "responses": ok}}
+    paths["/api/v1/audit"] = {"get": {
+        "summary": "Audit records (?user=, ?since=ISO-8601, ?limit=), oldest first", "responses": ok}}
     for p in ("/healthz", "/readyz", "/metrics"):
         paths[p] = {"get": {"summary": p[1:], "security": [], "responses": {"200": {"description": "OK"}}}}
     return {

@@ -42,6 +42,19 @@ def server(
         typer.Option("--import-dir", help="A directory Disk imports may read images from (repeatable); "
                      "storage domains are always allowed."),
     ] = None,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--directory", help="YAML with a `directory:` section: LDAP login (see docs/identity.md)."),
+    ] = None,
+    session_ttl: Annotated[int, typer.Option("--session-ttl", help="Seconds a login session lasts.")] = 8 * 3600,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="PEM certificate (chain) for HTTPS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
+    tls_self_signed: Annotated[
+        bool, typer.Option("--tls-self-signed", help="HTTPS with a certificate generated under the data dir.")
+    ] = False,
+    audit_max_records: Annotated[
+        int, typer.Option("--audit-max-records", help="Audit records kept (oldest deleted beyond).")
+    ] = 100_000,
 ) -> None:
     """Run the API server (and the controllers) on embedded or external etcd."""
     from controller.server.main import ServerOptions, serve
@@ -51,7 +64,11 @@ def server(
     )
     endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else ()
     try:
-        options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config)
+        options = ServerOptions(
+            listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config,
+            directory_config=directory, session_ttl=session_ttl, tls_cert=tls_cert, tls_key=tls_key,
+            tls_self_signed=tls_self_signed, audit_max_records=audit_max_records,
+        )
         background = _background_tasks(data_dir, secrets_dir, lab_dir, tuple(import_dirs or ())) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:
