@@ -28,12 +28,17 @@ MacAddress = NewType("MacAddress", str)
 DomainType = Literal["kvm", "qemu"]
 MachineType = Literal["pc", "q35"]
 Firmware = Literal["bios", "uefi"]
-DiskBus = Literal["virtio", "scsi", "sata", "ide", "usb"]
+DiskBus = Literal["virtio", "scsi", "sata", "ide", "usb", "fdc"]
 ImageFormat = Literal["qcow2", "raw"]
 NetworkDiskProtocol = Literal["nfs", "gluster", "iscsi"]
 NicSourceKind = Literal["network", "bridge", "user"]
 NicModel = Literal["virtio", "e1000", "e1000e", "rtl8139"]
 ForwardMode = Literal["nat", "none", "bridge"]
+DiskDeviceKind = Literal["disk", "cdrom", "floppy"]
+DiskCache = Literal["default", "none", "writethrough", "writeback", "directsync", "unsafe"]
+DiskDiscard = Literal["unmap", "ignore"]
+DiskIo = Literal["native", "threads", "io_uring"]
+CpuFeaturePolicy = Literal["force", "require", "optional", "disable", "forbid"]
 DomainState = Literal[
     "running", "paused", "shutoff", "crashed", "pmsuspended", "blocked", "shutdown", "nostate"
 ]
@@ -101,14 +106,25 @@ DiskSource = FileSource | BlockSource | NetworkSource
 
 @dataclass(frozen=True, slots=True)
 class DiskDevice:
+    """A disk, cdrom or floppy drive. ``source`` None = an empty drive (cdrom/floppy only).
+    ``cache``/``discard``/``io`` None = QEMU's default (libvirt writes nothing)."""
+
     target: str  # guest device name, e.g. "vda"
-    source: DiskSource
+    source: DiskSource | None
     bus: DiskBus = "virtio"
     format: ImageFormat = "qcow2"
     boot_order: int | None = None
     readonly: bool = False
     shareable: bool = False
     serial: str | None = None
+    device: DiskDeviceKind = "disk"
+    cache: DiskCache | None = None
+    discard: DiskDiscard | None = None
+    io: DiskIo | None = None
+
+    def __post_init__(self) -> None:
+        if self.source is None and self.device == "disk":
+            raise ValueError(f"disk {self.target} has no source (only a cdrom or floppy drive may be empty)")
 
 
 # ---------------------------------------------------------------- NICs
@@ -127,6 +143,7 @@ class NicDevice:
     model: NicModel = "virtio"
     virtualport: Literal["openvswitch"] | None = None  # an Open vSwitch bridge port
     vlan: int | None = None  # 802.1Q tag of the port (``<vlan><tag id=...>``; Open vSwitch only)
+    boot_order: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +162,40 @@ class KernelBoot:
     cmdline: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CpuTopology:
+    """``<cpu><topology>``: sockets x dies x cores x threads must equal the maximum vCPUs."""
+
+    sockets: int
+    cores: int
+    threads: int
+    dies: int = 1
+
+    @property
+    def vcpus(self) -> int:
+        return self.sockets * self.dies * self.cores * self.threads
+
+
+@dataclass(frozen=True, slots=True)
+class CpuFeature:
+    """``<cpu><feature policy=... name=...>``."""
+
+    name: str
+    policy: CpuFeaturePolicy = "require"
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryHotplug:
+    """``<maxMemory slots=...>``: the ceiling for DIMM hot-plug and the number of DIMM slots."""
+
+    slots: int
+    max_kib: int
+
+
+# Domain-level ``<features>`` children we render when the config says nothing else.
+DEFAULT_FEATURES: tuple[str, ...] = ("<acpi />", "<apic />")
+
+
 # ---------------------------------------------------------------- domain
 
 
@@ -156,7 +207,13 @@ class DomainConfig:
     ``vcpus`` is the number of online vCPUs, ``max_vcpus`` the hot-plug limit. ``spare_root_ports`` is the
     number of *unused* ``pcie-root-port`` controllers kept for hot-plug (q35 only; ignored on ``pc``):
     libvirt adds one port per PCI device by itself, so only the free ones are counted.
-    Graphics are never rendered (headless).
+
+    What the model names field by field is above; the rest a domain may carry is kept verbatim, as
+    canonical XML text (see ``controller.adapters.libvirt.codec.passthrough``): ``features`` (the children of
+    ``<features>``), ``extra_elements`` (domain-level ``<clock>``, ``<on_*>``, ``<pm>``... differing from
+    libvirt's defaults) and ``extra_devices`` (devices without a field: graphics, video, sound, rng, more
+    serial ports and consoles...). libvirt's implicit devices (controllers, the PS/2 inputs, the default
+    balloon, the console mirroring the first serial port) are not part of the config.
     """
 
     name: DomainName
@@ -175,12 +232,25 @@ class DomainConfig:
     serial: SerialConsole | None = None
     spare_root_ports: int = 0
     owner: OwnerMetadata | None = None
+    boot_devices: tuple[str, ...] = ()  # <os><boot dev=...>: hd, cdrom, network, fd (not with boot orders)
+    cpu_topology: CpuTopology | None = None
+    cpu_features: tuple[CpuFeature, ...] = ()
+    memory_hotplug: MemoryHotplug | None = None
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    extra_elements: tuple[str, ...] = ()
+    extra_devices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.spare_root_ports and self.machine != "q35":
             raise ValueError("spare_root_ports (pcie-root-port hot-plug slots) needs machine 'q35'")
         if not 0 < self.vcpus <= self.max_vcpus:
             raise ValueError(f"vcpus must be in 1..max_vcpus ({self.max_vcpus}), got {self.vcpus}")
+        if self.cpu_topology is not None and self.cpu_topology.vcpus != self.max_vcpus:
+            t = self.cpu_topology
+            raise ValueError(
+                f"CPU topology {t.sockets} sockets x {t.dies} dies x {t.cores} cores x {t.threads} threads "
+                f"= {t.vcpus} vCPUs, but the maximum is {self.max_vcpus}"
+            )
         if not 0 < self.memory_kib <= self.max_memory_kib:
             raise ValueError(
                 f"memory_kib must be in 1..max_memory_kib ({self.max_memory_kib}), got {self.memory_kib}"

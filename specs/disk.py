@@ -43,13 +43,37 @@ class CloneSource(StrictModel):
         return self
 
 
-class ImportSource(StrictModel):
-    """An existing image file converted into this disk."""
+ImportFormat = Literal["qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc"]
 
-    path: str = Field(min_length=1, description="Image file to import (absolute, or relative to the domain).")
-    format: Literal["qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc"] | None = Field(
-        default=None, description="Format of that file; default: detected (safer to say it)."
+
+class ImportSource(StrictModel):
+    """An existing image converted into this disk with ``qemu-img convert`` (set path or url)."""
+
+    path: str | None = Field(
+        default=None, min_length=1,
+        description="Image file to import: absolute, or relative to the storage domain. It must lie in a "
+        "storage domain or in a directory the server allows (virtplane server --import-dir).",
     )
+    url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s/]+/\S*$",
+        description="http(s):// URL of the image, downloaded by the server.",
+    )
+    upload: bool | None = Field(
+        default=None, description="true: the image is uploaded through the API (virtplane disk upload NAME FILE)."
+    )
+    format: ImportFormat | None = Field(
+        default=None,
+        description="Format of the source: qcow2, raw, vmdk, vdi, vhdx or vpc (VHD); default: detected (safer "
+        "to say it: a declared format that does not match the file fails the import).",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> ImportSource:
+        if (self.path is not None) + (self.url is not None) + bool(self.upload) != 1:
+            raise field_error("path", "import needs exactly one of path (a file), url (http/https) or upload: true")
+        if self.path is not None and any(part == ".." for part in self.path.split("/")):
+            raise field_error("path", f"path must not contain '..' components, got {self.path!r}")
+        return self
 
 
 class SnapshotSource(StrictModel):
@@ -170,6 +194,10 @@ class DiskSpec(StrictModel):
         default=False,
         description="May be attached to several VMs at once (clustered filesystems); needs raw.",
     )
+    template: bool = Field(
+        default=False,
+        description="A template: it may be cloned (source.clone) or attached readOnly, never attached writable.",
+    )
     reclaimPolicy: Literal["Delete", "Retain"] | None = Field(
         default=None,
         description="When the Disk object is deleted: Delete the image (default) or Retain it. A LUN is "
@@ -226,6 +254,9 @@ class DiskStatus(StatusBase):
 
     phase: Literal["Pending", "Creating", "Ready", "Failed", "Deleting"] | None = Field(
         default=None, description="Lifecycle phase of the image."
+    )
+    progress: int | None = Field(
+        default=None, ge=0, le=100, description="Percent done while an import downloads or converts."
     )
     path: str | None = Field(default=None, description="Image path (or source URL) as hosts see it.")
     capacity: int | None = Field(default=None, ge=0, description="Virtual size in bytes.")

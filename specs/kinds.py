@@ -21,6 +21,7 @@ from specs.pool import VirtualMachinePool, VirtualMachinePoolStatus
 from specs.rbac import Role, RoleBinding, RoleBindingStatus, RoleStatus
 from specs.snapshot import Snapshot, SnapshotStatus
 from specs.storage import StorageDomain, StorageDomainStatus
+from specs.versions import CONVERSIONS
 from specs.vm import VirtualMachine, VirtualMachineStatus
 
 
@@ -175,6 +176,7 @@ KINDS: dict[str, KindInfo] = {
                 _AGE,
                 Column("PATH", "status.path", True),
                 Column("ALLOCATION", "status.allocation", True),
+                Column("PROGRESS", "status.progress", True, bar=True),
             ),
         ),
         _info(
@@ -275,8 +277,10 @@ def resolve_kind(text: str) -> KindInfo:
 def parse_resource(data: Mapping[str, Any]) -> Resource:
     """Validate ``data`` as the model of ``data["kind"]`` (exact kind name, as in YAML).
 
-    Raises pydantic.ValidationError, including for a missing or unknown kind (loc ``("kind",)``).
+    Raises pydantic.ValidationError, including for a missing or unknown kind (loc ``("kind",)``). A document
+    in an older API version is converted to the storage version first (``specs.versions``).
     """
+    data = CONVERSIONS.upgrade(data)
     kind = data.get("kind")
     info = KINDS.get(kind) if isinstance(kind, str) else None
     if info is None:

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, model_validator
 
 from specs.errors import field_error
 from specs.meta import Labels, Name, Resource, StatusBase, StrictModel
+from specs.passthrough import device_refusal, element_refusal, feature_refusal, parse_snippet
 from specs.quantity import Quantity, parse_quantity
 
+_M = TypeVar("_M")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 MIN_MEMORY = 1 << 20
 
@@ -35,6 +37,24 @@ def check_mac(value: str) -> str:
 MacAddress = Annotated[str, AfterValidator(check_mac)]
 
 
+class CpuTopologySpec(StrictModel):
+    """How the vCPUs look to the guest; sockets x dies x cores x threads must equal maxCores (or cores)."""
+
+    sockets: int = Field(default=1, ge=1, le=512, description="CPU sockets.")
+    dies: int = Field(default=1, ge=1, le=512, description="Dies per socket.")
+    cores: int = Field(default=1, ge=1, le=512, description="Cores per die.")
+    threads: int = Field(default=1, ge=1, le=512, description="Threads per core.")
+
+
+class CpuFeatureSpec(StrictModel):
+    """A CPU feature flag asked for or refused."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Feature name as QEMU spells it, e.g. pcid.")
+    policy: Literal["force", "require", "optional", "disable", "forbid"] = Field(
+        default="require", description="require (default), force, optional, disable or forbid."
+    )
+
+
 class CpuSpec(StrictModel):
     """Virtual CPUs."""
 
@@ -49,6 +69,11 @@ class CpuSpec(StrictModel):
         "default: the cluster's common model (keeps VMs migratable).",
     )
 
+    topology: CpuTopologySpec | None = Field(
+        default=None, description="Sockets/dies/cores/threads seen by the guest; default: one socket per vCPU."
+    )
+    features: tuple[CpuFeatureSpec, ...] = Field(default=(), description="CPU feature flags (names unique).")
+
     @property
     def max_cores(self) -> int:
         """Effective hot-plug limit: maxCores, else cores."""
@@ -58,6 +83,19 @@ class CpuSpec(StrictModel):
     def _max(self) -> CpuSpec:
         if self.maxCores is not None and self.maxCores < self.cores:
             raise field_error("maxCores", f"maxCores ({self.maxCores}) must be >= cores ({self.cores})")
+        t = self.topology
+        if t is not None and t.sockets * t.dies * t.cores * t.threads != self.max_cores:
+            raise field_error(
+                "topology",
+                f"sockets x dies x cores x threads = {t.sockets * t.dies * t.cores * t.threads}, but the VM has "
+                f"{self.max_cores} vCPUs at most (maxCores, else cores); they must be equal",
+            )
+        if self.features and self.model is None:
+            raise field_error("features", "CPU features need a cpu.model (libvirt refuses them without one)")
+        names = [f.name for f in self.features]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise field_error(f"features.{index}.name", f"CPU feature {name!r} is listed twice")
         return self
 
 
@@ -68,9 +106,18 @@ class MemorySpec(StrictModel):
     maxSize: Quantity | None = Field(
         default=None, description="Upper bound for memory hot-plug (>= size), e.g. 8Gi; default: size."
     )
+    dimmSlots: int | None = Field(
+        default=None, ge=1, le=256,
+        description="DIMM slots for memory-device hot-plug (libvirt <maxMemory slots>); needs dimmMaxSize.",
+    )
+    dimmMaxSize: Quantity | None = Field(
+        default=None, description="Ceiling of memory including hot-plugged DIMMs (libvirt <maxMemory>)."
+    )
 
     @model_validator(mode="after")
     def _max(self) -> MemorySpec:
+        if (self.dimmSlots is None) != (self.dimmMaxSize is None):
+            raise field_error("dimmSlots", "dimmSlots and dimmMaxSize go together: set both or neither")
         if parse_quantity(self.size) < MIN_MEMORY:
             raise field_error("size", f"memory size must be at least 1Mi, got {self.size!r}")
         if self.maxSize is not None and parse_quantity(self.maxSize) < parse_quantity(self.size):
@@ -90,14 +137,53 @@ class DiskAttachment(StrictModel):
     """A Disk attached to the VM."""
 
     disk: Name = Field(description="Name of a Disk object.")
-    bus: Literal["virtio", "scsi", "sata", "ide"] = Field(
+    bus: Literal["virtio", "scsi", "sata", "ide", "fdc"] = Field(
         default="virtio",
-        description="virtio (fastest, hot-pluggable), scsi (virtio-scsi, hot-pluggable), sata, ide.",
+        description="virtio (fastest, hot-pluggable), scsi (virtio-scsi, hot-pluggable), sata, ide; fdc for a "
+        "floppy.",
     )
     bootOrder: int | None = Field(
         default=None, ge=1, description="Boot priority (1 first); unique within the VM."
     )
-    readOnly: bool = Field(default=False, description="Attach read-only.")
+    readOnly: bool = Field(default=False, description="Attach read-only (a cdrom always is).")
+    device: Literal["disk", "cdrom", "floppy"] = Field(
+        default="disk", description="disk, cdrom (read-only media, bus sata/ide/scsi) or floppy (bus fdc)."
+    )
+    cache: Literal["default", "none", "writethrough", "writeback", "directsync", "unsafe"] | None = Field(
+        default=None, description="Host page-cache mode; default: QEMU's (writeback)."
+    )
+    discard: Literal["unmap", "ignore"] | None = Field(
+        default=None, description="unmap: pass the guest's TRIM to the image; default: ignore."
+    )
+    io: Literal["native", "threads", "io_uring"] | None = Field(
+        default=None, description="Asynchronous I/O mode; default: QEMU's."
+    )
+
+    @model_validator(mode="after")
+    def _device(self) -> DiskAttachment:
+        return _check_drive(self, self.device, self.bus)
+
+
+def _check_drive(model: _M, device: str, bus: str) -> _M:
+    if device == "cdrom" and bus not in ("sata", "ide", "scsi"):
+        raise field_error("bus", f"a cdrom sits on bus sata, ide or scsi, not {bus}")
+    if device == "floppy" and bus != "fdc":
+        raise field_error("bus", f"a floppy sits on bus fdc, not {bus}")
+    if device == "disk" and bus == "fdc":
+        raise field_error("bus", "bus fdc is for floppy drives")
+    return model
+
+
+class EmptyDrive(StrictModel):
+    """A cdrom or floppy drive with no media in it."""
+
+    device: Literal["cdrom", "floppy"] = Field(default="cdrom", description="cdrom or floppy.")
+    bus: Literal["sata", "ide", "scsi", "fdc"] = Field(default="sata", description="sata, ide, scsi; fdc for floppy.")
+    bootOrder: int | None = Field(default=None, ge=1, description="Boot priority (1 first); unique within the VM.")
+
+    @model_validator(mode="after")
+    def _device(self) -> EmptyDrive:
+        return _check_drive(self, self.device, self.bus)
 
 
 class Nic(StrictModel):
@@ -111,6 +197,9 @@ class Nic(StrictModel):
     )
     mac: MacAddress | None = Field(
         default=None, description="Fixed MAC address; default: generated once and kept in status."
+    )
+    bootOrder: int | None = Field(
+        default=None, ge=1, description="Network boot priority (1 first); unique among disks, drives and NICs."
     )
 
 
@@ -155,12 +244,43 @@ class BootSpec(StrictModel):
     cmdline: str | None = Field(
         default=None, description="Kernel command line (needs kernel), e.g. console=ttyS0."
     )
+    devices: tuple[Literal["hd", "cdrom", "network", "fd"], ...] = Field(
+        default=(), description="Boot device order by type (BIOS style); not together with any bootOrder."
+    )
 
     @model_validator(mode="after")
     def _kernel(self) -> BootSpec:
         for name in ("initrd", "cmdline"):
             if getattr(self, name) is not None and self.kernel is None:
                 raise field_error("kernel", f"{name} is set, so kernel is required (direct kernel boot)")
+        return self
+
+
+class Passthrough(StrictModel):
+    """libvirt XML the spec has no field for, kept verbatim (as ``virtplane adopt`` writes it). Only what
+    cannot reach a host resource is accepted: see ``specs/passthrough.py`` for the allow-list."""
+
+    devices: tuple[str, ...] = Field(
+        default=(), description="Device elements, e.g. <graphics type='vnc'/> or <video><model type='vga'/></video>."
+    )
+    features: tuple[str, ...] | None = Field(
+        default=None, description="The children of <features>; default: <acpi/> and <apic/>."
+    )
+    elements: tuple[str, ...] = Field(
+        default=(), description="Domain elements: <clock>, <on_poweroff|on_reboot|on_crash>, <pm>, <title>..."
+    )
+
+    @model_validator(mode="after")
+    def _safe(self) -> Passthrough:
+        for field, check in (("devices", device_refusal), ("features", feature_refusal),
+                             ("elements", element_refusal)):
+            for index, text in enumerate(getattr(self, field) or ()):
+                try:
+                    why = check(parse_snippet(text))
+                except ValueError as exc:
+                    why = str(exc)
+                if why is not None:
+                    raise field_error(f"{field}.{index}", why)
         return self
 
 
@@ -188,6 +308,9 @@ class VmTemplateCommon(StrictModel):
         "Auto restarts (or migrates) the VM at once.",
     )
     boot: BootSpec = Field(default_factory=BootSpec, description="Firmware or direct kernel boot.")
+    passthrough: Passthrough = Field(
+        default_factory=Passthrough, description="libvirt XML without a field here, kept verbatim (allow-listed)."
+    )
     machine: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
@@ -219,6 +342,25 @@ class VirtualMachineSpec(VmTemplateCommon):
 
     cluster: Name = Field(description="Cluster the VM runs in.")
     disks: tuple[DiskAttachment, ...] = Field(default=(), description="Attached Disks; each Disk once.")
+    emptyDrives: tuple[EmptyDrive, ...] = Field(default=(), description="cdrom/floppy drives with no media.")
+
+    @model_validator(mode="after")
+    def _boot_orders(self) -> VirtualMachineSpec:
+        where: dict[int, str] = {}
+        orders = [(f"disks.{i}", a.bootOrder) for i, a in enumerate(self.disks)]
+        orders += [(f"emptyDrives.{i}", d.bootOrder) for i, d in enumerate(self.emptyDrives)]
+        orders += [(f"nics.{i}", n.bootOrder) for i, n in enumerate(self.nics)]
+        for path, order in orders:
+            if order is None:
+                continue
+            if order in where and not path.startswith("disks."):
+                raise field_error(f"{path}.bootOrder", f"bootOrder {order} is used twice (also {where[order]}); "
+                                  "boot orders must be unique")
+            where.setdefault(order, path)
+        if where and self.boot.devices:
+            raise field_error("boot.devices", "boot.devices and bootOrder do not go together (libvirt refuses "
+                              "both); keep one")
+        return self
 
     @model_validator(mode="after")
     def _disks_unique(self) -> VirtualMachineSpec:

@@ -23,8 +23,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import anyio
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -42,6 +44,7 @@ from controller.api.openapi import openapi_document
 from controller.common.metrics import Registry
 from controller.common.wire import (
     CORRELATION_HEADER,
+    HookError,
     error_body,
     resource_to_wire,
     spec_to_wire,
@@ -55,6 +58,8 @@ from specs.selector import LabelSelector
 
 # The controllers' diff planners: (kind, name) -> {"plan": [action, ...], "note"?: text} per change.
 PlanHook = Callable[[list[Any]], Awaitable[dict[tuple[str, str], dict[str, Any]]]]
+# The controllers' adoption preview: (host, domains, all) -> {"adopted": [...], "refused": [...]}.
+AdoptHook = Callable[[str, list[str], bool], Awaitable[dict[str, Any]]]
 
 
 class ApiError(Exception):
@@ -70,6 +75,9 @@ class ApiContext:
     authz: Authorizer
     metrics: Registry
     plan_hook: PlanHook | None = None  # set by the controllers: plans for a dry-run apply
+    adopt_hook: AdoptHook | None = None  # set by the controllers: `virtplane adopt`
+    # Where `virtplane disk upload` puts images for the Disk controller (the server's data dir/uploads).
+    upload_dir: Path | None = None
     # Finalizers the running controllers put on new objects of a kind (set when they start), so that
     # creating an object costs one write rather than a create and a later finalizer update.
     default_finalizers: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -255,6 +263,8 @@ class Api:
                 )
             except store_mod.StoreUnavailable as e:
                 response = JSONResponse(error_body(503, "StoreUnavailable", str(e)), 503)
+            except HookError as e:
+                response = JSONResponse(error_body(e.code, "Refused", str(e)), e.code)
             self.requests.inc(route=name, code=str(response.status_code))
             self.latency.observe(time.perf_counter() - start, route=name)
             if self.ctx.audit and request.method in ("POST", "PUT", "DELETE"):
@@ -317,6 +327,65 @@ class Api:
         obj = await self._get_allowed(request, info, name)
         status, _ = await self.ctx.store.get_status(info.kind, name)
         return JSONResponse(resource_to_wire(obj, status))
+
+    async def backup(self, request: Request) -> Response:
+        """The whole store (specs with server metadata, statuses); events and leases left out."""
+        await self._authorize(request, "list", None)
+        return JSONResponse(await store_mod.take_backup(self.ctx.store))
+
+    async def restore(self, request: Request) -> Response:
+        """Load a backup into an empty store (409 when it is not empty; nothing written)."""
+        await self._authorize(request, "create", None)
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "expected a backup document")
+        try:
+            written = await store_mod.restore_backup(self.ctx.store, body)
+        except store_mod.RestoreRefused as e:
+            raise ApiError(409, "Conflict", str(e)) from e
+        return JSONResponse({"restored": written})
+
+    async def upload(self, request: Request) -> Response:
+        """Receive the image of a Disk whose source is ``import: {upload: true}`` (streamed to the upload
+        directory as ``NAME.UID``; it appears complete or not at all). The Disk controller imports it."""
+        await self._authorize(request, "update", "Disk")
+        name = request.path_params["name"]
+        disk = await self.ctx.store.get("Disk", name)
+        src = getattr(getattr(disk, "spec", None), "source", None) if disk is not None else None
+        if disk is None:
+            raise ApiError(404, "NotFound", f"Disk {name!r} not found")
+        if src is None or src.import_ is None or not src.import_.upload:
+            raise ApiError(409, "Conflict", f"Disk {name} does not take an upload (set spec.source.import.upload)")
+        if self.ctx.upload_dir is None:
+            raise ApiError(503, "Unavailable", "this server takes no uploads")
+        self.ctx.upload_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        final = self.ctx.upload_dir / f"{name}.{disk.metadata.uid}"
+        partial = final.with_name(final.name + ".part")
+        written = 0
+        try:
+            async with await anyio.open_file(partial, "wb") as out:
+                async for chunk in request.stream():
+                    await out.write(chunk)
+                    written += len(chunk)
+            partial.replace(final)
+        finally:
+            partial.unlink(missing_ok=True)
+        return JSONResponse({"disk": name, "bytes": written})
+
+    async def adopt(self, request: Request) -> Response:
+        """Propose objects reproducing foreign domains of one host (read-only; see controllers/adopt.py)."""
+        await self._authorize(request, "create", "VirtualMachine")
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "expected {\"domains\": [...], \"all\": false}")
+        domains, everything = body.get("domains") or [], bool(body.get("all"))
+        if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+            raise ApiError(400, "BadRequest", "domains: expected a list of domain names")
+        if bool(domains) == everything:
+            raise ApiError(400, "BadRequest", "name domains, or ask for all of them (not both, not neither)")
+        if self.ctx.adopt_hook is None:
+            raise ApiError(503, "Unavailable", "the controllers are not running in this server")
+        return JSONResponse(await self.ctx.adopt_hook(request.path_params["name"], domains, everything))
 
     async def get_status(self, request: Request) -> Response:
         info = _kind_from_path(request)
@@ -552,6 +621,10 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/api/v1/apply", r("apply", api.apply), methods=["POST"]),
         Route("/api/v1/watch", r("watch", api.watch)),
         Route("/api/v1/events", r("events", api.events)),
+        Route("/api/v1/hosts/{name}/adopt", r("adopt", api.adopt), methods=["POST"]),
+        Route("/api/v1/backup", r("backup", api.backup), methods=["GET"]),
+        Route("/api/v1/disks/{name}/upload", r("upload", api.upload), methods=["PUT"]),
+        Route("/api/v1/restore", r("restore", api.restore), methods=["POST"]),
         Route("/api/v1/{plural}", r("list", api.list_objects), methods=["GET"]),
         Route("/api/v1/{plural}", r("create", api.create_object), methods=["POST"]),
         Route("/api/v1/{plural}/{name}", r("get", api.get_object), methods=["GET"]),

@@ -88,6 +88,23 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": {"description": "Changes"}, **errors},
         }
     }
+    paths["/api/v1/hosts/{name}/adopt"] = {
+        "parameters": [name_param],
+        "post": {
+            "summary": "Objects reproducing foreign domains of a host ({domains: [...]} or {all: true}); "
+            "read-only: the caller writes them to Git and applies them",
+            "responses": {"200": {"description": "adopted: [{domain, objects}], refused: [{domain, problems}]"},
+                          **errors},
+        },
+    }
+    paths["/api/v1/backup"] = {
+        "get": {"summary": "The whole store: specs with server metadata and statuses (no events, no leases)",
+                "responses": {"200": {"description": "a virtplane.io/backup/v1 document"}, **errors}},
+    }
+    paths["/api/v1/restore"] = {
+        "post": {"summary": "Load a backup into an empty store (409 if it is not empty; nothing written)",
+                 "responses": {"200": {"description": "{restored: N}"}, **errors}},
+    }
     paths["/api/v1/watch"] = {
         "get": {
             "summary": "JSON lines of changes from ?resourceVersion=",

@@ -10,7 +10,10 @@ from typing import Annotated
 
 import typer
 
+from controller.cli import adopt as adopt_cmd
 from controller.cli import apply as apply_cmd
+from controller.cli import backup as backup_cmd
+from controller.cli import disk as disk_cmd
 from controller.cli import export as export_cmd
 from controller.cli import identity as identity_cmd
 from controller.cli import migrate as migrate_cmd
@@ -49,9 +52,13 @@ app.command()(read_cmd.events)
 app.command()(read_cmd.wait)
 app.command()(export_cmd.export)
 app.command()(migrate_cmd.migrate)
+app.command()(adopt_cmd.adopt)
+app.command()(backup_cmd.backup)
+app.command()(backup_cmd.restore)
 
 
 app.add_typer(snapshot_cmd.app, name="snapshot")
+app.add_typer(disk_cmd.app, name="disk")
 app.command()(identity_cmd.login)
 app.command()(identity_cmd.logout)
 app.command()(identity_cmd.audit)

@@ -8,13 +8,14 @@ from typing import Annotated, Any
 
 import typer
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from controller.cli.common import client, kind_info, reporting
 from controller.cli.output import err
 from controller.common.wire import spec_to_wire
+from controller.gitops.export import update_document
 from controller.gitops.manifest import load_paths
 from specs.kinds import KINDS, parse_resource
+from specs.meta import Resource
 
 
 def _yaml() -> YAML:
@@ -24,64 +25,49 @@ def _yaml() -> YAML:
     return yaml
 
 
-def merge_into(target: Any, new: Any) -> Any:
-    """Update a round-trip YAML node in place so that it equals ``new``, keeping comments and key order."""
-    if isinstance(target, CommentedMap) and isinstance(new, dict):
-        for key in [k for k in target if k not in new]:
-            del target[key]
-        for key, value in new.items():
-            if key in target:
-                target[key] = merge_into(target[key], value)
-            else:
-                target[key] = value
-        return target
-    if isinstance(target, CommentedSeq) and isinstance(new, list):
-        del target[len(new) :]
-        for i, value in enumerate(new):
-            if i < len(target):
-                target[i] = merge_into(target[i], value)
-            else:
-                target.append(value)
-        return target
-    return new
-
-
 def export(
     directory: Annotated[Path, typer.Option("-d", "--dir", help="Directory of YAML to write or update.")] = Path("."),
     kinds: Annotated[
         list[str] | None, typer.Argument(help="Kinds to export (default: every Git-managed kind).")
     ] = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Only objects last applied with this --source.")
+    ] = None,
 ) -> None:
-    """Write the specs in the store as YAML: update the file that already holds an object (comments kept),
-    or create DIR/<plural>/<name>.yaml."""
+    """Write the specs in the store as YAML: update the file that already holds an object (comments and the
+    values you wrote kept), or create DIR/<plural>/<name>.yaml. Objects a controller made (a pool's VMs and
+    disks) are not exported; with --source, neither are objects applied from another source."""
     infos = [kind_info(k) for k in kinds] if kinds else [i for i in KINDS.values() if i.gitops]
     existing: dict[tuple[str, str], Path] = {}
     if directory.exists():
         with reporting():
             for obj in load_paths([str(directory)]):
                 existing[(obj.resource.kind, obj.resource.metadata.name)] = Path(obj.location.path)
-    wanted: dict[Path, list[dict[str, Any]]] = {}
+    wanted: dict[Path, list[Resource]] = {}
     with reporting(), client() as vp:
         for info in infos:
             for item in vp.list(info.plural):
+                meta = item.get("metadata") or {}
+                if meta.get("ownerReferences") or (source is not None and meta.get("source") != source):
+                    continue
                 item.pop("status", None)
-                body = spec_to_wire(parse_resource(_user_part(item)))
-                assert body is not None
+                resource = parse_resource(_user_part(item))
                 key = (info.kind, item["metadata"]["name"])
                 path = existing.get(key) or directory / info.plural / f"{key[1]}.yaml"
-                wanted.setdefault(path, []).append(body)
+                wanted.setdefault(path, []).append(resource)
     yaml = _yaml()
     written = 0
-    for path, bodies in wanted.items():
-        by_key = {(b["kind"], b["metadata"]["name"]): b for b in bodies}
+    for path, resources in wanted.items():
+        by_key = {(r.kind, r.metadata.name): r for r in resources}
         docs: list[Any] = []
         if path.exists():
             docs = [d for d in yaml.load_all(path.read_text()) if d is not None]
-            for doc in docs:
+            for i, doc in enumerate(docs):
                 key = (doc.get("kind"), (doc.get("metadata") or {}).get("name"))
                 if key in by_key:
-                    merge_into(doc, by_key.pop(key))
-        docs += list(by_key.values())
+                    want = by_key.pop(key)
+                    docs[i] = update_document(doc, _compact(want), want)
+        docs += [_compact(r) for r in by_key.values()]
         buf = io.StringIO()
         yaml.dump_all(docs, buf)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +76,12 @@ def export(
             written += 1
             typer.echo(f"wrote {path}")
     err.print(f"[dim]{sum(len(b) for b in wanted.values())} object(s) exported; {written} file(s) changed[/]")
+
+
+def _compact(resource: Resource) -> dict[str, Any]:
+    body = spec_to_wire(resource)
+    assert body is not None
+    return body
 
 
 def _user_part(item: dict[str, Any]) -> dict[str, Any]:

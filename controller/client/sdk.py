@@ -22,7 +22,8 @@ from __future__ import annotations
 import builtins
 import json
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -96,7 +97,8 @@ class Client:
     # --- plumbing ---
 
     def _request(self, method: str, path: str, *, correlation_id: str | None = None, **kwargs: Any) -> httpx.Response:
-        headers = {CORRELATION_HEADER: correlation_id} if correlation_id else None
+        headers = {CORRELATION_HEADER: correlation_id} if correlation_id else {}
+        headers |= kwargs.pop("headers", None) or {}
         try:
             response = self._http.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as e:
@@ -161,6 +163,40 @@ class Client:
             params={"dryRun": "true"} if dry_run else None,
             content=content,
             correlation_id=correlation_id,
+        ).json()
+        return body
+
+    def upload(self, disk: str, path: Path, progress: Callable[[int], None] | None = None) -> int:
+        """Stream the image at ``path`` to the server for Disk ``disk``; ``progress(bytes sent so far)``."""
+
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    sent += len(chunk)
+                    yield chunk
+                    if progress is not None:
+                        progress(sent)
+
+        size = path.stat().st_size
+        response = self._request("PUT", f"/api/v1/disks/{disk}/upload", content=chunks(),
+                                 headers={"Content-Length": str(size)}, timeout=None)
+        return int(response.json()["bytes"])
+
+    def backup(self) -> dict[str, Any]:
+        """The whole store as a ``virtplane.io/backup/v1`` document."""
+        body: dict[str, Any] = self._request("GET", "/api/v1/backup").json()
+        return body
+
+    def restore(self, backup: dict[str, Any]) -> int:
+        """Load a backup into an empty store; the number of objects restored."""
+        return int(self._request("POST", "/api/v1/restore", json=backup).json()["restored"])
+
+    def adopt(self, host: str, domains: Sequence[str] = (), *, everything: bool = False) -> dict[str, Any]:
+        """Objects reproducing foreign domains of ``host`` (read-only): ``{"adopted": [{"domain", "objects"}],
+        "refused": [{"domain", "problems"}]}``."""
+        body: dict[str, Any] = self._request(
+            "POST", f"/api/v1/hosts/{host}/adopt", json={"domains": list(domains), "all": everything}
         ).json()
         return body
 

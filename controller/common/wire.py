@@ -67,3 +67,12 @@ def strip_server_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         meta.pop(key, None)
     body["metadata"] = meta
     return body
+
+
+class HookError(Exception):
+    """A request the API hands to the controllers (a hook such as adopt) cannot be served; ``code`` is the
+    HTTP status to answer with, the message says why."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os.path
 from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from controller.adapters import nfs
+from controller.adapters import images, nfs
 from controller.adapters.iscsi import LunProblem, LunTarget, probe_lun
 from controller.adapters.libvirt import snapshots as lv
 from controller.adapters.secrets import SecretError, SecretRef, redact
@@ -18,7 +20,15 @@ from controller.runtime.registry import GLOBAL, Controller, Handler, Preview, Wa
 from controller.runtime.workqueue import Result
 from controller.store import Change
 from reconcilers.conditions import cond
-from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, LiveDisk, ResizeVolume
+from reconcilers.disk.actions import (
+    CopySnapshotDisk,
+    CreateVolume,
+    DeleteVolume,
+    ImportImage,
+    LiveDisk,
+    ResizeVolume,
+)
+from reconcilers.disk.imports import import_refusal
 from reconcilers.disk.plan import DiskSourceInfo, chap_usage, plan_disk, source_info, volume_name
 from reconcilers.domain import HostName, NfsExport, ObservedVolume, VolumeName
 from reconcilers.plan import Plan
@@ -74,15 +84,23 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
     backend = backend_for(sd)
     export = backend.nfs(sd)
     observed = await _observe(rt, host, disk, export)
-    source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt))
+    source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt), _uploaded(rt, disk))
     if export is not None and disk.spec.source is not None and disk.spec.source.snapshot is not None:
         source = f"a copy of a snapshot is not supported yet on {sd_name} (nfs access qemu)"
     # The source matters only to create the image: an existing or deleted one never waits for it (the
     # base of an overlay waits for the overlay to go, so the overlay must not wait for the base).
     if isinstance(source, str) and observed is None and not deleting:
-        await rt.write_status("Disk", name, _status(rt, disk, "Pending", "SourceNotReady", source,
-                                                    attachedTo=attached))
-        return None
+        imp = disk.spec.source.import_ if disk.spec.source is not None else None
+        upload = imp is not None and imp.upload
+        await rt.write_status("Disk", name, _status(rt, disk, "Pending", "WaitingForUpload" if upload else
+                                                    "SourceNotReady", source, attachedTo=attached))
+        return Result(requeue_after=2.0) if upload else None  # an upload lands outside the store: look again
+    if observed is None and not deleting and not isinstance(source, str):
+        refused = _import_blocked(rt, disk, source)
+        if refused is not None:
+            reason, message = refused
+            await rt.write_status("Disk", name, _status(rt, disk, "Failed", reason, message, attachedTo=attached))
+            return None
     overlays = overlay_clones_of(rt, name)
     if deleting and (attached or overlays):
         why = [f"attached to {', '.join(attached)}; detach it first"] if attached else []
@@ -101,6 +119,10 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
             assert result.error is not None and result.failed is not None
             await rt.emit(disk, "VolumeFailed", f"{result.failed.name}: {result.error}", warning=True,
                           source="disk-controller")
+            if isinstance(result.error, images.ImageError):  # the same input fails the same way: no retry
+                await rt.write_status("Disk", name, _status(rt, disk, "Failed", result.error.reason,
+                                                            str(result.error), attachedTo=attached))
+                return None
             raise result.error
         await rt.emit(disk, "PlanExecuted", result.describe_done(), source="disk-controller")
         observed = await _observe(rt, host, disk, export)
@@ -171,6 +193,31 @@ async def _lun_failed(rt: Runtime, disk: Disk, attached: tuple[str, ...], target
     await rt.write_status("Disk", disk.metadata.name, _status(rt, disk, "Failed", reason, message, path=target.url,
                                                               attachedTo=attached))
     return Result(requeue=True)
+
+
+def _uploaded(rt: Runtime, disk: Disk) -> str | None:
+    """The complete upload for this Disk (``virtplane disk upload``), if there is one."""
+    if rt.upload_dir is None:
+        return None
+    path = rt.upload_dir / f"{disk.metadata.name}.{disk.metadata.uid}"
+    return str(path) if path.exists() else None
+
+
+def _import_blocked(rt: Runtime, disk: Disk, source: DiskSourceInfo | None) -> tuple[str, str] | None:
+    """(reason, message) when the import must not run (again): a path outside what the server may read, or
+    an import that already failed for this generation (a terminal failure; change the spec to retry)."""
+    src = disk.spec.source
+    if source is None or src is None or src.import_ is None:
+        return None
+    prev = rt.cache.status["Disk"].get(disk.metadata.name)
+    if isinstance(prev, DiskStatus) and prev.phase == "Failed" and prev.observedGeneration == disk.metadata.generation:
+        ready = next((c for c in prev.conditions if c.type == "Ready"), None)
+        return (ready.reason or "ImportFailed", ready.message or "") if ready else ("ImportFailed", "")
+    if src.import_.path is None:
+        return None
+    allowed = [d for sd in rt.cache.all("StorageDomain", StorageDomain) if (d := backend_for(sd).image_dir(sd))]
+    why = import_refusal(os.path.realpath(source.path), [*allowed, *rt.import_dirs])
+    return ("ImportRefused", why) if why is not None else None
 
 
 def _was_ready(rt: Runtime, name: str) -> bool:
@@ -254,6 +301,40 @@ async def _create(a: CreateVolume, rt: Runtime) -> None:
         await conn.copy_volume(a.pool, a.volume, a.source_path, a.source_format)
 
 
+async def _import(a: ImportImage, rt: Runtime) -> None:
+    """Download (a URL), inspect against the declared format, convert with progress in status, check."""
+    disk = rt.cache.get("Disk", a.disk, Disk)
+
+    def reporter(stage: str) -> images.Progress:
+        async def report(percent: int) -> None:
+            if disk is not None:
+                await rt.write_status("Disk", a.disk, _status(rt, disk, "Creating", "Importing",
+                                                              f"{stage} {a.source}: {percent}%", progress=percent))
+        return report
+
+    conn = rt.hosts.connection(a.host)
+    staged: Path | None = None
+    source = a.source
+    try:
+        if source.startswith(("http://", "https://")):
+            staged = Path(a.dest_path + ".download")
+            await images.download(source, staged, reporter("downloading"))
+            source = str(staged)
+        info = await images.image_info(source, a.source_format)
+        volume = replace(a.volume, capacity_bytes=max(a.volume.capacity_bytes, info.virtual_size))
+        if conn.is_test:
+            # libvirt's test driver has no files: the source was inspected for real, the volume is simulated.
+            await conn.create_volume(a.pool, volume)
+            return
+        await images.convert(source, info.format, a.dest_path, a.volume.format, reporter("converting"))
+        await images.check(a.dest_path, a.volume.format)
+        if rt.upload_dir is not None and Path(source).parent == rt.upload_dir:
+            Path(source).unlink(missing_ok=True)  # imported: the staged upload is not needed any more
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+
+
 async def _resize(a: ResizeVolume, rt: Runtime) -> None:
     if a.live:  # QEMU holds the image: it grows it and tells the guest
         for user in a.live:
@@ -278,7 +359,8 @@ async def _copy_snapshot(a: CopySnapshotDisk, rt: Runtime) -> None:
 
 
 HANDLERS: dict[type, Handler] = {
-    CreateVolume: _create, ResizeVolume: _resize, DeleteVolume: _delete, CopySnapshotDisk: _copy_snapshot,
+    CreateVolume: _create, ImportImage: _import, ResizeVolume: _resize, DeleteVolume: _delete,
+    CopySnapshotDisk: _copy_snapshot,
 }
 
 
@@ -307,7 +389,7 @@ async def preview_disk(rt: Runtime, change: Change) -> Preview:
     if isinstance(status, DiskStatus) and status.path and status.capacity is not None:
         observed = ObservedVolume(VolumeName(volume_name(disk)), status.path, status.capacity,
                                   status.allocation or 0, status.format or "qcow2", status.backingPath)
-    source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt))
+    source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt), _uploaded(rt, disk))
     if isinstance(source, str) and observed is None and disk.metadata.deletionTimestamp is None:
         return Preview(Plan(), note=f"waiting: {source}")
     return Preview(plan_disk(disk, host, base, observed, None if isinstance(source, str) else source,

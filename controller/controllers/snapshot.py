@@ -58,10 +58,13 @@ def _disk_targets(rt: Runtime, vm: VirtualMachine, domain: ObservedDomain | None
     config = (domain.live or domain.config) if domain is not None else None
     if config is None:
         return {}, {}
-    by_source = {d.source: d.target for d in config.disks}
+    # cdrom and floppy media are read-only: never part of a snapshot.
+    by_source = {d.source: d.target for d in config.disks if d.device == "disk"}
     targets: dict[str, str] = {}
     formats: dict[str, str] = {}
     for attachment in vm.spec.disks:
+        if attachment.device != "disk":
+            continue
         status = rt.cache.status["Disk"].get(attachment.disk)
         disk = rt.cache.get("Disk", attachment.disk, Disk)
         if not isinstance(status, DiskStatus) or status.path is None or disk is None or disk.spec.lun is not None:

@@ -31,6 +31,7 @@ from reconcilers.migration.actions import MigrateDomain
 from reconcilers.migration.plan import MigrationContext
 from reconcilers.plan import Action, Plan
 from reconcilers.vm.actions import DefineDomain, DestroyDomain, ShutdownDomain, StartDomain, UndefineDomain
+from reconcilers.vm.adopt import ADOPTED_FROM
 from reconcilers.vm.live import PENDING_DEADLINE_S, pending_key
 from reconcilers.vm.plan import VmDecision, plan_vm
 from specs.disk import Disk
@@ -74,6 +75,9 @@ async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
     relevant = set(rt.hosts.locate(name))
     if prev_status is not None and prev_status.host:
         relevant.add(HostName(prev_status.host))
+    adopted_from = (vm.metadata.annotations or {}).get(ADOPTED_FROM) if vm is not None else None
+    if adopted_from is not None:
+        relevant.add(HostName(adopted_from))  # the domain being adopted, observed afresh
     finished = rt.migrations.collect(name)
     job = rt.migrations.jobs.get(name)
     for moving in (finished, job):

@@ -26,6 +26,7 @@ from reconcilers.vm.actions import (
     SetMemory,
     SetVcpus,
     ShutdownDomain,
+    StampOwner,
     StartDomain,
     UndefineDomain,
 )
@@ -67,6 +68,10 @@ async def _define(a: DefineDomain, rt: Runtime) -> None:
         since = domains.stamp()
         stored = await conn.define_domain(a.config)
     domains.put(after_define(a.host, stored, domains.get(a.config.name)), since=since)
+
+
+async def _stamp(a: StampOwner, rt: Runtime) -> None:
+    await rt.hosts.connection(a.host).stamp_owner(a.domain, a.owner, live=a.live)
 
 
 async def _start(a: StartDomain, rt: Runtime) -> None:
@@ -131,6 +136,7 @@ async def _abort(a: AbortMigration, rt: Runtime) -> None:
 
 HANDLERS: dict[type, Handler] = {
     DefineDomain: _define,
+    StampOwner: _stamp,
     StartDomain: _start,
     ShutdownDomain: _shutdown,
     DestroyDomain: _destroy,

@@ -56,7 +56,7 @@ def resolve_disks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedDisk]:
         source = backend_for(sd).disk_source(sd, where) if sd is not None else FileSource(where)
         found[attachment.disk] = ResolvedDisk(
             attachment.disk, source, disk.spec.effective_format or "qcow2", disk.spec.shareable, ready,
-            disk.spec.storageDomain,
+            disk.spec.storageDomain, disk.spec.template,
         )
     return found
 

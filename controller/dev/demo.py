@@ -46,6 +46,20 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) 
     raise SystemExit(f"the server was not ready within {timeout:g} s")
 
 
+# examples/disks/debian-12-base.yaml imports this image (in the `shared` storage domain of examples/).
+EXAMPLE_IMAGE = Path("/srv/virtplane/shared/images/debian-12-genericcloud-amd64.qcow2")
+
+
+def ensure_example_image(path: Path = EXAMPLE_IMAGE) -> None:
+    """The Disk import of examples/ reads a real file (a missing one is Failed, never Ready): without the
+    Debian cloud image at hand, put a blank qcow2 stand-in there (the hosts are simulated anyway)."""
+    if path.exists():
+        return
+    print(f"== {path} is missing: creating a blank 64 MiB qcow2 stand-in (qemu-img create)", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
+
+
 def _change_demo(examples: Path, data_dir: Path, env: dict[str, str]) -> None:
     """Edit a copy of the Git checkout as an operator would: more memory for web-1, within maxSize."""
     work = data_dir / "checkout"
@@ -182,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     try:
         _wait_ready(url, server)
+        ensure_example_image()
         _run(["apply", "-f", str(args.examples), "--source", "examples"], env)
         _run(["wait", "--for", "condition=Ready", "hosts", "--all", "--timeout", "60"], env)
         for vm in ("db-1", "web-1", "web-2", "app-1"):  # the VMs whose runStrategy starts them

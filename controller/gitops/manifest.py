@@ -32,6 +32,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from specs.errors import error_message, error_path, format_path
 from specs.kinds import KINDS, UnknownKind, resolve_kind
 from specs.meta import ObjectMeta, Resource
+from specs.versions import CONVERSIONS
 
 __all__ = ["ManifestError", "ManifestObject", "Problem", "SourceLocation", "load_paths", "load_text"]
 
@@ -439,7 +440,8 @@ class _Collector:
                 self.add(where, f"metadata.{name}", "is set by the server; remove it from the manifest")
         model = KINDS[kind].model
         try:
-            resource = model.model_validate(data)
+            # A document in an older API version is converted first (field paths then follow the new shape).
+            resource = model.model_validate(CONVERSIONS.upgrade(data))
         except ValidationError as exc:
             for error in exc.errors(include_url=False):
                 loc = error_path(error)

@@ -81,6 +81,10 @@ class Runtime:
     glusterd_socket: Path | None = None
     # events are written in batches by this sink's task while the manager runs (directly otherwise).
     events: EventSink | None = None
+    # `virtplane server --import-dir`: directories Disk imports may read images from (storage domains too).
+    import_dirs: tuple[str, ...] = ()
+    # Where the API puts images uploaded for Disks (`virtplane disk upload`): the server's data dir/uploads.
+    upload_dir: Path | None = None
 
     async def ensure_finalizer(self, obj: R, finalizer: str) -> R:
         """``obj`` with ``finalizer`` added in the store (unless it is there or the object is being deleted)."""

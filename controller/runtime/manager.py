@@ -51,6 +51,7 @@ class ManagerOptions:
     secrets_dir: Path = DEFAULT_SECRETS_DIR  # where spec fields that name a secret find its file
     lab_dir: Path | None = None  # `virtplane lab` hosts the lab power agent may switch
     glusterd_socket: Path | None = None  # where GlusterVolumes are created and changed
+    import_dirs: tuple[str, ...] = ()  # `--import-dir`: where Disk imports may read images (beside storage)
 
 
 class Manager:
@@ -66,7 +67,8 @@ class Manager:
         self.rt = Runtime(store, self.cache, self.hosts, self.queue, metrics or MetricsRegistry(),
                           executor=Executor(registry.handlers), identity=options.identity,
                           secrets_dir=options.secrets_dir, lab_dir=options.lab_dir,
-                          glusterd_socket=options.glusterd_socket)
+                          glusterd_socket=options.glusterd_socket,
+                          import_dirs=options.import_dirs, upload_dir=options.data_dir / "uploads")
         self.rt.notify = self._dispatch
         self.events = EventSink(store)
         self.rt.events = self.events

@@ -37,6 +37,11 @@ def server(
         Path | None,
         typer.Option("--lab-dir", help="A `virtplane lab` directory whose hosts the lab power agent may switch."),
     ] = None,
+    import_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--import-dir", help="A directory Disk imports may read images from (repeatable); "
+                     "storage domains are always allowed."),
+    ] = None,
     directory: Annotated[
         Path | None,
         typer.Option("--directory", help="YAML with a `directory:` section: LDAP login (see docs/identity.md)."),
@@ -69,7 +74,8 @@ def server(
             directory_config=directory, session_ttl=session_ttl, tls_cert=tls_cert, tls_key=tls_key,
             tls_self_signed=tls_self_signed, audit_max_records=audit_max_records,
         )
-        background = _background_tasks(data_dir, secrets_dir, lab_dir, glusterd_socket) if controllers else ()
+        background = _background_tasks(data_dir, secrets_dir, lab_dir, glusterd_socket,
+                                       tuple(import_dirs or ())) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
@@ -77,11 +83,13 @@ def server(
         pass
 
 
-def _background_tasks(data_dir: Path, secrets_dir: Path, lab_dir: Path | None,
-                      glusterd_socket: Path | None = None) -> tuple[BackgroundTask, ...]:
+def _background_tasks(
+    data_dir: Path, secrets_dir: Path, lab_dir: Path | None, glusterd_socket: Path | None = None,
+    import_dirs: tuple[Path, ...] = (),
+) -> tuple[BackgroundTask, ...]:
     identity = f"{socket.gethostname()}-{os.getpid()}"
     options = ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir, lab_dir=lab_dir,
-                             glusterd_socket=glusterd_socket)
+                             glusterd_socket=glusterd_socket, import_dirs=tuple(str(d.resolve()) for d in import_dirs))
     return (controllers_task(options),)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -20,6 +21,7 @@ from controller.api.rbac import RbacAuthorizer, RbacIndex
 from controller.api.sessions import SessionAuthenticator
 from controller.client.config import ClientConfig, load_or_create_token, write_client_config
 from controller.common.metrics import Registry
+from controller.controllers.adopt import adopt_preview
 from controller.controllers.registry import default_registry
 from controller.runtime.manager import Manager, ManagerOptions
 from controller.server import tls as tls_mod
@@ -50,6 +52,7 @@ def controllers_task(options: ManagerOptions) -> BackgroundTask:
         registry = default_registry()
         manager = Manager(store, registry, options, metrics=ctx.metrics)
         ctx.plan_hook = manager.plan_changes
+        ctx.adopt_hook = functools.partial(adopt_preview, manager.rt)
         ctx.default_finalizers.update(registry.finalizers())
         await manager.run()
 
@@ -144,6 +147,7 @@ async def serve(options: ServerOptions, background: tuple[BackgroundTask, ...] =
         ctx = ApiContext(
             store=store, authn=SessionAuthenticator(StaticTokenAuthenticator(token), store),
             authz=RbacAuthorizer(index), metrics=Registry(), directory=directory, session_ttl=options.session_ttl,
+            upload_dir=options.data_dir / "uploads",
         )
         app = create_app(ctx)
         app.router.routes.extend(console_routes(app.state.api))  # the web console under /ui/

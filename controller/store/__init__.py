@@ -10,11 +10,13 @@ Errors (tree in ``controller.store.errors``)::
     ├── PartialApplyError(written, not_written, cause, uncertain)
     ├── NotFoundError(kind, name)
     ├── StoreUnavailable
-    └── RevisionCompacted(revision)
+    ├── RevisionCompacted(revision)
+    └── RestoreRefused               (backup: the store is not empty, or the backup is unreadable)
 """
 
 from controller.store.apply import ApplyResult, Change
 from controller.store.audit import MAX_OBJECTS_PER_RECORD, AuditLog, AuditRecord
+from controller.store.backup import RestoreRefused, restore_backup, take_backup
 from controller.store.codec import EVENTS, ROOT, SPECS, STATUS, kind_prefix, spec_key, status_key
 from controller.store.errors import (
     ConflictError,
@@ -47,6 +49,7 @@ __all__ = [
     "NotFoundError",
     "Page",
     "PartialApplyError",
+    "RestoreRefused",
     "RevisionCompacted",
     "Selector",
     "SessionRecord",
@@ -58,7 +61,9 @@ __all__ = [
     "TooLargeError",
     "WatchEvent",
     "kind_prefix",
+    "restore_backup",
     "slice_by_name",
     "spec_key",
     "status_key",
+    "take_backup",
 ]

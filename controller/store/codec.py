@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from specs.event import Event
 from specs.kinds import KINDS
 from specs.meta import Resource, StatusBase
+from specs.versions import CONVERSIONS
 
 ROOT = "/virtplane/"
 SPECS = ROOT + "specs/"
@@ -88,8 +89,8 @@ def decode_raw(value: bytes) -> dict[str, Any]:
 
 def resource_from_raw(raw: dict[str, Any], mod_revision: int) -> Resource:
     """Validate a stored spec document; resourceVersion comes from the key's mod_revision."""
-    data = dict(raw)
-    data["metadata"] = {**raw.get("metadata", {}), "resourceVersion": str(mod_revision)}
+    data = dict(CONVERSIONS.upgrade(raw))  # stored by an older server in an older version
+    data["metadata"] = {**data.get("metadata", {}), "resourceVersion": str(mod_revision)}
     return resource_model(str(raw.get("kind"))).model_validate(data)
 
 

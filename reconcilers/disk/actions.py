@@ -37,6 +37,22 @@ class CreateVolume(HostAction):
 
 
 @dataclass(frozen=True)
+class ImportImage(HostAction):
+    """Convert an image (a file the server may read, or an http(s) URL it downloads) into the Disk's volume
+    with ``qemu-img convert``, reading it as ``source_format`` (None: detected), then check the result."""
+
+    disk: str
+    pool: PoolName
+    volume: VolumeConfig
+    source: str
+    source_format: str | None
+    dest_path: str
+
+    def target(self) -> str:
+        return f"{self.pool}/{self.volume.name} from {self.source} on {self.host}"
+
+
+@dataclass(frozen=True)
 class ResizeVolume(HostAction):
     pool: PoolName
     volume: VolumeName

@@ -9,7 +9,14 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, LiveDisk, ResizeVolume
+from reconcilers.disk.actions import (
+    CopySnapshotDisk,
+    CreateVolume,
+    DeleteVolume,
+    ImportImage,
+    LiveDisk,
+    ResizeVolume,
+)
 from reconcilers.domain import HostName, ImageFormat, NfsExport, ObservedVolume, VolumeConfig, VolumeName
 from reconcilers.plan import Action, Plan
 from reconcilers.snapshot.actions import SnapshotName
@@ -42,9 +49,11 @@ def _relative(path: str, base: str) -> str:
 
 
 def source_info(disk: Disk, base: str, other: Mapping[str, DiskSourceInfo],
-                snapshots: Mapping[str, tuple[str, ...]] | None = None) -> DiskSourceInfo | str | None:
+                snapshots: Mapping[str, tuple[str, ...]] | None = None,
+                uploaded: str | None = None) -> DiskSourceInfo | str | None:
     """Where the initial content comes from. Returns an error message (str) when it cannot be found yet.
-    ``snapshots``: the Ready Snapshots, each with the Disks it holds."""
+    ``snapshots``: the Ready Snapshots, each with the Disks it holds; ``uploaded``: where the image
+    uploaded for this Disk is, once the upload is complete."""
     src = disk.spec.source
     if src is None or src.empty is not None:
         return None
@@ -54,8 +63,13 @@ def source_info(disk: Disk, base: str, other: Mapping[str, DiskSourceInfo],
             return found if found is not None else f"source disk {src.clone.disk} is not ready"
         assert src.clone.image is not None
         return DiskSourceInfo(_relative(src.clone.image, base), None, None)
+    if src.import_ is not None and src.import_.upload:
+        if uploaded is None:
+            return f"waiting for the image: virtplane disk upload {disk.metadata.name} FILE"
+        return DiskSourceInfo(uploaded, src.import_.format, None)
     if src.import_ is not None:
-        return DiskSourceInfo(_relative(src.import_.path, base), src.import_.format, None)
+        where = src.import_.url or _relative(src.import_.path or "", base)
+        return DiskSourceInfo(where, src.import_.format, None)
     assert src.snapshot is not None
     held = (snapshots or {}).get(src.snapshot.snapshot)
     if held is None:
@@ -92,6 +106,11 @@ def plan_disk(disk: Disk, host: HostName, path: str, observed: ObservedVolume | 
             actions.append(CopySnapshotDisk(host, pool, VolumeConfig(name, capacity, fmt), source.path,
                                             SnapshotName(source.snapshot), path,
                                             reason=f"copy of {source.path} at snapshot {source.snapshot}"))
+        elif source is not None and disk.spec.source is not None and disk.spec.source.import_ is not None:
+            vol = VolumeConfig(name, size or 0, fmt)
+            actions.append(ImportImage(host, disk=disk.metadata.name, pool=pool, volume=vol, source=source.path,
+                                       source_format=source.format, dest_path=posixpath.join(path, name),
+                                       reason=f"import of {source.path}"))
         elif source is not None and clone is not None and clone.mode == "overlay":
             capacity = max(size or 0, source.capacity_bytes or 0)
             vol = VolumeConfig(name, capacity, "qcow2", source.path, _fmt(source.format))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconcilers.domain import DiskDevice, DomainConfig, DomainName, NicDevice
+from reconcilers.domain import DiskDevice, DomainConfig, DomainName, NicDevice, OwnerMetadata
 from reconcilers.plan import HostAction, Impact
 
 
@@ -22,6 +22,19 @@ class DefineDomain(HostAction):
 
     def target(self) -> str:
         return f"{self.config.name} on {self.host}"
+
+
+@dataclass(frozen=True)
+class StampOwner(HostAction):
+    """Write our owner metadata into a domain being adopted, live and persistent, without redefining it."""
+
+    domain: DomainName
+    owner: OwnerMetadata
+    live: bool
+    IMPACT = Impact.NONE
+
+    def target(self) -> str:
+        return f"{self.domain} on {self.host} (adopted by {self.owner.kind}/{self.owner.name})"
 
 
 @dataclass(frozen=True)

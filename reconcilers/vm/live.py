@@ -10,17 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from reconcilers.conditions import cond as _cond
-from reconcilers.domain import DomainConfig, DomainName, HostName
+from reconcilers.domain import DiskDevice, DomainConfig, DomainName, HostName
 from reconcilers.plan import Action
 from reconcilers.vm.actions import AttachDisk, AttachNic, DetachDisk, DetachNic, SetMemory, SetVcpus
 from specs.meta import Condition
 
 
 def cold_device_changes(desired: DomainConfig, live: DomainConfig) -> tuple[str, ...]:
-    """Device changes that hot-plug cannot do: a disk or NIC that stays but changes."""
+    """Device changes that hot-plug cannot do: a disk or NIC that stays but changes, any change of the
+    cdrom/floppy drives (their media are not hot-plugged here)."""
     cold: list[str] = []
-    live_disks = {d.source: d for d in live.disks}
-    for disk in desired.disks:
+    if _drives(desired) != _drives(live):
+        cold.append("cdrom/floppy drives")
+    live_disks = {d.source: d for d in live.disks if d.device == "disk"}
+    for disk in _plain(desired):
         seen = live_disks.get(disk.source)
         if seen is not None and seen != disk:
             cold.append(f"disk {disk.target}")
@@ -80,14 +83,23 @@ def without_pending(actions: list[Action], pending: Mapping[str, float]) -> tupl
     return kept, tuple(conds)
 
 
+def _plain(config: DomainConfig) -> tuple[DiskDevice, ...]:
+    return tuple(d for d in config.disks if d.device == "disk")
+
+
+def _drives(config: DomainConfig) -> dict[str, DiskDevice]:
+    return {d.target: d for d in config.disks if d.device != "disk"}
+
+
 def live_actions(host: HostName, name: DomainName, desired: DomainConfig, live: DomainConfig) -> list[Action]:
+    """Hot-plug of disks and NICs, balloon and vCPU changes (cdrom/floppy drives are cold changes)."""
     actions: list[Action] = []
-    wanted_sources = {d.source for d in desired.disks}
-    live_sources = {d.source for d in live.disks}
-    for disk in live.disks:
+    wanted_sources = {d.source for d in _plain(desired)}
+    live_sources = {d.source for d in _plain(live)}
+    for disk in _plain(live):
         if disk.source not in wanted_sources:
             actions.append(DetachDisk(host, name, disk, reason="removed from spec.disks"))
-    for disk in desired.disks:
+    for disk in _plain(desired):
         if disk.source not in live_sources:
             actions.append(AttachDisk(host, name, disk, reason="added to spec.disks"))
     wanted_nics = {n.name for n in desired.nics}

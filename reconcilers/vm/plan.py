@@ -32,9 +32,11 @@ from reconcilers.scheduler import ClusterPolicy, HostView, Request, host_names, 
 from reconcilers.vm.actions import (
     DefineDomain,
     ShutdownDomain,
+    StampOwner,
     StartDomain,
     UndefineDomain,
 )
+from reconcilers.vm.adopt import ADOPTED_FROM, ADOPTED_UUID, adopting_host
 from reconcilers.vm.domain import ResolvedDisk, ResolvedNetwork, config_differences, desired_domain
 from reconcilers.vm.live import PENDING_TYPES, cold_device_changes, live_actions, without_pending
 from specs.meta import Condition
@@ -152,6 +154,16 @@ def _choose_host(inputs: VmInputs, vm: VirtualMachine) -> tuple[HostName | None,
     if ours:
         host = sorted(ours)[0]
         return host, _cond("Scheduled", True, "Scheduled", f"on {host}")
+    adopted = adopting_host(vm, inputs.domains)
+    if adopted is not None:
+        return adopted, _cond("Scheduled", True, "Adopting", f"on {adopted}, where the adopted domain is")
+    from_host = (vm.metadata.annotations or {}).get(ADOPTED_FROM)
+    if from_host is not None and status_host is None:
+        # Never placed anew: the domain it was adopted from may just not be listed yet.
+        return None, _cond("Scheduled", False, "WaitingForAdoptedDomain",
+                           f"the domain it adopts is not seen on {from_host} (with uuid "
+                           f"{(vm.metadata.annotations or {}).get(ADOPTED_UUID)}); to create the VM anew instead, "
+                           f"remove the annotations {ADOPTED_FROM} and {ADOPTED_UUID}")
     if inputs.unlisted:
         # A host not looked at yet may hold this VM: never place it twice.
         waiting = ", ".join(sorted(inputs.unlisted))
@@ -195,6 +207,12 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     vm = inputs.vm
     if vm is None or vm.metadata.deletionTimestamp is not None:
         return plan_teardown(inputs)
+    writable_templates = [a.disk for a in vm.spec.disks if a.disk in inputs.disks and inputs.disks[a.disk].template
+                          and not a.readOnly and a.device == "disk"]
+    if writable_templates:
+        why = (f"disk {', '.join(writable_templates)} is a template: clone it (a Disk with source.clone) or "
+               "attach it readOnly")
+        return VmDecision(Plan(), None, "Failed", (_cond("Ready", False, "TemplateNotWritable", why),))
     missing = [a.disk for a in vm.spec.disks if a.disk not in inputs.disks or not inputs.disks[a.disk].ready]
     missing_nets = [
         n.network for n in vm.spec.nics if n.network not in inputs.networks or not inputs.networks[n.network].ready
@@ -215,6 +233,8 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     host, scheduled = _choose_host(inputs, vm)
     if host is None:
         unschedulable = _cond("Ready", False, "Unschedulable", scheduled.message)
+        if scheduled.reason == "WaitingForAdoptedDomain":
+            unschedulable = _cond("Ready", False, scheduled.reason, scheduled.message)
         if scheduled.reason == "Unschedulable" and inputs.powering_on is not None:
             unschedulable = _cond("Ready", False, "WaitingForHostPowerOn",
                                   f"host {inputs.powering_on} is being powered on for capacity (power saving); "
@@ -225,6 +245,8 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
         why = f"{host} does not answer" + (f"; {note}" if note else "")
         return VmDecision(Plan(), host, "Unknown", (scheduled, _cond("Ready", False, "HostNotResponding", why)))
     foreign = inputs.domains.get(host)
+    if foreign is not None and not _ours(vm, foreign) and adopting_host(vm, {host: foreign}) == host:
+        return _plan_adoption(inputs, vm, host, foreign, scheduled)
     if foreign is not None and not _ours(vm, foreign):
         return VmDecision(
             Plan(),
@@ -236,8 +258,8 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
                     "Ready",
                     False,
                     "NameConflict",
-                    f"{host} has a domain named {vm.metadata.name} that virtplane does not own; rename the VM or "
-                    "import the domain",
+                    f"{host} has a domain named {vm.metadata.name} that virtplane does not own; rename the VM, "
+                    f"or adopt the domain: virtplane adopt host/{host} --domain {vm.metadata.name}",
                 ),
             ),
         )
@@ -274,6 +296,28 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
         move=move,
         requeue_after=move.requeue_after if move is not None else None,
     )
+
+
+def _plan_adoption(
+    inputs: VmInputs, vm: VirtualMachine, host: HostName, d: ObservedDomain, scheduled: Condition
+) -> VmDecision:
+    """Take a foreign domain over without touching it: only when the spec reproduces its persistent config
+    exactly (in what the planner compares); then stamp our owner metadata, live and persistent."""
+    desired = desired_domain(vm, inputs.status, inputs.disks, inputs.networks,
+                             inputs.domain_types.get(host, "kvm"), d)
+    if d.config is None:
+        diffs: tuple[str, ...] = (d.parse_error or "the definition cannot be read",)
+    else:
+        diffs = tuple(f for f in config_differences(desired, d.config)
+                      if not (f == "cpu_model" and desired.cpu_model is None))
+    if diffs:
+        why = (f"the spec does not reproduce the domain on {host} ({_describe('differs in', diffs)}); the "
+               "domain was left alone: fix the spec (virtplane adopt writes one that does)")
+        return VmDecision(Plan(), None, "Failed", (scheduled, _cond("Ready", False, "AdoptionMismatch", why)))
+    assert desired.owner is not None
+    stamp = StampOwner(host, d.name, desired.owner, d.active, reason="adopt: the spec reproduces the domain")
+    return VmDecision(Plan.of(stamp), host, "Running" if d.active else "Stopped",
+                      (scheduled, _cond("Ready", False, "Adopting", f"taking over {d.name} on {host}")), desired)
 
 
 def _plan_move(inputs: VmInputs, vm: VirtualMachine, host: HostName, d: ObservedDomain | None) -> MoveDecision | None:
@@ -371,6 +415,13 @@ SPEC_NAMES = {
     "kernel_boot": "boot.kernel/initrd/cmdline",
     "disks": "disks",
     "nics": "nics",
+    "boot_devices": "boot.devices",
+    "cpu_topology": "cpu.topology",
+    "cpu_features": "cpu.features",
+    "memory_hotplug": "memory.dimmSlots/dimmMaxSize",
+    "features": "passthrough.features",
+    "extra_elements": "passthrough.elements",
+    "extra_devices": "passthrough.devices",
 }
 
 

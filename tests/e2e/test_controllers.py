@@ -22,6 +22,7 @@ import anyio
 import libvirt
 import pytest
 
+from controller.dev.demo import ensure_example_image
 from controller.runtime.manager import Manager
 from controller.server.etcd import EmbeddedEtcd
 from controller.store import Store
@@ -422,6 +423,7 @@ def test_the_base_of_an_overlay_clone_stays_until_the_clone_is_deleted(cli: Cli,
 def test_examples_converge(cli: Cli, tmp_path: Path) -> None:
     """The README's main job: every VM of examples/ with runStrategy Always reaches Ready."""
     examples = shutil.copytree(REPO / "examples", tmp_path / "examples")
+    ensure_example_image()  # the template Disk imports a real file (a missing one is Failed, never Ready)
     cli.apply(examples)
     started = time.monotonic()
 

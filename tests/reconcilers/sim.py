@@ -34,6 +34,12 @@ def apply_plan(plan: Plan, domains: dict[HostName, ObservedDomain]) -> dict[Host
                     )
                 else:
                     out[h] = replace(old, config=filled, persistent=True, owner=filled.owner)
+            case a.StampOwner(host=h, owner=owner, live=live):
+                # virDomainSetMetadata: only the owner stamp changes, in the definition (and the live domain).
+                d = out[h]
+                assert d.config is not None
+                out[h] = replace(d, owner=owner, config=replace(d.config, owner=owner),
+                                 live=replace(d.live, owner=owner) if live and d.live is not None else d.live)
             case a.StartDomain(host=h):
                 d = out[h]
                 out[h] = replace(d, state="running", reason="booted", live=d.config)

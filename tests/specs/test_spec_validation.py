@@ -372,7 +372,7 @@ def test_base_documents_are_valid(kind: str) -> None:
             "VirtualMachine",
             {"spec__disks__1__bus": "usb"},
             "spec.disks[1].bus",
-            "'virtio', 'scsi', 'sata' or 'ide'",
+            "'virtio', 'scsi', 'sata', 'ide' or 'fdc'",
         ),
         (
             "VirtualMachine",
@@ -553,7 +553,7 @@ def test_valid_variants(kind: str, changes: dict[str, Any]) -> None:
 def test_quantities_keep_the_users_spelling() -> None:
     vm = parse_resource(make("VirtualMachine", spec__memory={"size": "1024Mi", "maxSize": 4294967296}))
     dumped = vm.model_dump(mode="json")
-    assert dumped["spec"]["memory"] == {"size": "1024Mi", "maxSize": 4294967296}
+    assert dumped["spec"]["memory"] == {"size": "1024Mi", "maxSize": 4294967296, "dimmSlots": None, "dimmMaxSize": None}
     assert vm.spec.memory.size_bytes == 2**30
     assert vm.spec.memory.max_size_bytes == 2**32
 

@@ -60,6 +60,7 @@ from reconcilers.domain import (
     ObservedNetwork,
     ObservedPool,
     ObservedVolume,
+    OwnerMetadata,
     PoolConfig,
     PoolName,
     VolumeConfig,
@@ -411,6 +412,48 @@ class HostConnection:
             return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
 
         return codec.parse_domain(await self._run("define", define))[0]
+
+    async def domain_xml(self, name: DomainName | str) -> str:
+        """The persistent definition as libvirt holds it (with secrets such as a VNC password)."""
+
+        def read(conn: Conn) -> str:
+            dom = self._domain(conn, name)
+            self._count("XMLDesc")
+            return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+
+        return await self._run("XMLDesc", read)
+
+    async def block_capacities(self, name: DomainName | str, disks: dict[str, str]) -> dict[str, int]:
+        """Virtual size in bytes of the domain's disks ({target: path}): from the storage volume at that path
+        when a pool holds it, else from the domain (``virDomainGetBlockInfo``)."""
+
+        def read(conn: Conn) -> dict[str, int]:
+            dom = self._domain(conn, name)
+            sizes = {}
+            for target, path in disks.items():
+                try:
+                    self._count("storageVolLookupByPath")
+                    sizes[target] = int(conn.storageVolLookupByPath(path).info()[1])
+                    continue
+                except libvirt.libvirtError as exc:
+                    if _code(exc) != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                        raise
+                self._count("blockInfo")
+                sizes[target] = int(dom.blockInfo(target)[0])
+            return sizes
+
+        return await self._run("blockInfo", read)
+
+    async def stamp_owner(self, name: DomainName | str, owner: OwnerMetadata, *, live: bool) -> None:
+        """Write our owner stamp into the domain's metadata, in the persistent definition and (``live``) the
+        running one, without redefining or restarting it (``virDomainSetMetadata``)."""
+        xml = codec.render_owner(owner)
+        flags = _affect(live, True)
+
+        def stamp(dom: libvirt.virDomain) -> None:
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, codec.METADATA_PREFIX, codec.METADATA_NS, flags)
+
+        await self._domain_call("setMetadata", name, stamp)
 
     async def start_domain(self, name: DomainName | str) -> DomainConfig | None:
         """Start the domain; returns its live definition as QEMU runs it (None if it cannot be parsed)."""

@@ -181,12 +181,13 @@ def observe_domain_blocking(
     name = DomainName(dom.name())
     st = state_name(state)
     count("XMLDesc")
-    inactive_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    # SECURE: a graphics password kept verbatim in a spec must compare with what libvirt holds.
+    inactive_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
     active = st != "shutoff"  # "crashed" stays active only with on_crash=preserve
     live_xml = None
     if active:
         count("XMLDesc")
-        live_xml = dom.XMLDesc(0)
+        live_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
     try:
         config, owner = parse_domain(inactive_xml)
         live = parse_domain(live_xml)[0] if live_xml is not None else None

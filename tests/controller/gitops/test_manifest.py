@@ -102,7 +102,7 @@ def assert_problems(text: str, tmp_path: Path, expected: list[tuple[int, int, st
         ),
         pytest.param(
             VM.replace("bootOrder: 1", "bootOrder: 1\n      bus: usb"),
-            [(14, 12, "spec.disks[0].bus", "Input should be 'virtio', 'scsi', 'sata' or 'ide', got 'usb'")],
+            [(14, 12, "spec.disks[0].bus", "Input should be 'virtio', 'scsi', 'sata', 'ide' or 'fdc', got 'usb'")],
             id="enum in a list",
         ),
         pytest.param(

@@ -17,16 +17,18 @@ Normalizations (documented because they are lossy on purpose):
 Anything we cannot represent raises :class:`CodecError`.
 """
 
-from controller.adapters.libvirt.codec._xml import CodecError
+from controller.adapters.libvirt.codec._xml import USER_ALIAS_PREFIX, CodecError
 from controller.adapters.libvirt.codec.domain import (
     METADATA_NS,
-    USER_ALIAS_PREFIX,
+    METADATA_PREFIX,
     parse_domain,
     parse_owner,
     render_disk_device,
     render_domain,
     render_nic_device,
+    render_owner,
 )
+from controller.adapters.libvirt.codec.fidelity import unrepresented
 from controller.adapters.libvirt.codec.resources import (
     parse_host_uuid,
     parse_network,
@@ -42,6 +44,7 @@ from controller.adapters.libvirt.codec.resources import (
 
 __all__ = [
     "METADATA_NS",
+    "METADATA_PREFIX",
     "USER_ALIAS_PREFIX",
     "CodecError",
     "parse_domain",
@@ -56,7 +59,9 @@ __all__ = [
     "render_iscsi_secret",
     "render_network",
     "render_nic_device",
+    "render_owner",
     "render_pool",
     "render_test_host",
     "render_volume",
+    "unrepresented",
 ]

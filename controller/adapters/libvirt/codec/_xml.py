@@ -6,7 +6,12 @@ import xml.etree.ElementTree as ET
 from typing import TypeVar, get_args
 
 from reconcilers.domain import (
+    CpuFeaturePolicy,
     DiskBus,
+    DiskCache,
+    DiskDeviceKind,
+    DiskDiscard,
+    DiskIo,
     DomainType,
     ForwardMode,
     ImageFormat,
@@ -16,6 +21,9 @@ from reconcilers.domain import (
 )
 
 _L = TypeVar("_L", bound=str)
+
+
+USER_ALIAS_PREFIX = "ua-"
 
 
 class CodecError(ValueError):
@@ -60,6 +68,11 @@ PROTOCOLS: tuple[NetworkDiskProtocol, ...] = get_args(NetworkDiskProtocol)
 NIC_KINDS: tuple[NicSourceKind, ...] = get_args(NicSourceKind)
 NIC_MODELS: tuple[NicModel, ...] = get_args(NicModel)
 FORWARD_MODES: tuple[ForwardMode, ...] = get_args(ForwardMode)
+DISK_DEVICES: tuple[DiskDeviceKind, ...] = get_args(DiskDeviceKind)
+DISK_CACHES: tuple[DiskCache, ...] = get_args(DiskCache)
+DISK_DISCARDS: tuple[DiskDiscard, ...] = get_args(DiskDiscard)
+DISK_IOS: tuple[DiskIo, ...] = get_args(DiskIo)
+CPU_POLICIES: tuple[CpuFeaturePolicy, ...] = get_args(CpuFeaturePolicy)
 
 
 def text(el: ET.Element | None) -> str | None:

@@ -7,26 +7,36 @@ from functools import lru_cache
 from typing import Literal
 
 from controller.adapters.libvirt.codec._xml import (
+    CPU_POLICIES,
     DISK_BUSES,
+    DISK_CACHES,
+    DISK_DEVICES,
+    DISK_DISCARDS,
+    DISK_IOS,
     DOMAIN_TYPES,
     IMAGE_FORMATS,
     NIC_KINDS,
     NIC_MODELS,
     PROTOCOLS,
+    USER_ALIAS_PREFIX,
     CodecError,
     kib,
     literal,
     req_text,
     root,
+    scaled_bytes,
     sub,
     text,
     to_string,
 )
+from controller.adapters.libvirt.codec.passthrough import canonical, is_implicit_device
 from reconcilers.domain import (
     CPU_HOST_MODEL,
     CPU_HOST_PASSTHROUGH,
     BlockSource,
     CorrelationId,
+    CpuFeature,
+    CpuTopology,
     DiskDevice,
     DiskSource,
     DomainConfig,
@@ -36,6 +46,7 @@ from reconcilers.domain import (
     KernelBoot,
     MacAddress,
     MachineType,
+    MemoryHotplug,
     NetworkSource,
     NicDevice,
     NicSourceKind,
@@ -46,7 +57,6 @@ from reconcilers.domain import (
 
 METADATA_NS = "https://virtplane.io/xmlns/domain/v1"
 METADATA_PREFIX = "vp"
-USER_ALIAS_PREFIX = "ua-"
 ET.register_namespace(METADATA_PREFIX, METADATA_NS)
 
 # ================================================================= domain: render
@@ -60,14 +70,20 @@ def render_domain(config: DomainConfig) -> str:
         sub(dom, "uuid", config.uuid)
     if config.owner is not None:
         _render_owner(sub(dom, "metadata"), config.owner)
+    if config.memory_hotplug is not None:
+        hotplug = config.memory_hotplug
+        sub(dom, "maxMemory", str(hotplug.max_kib), unit="KiB", slots=str(hotplug.slots))
     sub(dom, "memory", str(config.max_memory_kib), unit="KiB")
     sub(dom, "currentMemory", str(config.memory_kib), unit="KiB")
     sub(dom, "vcpu", str(config.max_vcpus), current=str(config.vcpus))
     _render_os(dom, config)
-    features = sub(dom, "features")
-    sub(features, "acpi")
-    sub(features, "apic")
-    _render_cpu(dom, config.cpu_model)
+    if config.features:
+        features = sub(dom, "features")
+        for feature in config.features:
+            features.append(ET.fromstring(feature))
+    _render_cpu(dom, config)
+    for extra in config.extra_elements:
+        dom.append(ET.fromstring(extra))
     devices = sub(dom, "devices")
     for disk in config.disks:
         devices.append(_disk_element(disk))
@@ -84,7 +100,19 @@ def render_domain(config: DomainConfig) -> str:
             serial = sub(devices, "serial", type="file")
             # append: a migration's destination QEMU opens the same log and must not truncate it.
             sub(serial, "source", path=config.serial.path, append="on")
+    for device in config.extra_devices:
+        devices.append(ET.fromstring(device))
     return to_string(dom)
+
+
+def render_owner(owner: OwnerMetadata) -> str:
+    """Our ``<owner>`` element alone, for ``virDomainSetMetadata`` (stamping a domain without redefining it).
+    Without a namespace: libvirt puts it in the one it is given (METADATA_NS, prefix METADATA_PREFIX)."""
+    el = ET.Element("owner")
+    for tag, value in (("uid", owner.uid), ("kind", owner.kind), ("name", owner.name),
+                       ("generation", str(owner.generation)), ("correlationId", owner.correlation_id)):
+        sub(el, tag, value)
+    return ET.tostring(el, encoding="unicode")
 
 
 def _render_owner(metadata: ET.Element, owner: OwnerMetadata) -> None:
@@ -105,28 +133,41 @@ def _render_os(dom: ET.Element, config: DomainConfig) -> None:
             sub(os_el, "initrd", config.kernel_boot.initrd)
         if config.kernel_boot.cmdline is not None:
             sub(os_el, "cmdline", config.kernel_boot.cmdline)
+    for dev in config.boot_devices:
+        sub(os_el, "boot", dev=dev)
 
 
-def _render_cpu(dom: ET.Element, model: str | None) -> None:
-    if model is None:
+def _render_cpu(dom: ET.Element, config: DomainConfig) -> None:
+    model = config.cpu_model
+    if model is None and config.cpu_topology is None and not config.cpu_features:
         return
     if model in (CPU_HOST_MODEL, CPU_HOST_PASSTHROUGH):
-        sub(dom, "cpu", mode=model)
-    else:
+        cpu = sub(dom, "cpu", mode=model)
+    elif model is not None:
         cpu = sub(dom, "cpu", mode="custom", match="exact")
         sub(cpu, "model", model, fallback="forbid")
+    else:
+        cpu = sub(dom, "cpu")
+    if config.cpu_topology is not None:
+        t = config.cpu_topology
+        sub(cpu, "topology", sockets=str(t.sockets), dies=str(t.dies), cores=str(t.cores), threads=str(t.threads))
+    for feature in config.cpu_features:
+        sub(cpu, "feature", policy=feature.policy, name=feature.name)
 
 
 def _disk_element(disk: DiskDevice) -> ET.Element:
     src = disk.source
     kind: str = "network"
-    if isinstance(src, FileSource):
+    if src is None or isinstance(src, FileSource):
         kind = "file"
     elif isinstance(src, BlockSource):
         kind = "block"
-    el = ET.Element("disk", {"type": kind, "device": "disk"})
-    sub(el, "driver", name="qemu", type=disk.format)
-    if isinstance(src, FileSource):
+    el = ET.Element("disk", {"type": kind, "device": disk.device})
+    driver = {"cache": disk.cache, "io": disk.io, "discard": disk.discard}
+    sub(el, "driver", name="qemu", type=disk.format, **{k: v for k, v in driver.items() if v is not None})
+    if src is None:
+        pass  # an empty cdrom or floppy drive
+    elif isinstance(src, FileSource):
         sub(el, "source", file=src.path)
     elif isinstance(src, BlockSource):
         sub(el, "source", dev=src.dev)
@@ -162,6 +203,8 @@ def _nic_element(nic: NicDevice) -> ET.Element:
     if nic.vlan is not None:
         sub(sub(el, "vlan"), "tag", id=str(nic.vlan))
     sub(el, "model", type=nic.model)
+    if nic.boot_order is not None:
+        sub(el, "boot", order=str(nic.boot_order))
     sub(el, "alias", name=USER_ALIAS_PREFIX + nic.name)
     return el
 
@@ -208,8 +251,11 @@ def _parse_domain_cached(xml: str) -> DomainConfig:
     devices = dom.find("devices")
     if devices is None:
         devices = ET.Element("devices")
-    disks = [d for d in devices.iterfind("disk") if d.get("device", "disk") == "disk"]  # not cdrom/floppy
     machine = _parse_machine(os_el)
+    serials = devices.findall("serial")
+    first_serial = serials[0] if serials and serials[0].get("type") in ("pty", "file") else None
+    cpu = dom.find("cpu")
+    features = dom.find("features")
     try:
         return DomainConfig(
             name=DomainName(req_text(dom, "name")),
@@ -220,19 +266,86 @@ def _parse_domain_cached(xml: str) -> DomainConfig:
             max_memory_kib=max_memory_kib,
             domain_type=literal(dom.get("type"), DOMAIN_TYPES, "domain type"),
             machine=machine,
-            cpu_model=_parse_cpu(dom.find("cpu")),
+            cpu_model=_parse_cpu(cpu),
             firmware="uefi" if _is_uefi(os_el) else "bios",
             kernel_boot=_parse_kernel(os_el),
-            disks=tuple(_parse_disk(d) for d in disks),
+            disks=tuple(_parse_disk(d) for d in devices.iterfind("disk")),
             nics=tuple(_parse_nic(n, i) for i, n in enumerate(devices.iterfind("interface"))),
-            serial=_parse_serial(devices.find("serial")),
+            serial=_parse_serial(first_serial),
             spare_root_ports=_spare_root_ports(devices) if machine == "q35" else 0,
             owner=_parse_owner(dom.find("metadata")),
+            boot_devices=_boot_devices(os_el),
+            cpu_topology=_parse_topology(cpu),
+            cpu_features=_parse_cpu_features(cpu),
+            memory_hotplug=_parse_hotplug(dom.find("maxMemory")),
+            features=tuple(canonical(f) for f in features) if features is not None else (),
+            extra_elements=_extra_elements(dom),
+            extra_devices=tuple(
+                canonical(d) for d in devices
+                if d.tag not in _MODELLED_DEVICES and d is not first_serial and not is_implicit_device(d, first_serial)
+            ),
         )
     except ValueError as exc:
         if isinstance(exc, CodecError):
             raise
         raise CodecError(str(exc)) from exc
+
+
+_MODELLED_DEVICES = frozenset({"disk", "interface", "emulator"})
+# Domain children the model reads field by field, or that libvirt writes for itself (run-time security
+# labels and cgroup partition, a live domain's id).
+_MODELLED_ELEMENTS = frozenset(
+    {"name", "uuid", "metadata", "maxMemory", "memory", "currentMemory", "vcpu", "os", "features", "cpu",
+     "devices", "resource", "seclabel"}
+)
+# libvirt's defaults: rendered by libvirt when absent, so a config need not carry them.
+DEFAULT_ELEMENTS = frozenset(
+    {'<clock offset="utc" />', "<on_poweroff>destroy</on_poweroff>", "<on_reboot>restart</on_reboot>",
+     "<on_crash>destroy</on_crash>"}
+)
+
+
+def _extra_elements(dom: ET.Element) -> tuple[str, ...]:
+    found = (canonical(el) for el in dom if el.tag not in _MODELLED_ELEMENTS)
+    return tuple(x for x in found if x not in DEFAULT_ELEMENTS)
+
+
+def _boot_devices(os_el: ET.Element) -> tuple[str, ...]:
+    devs = tuple(b.get("dev", "") for b in os_el.iterfind("boot"))
+    return () if devs == ("hd",) else devs  # libvirt writes <boot dev='hd'/> when nothing says otherwise
+
+
+def _parse_topology(cpu: ET.Element | None) -> CpuTopology | None:
+    topo = cpu.find("topology") if cpu is not None else None
+    if topo is None:
+        return None
+    try:
+        return CpuTopology(
+            sockets=int(topo.get("sockets", "1")),
+            dies=int(topo.get("dies", "1")),
+            cores=int(topo.get("cores", "1")),
+            threads=int(topo.get("threads", "1")),
+        )
+    except ValueError as exc:
+        raise CodecError(f"<cpu><topology> has a non-integer count: {exc}") from exc
+
+
+def _parse_cpu_features(cpu: ET.Element | None) -> tuple[CpuFeature, ...]:
+    if cpu is None:
+        return ()
+    return tuple(
+        CpuFeature(f.get("name", ""), literal(f.get("policy", "require"), CPU_POLICIES, "CPU feature policy"))
+        for f in cpu.iterfind("feature")
+    )
+
+
+def _parse_hotplug(el: ET.Element | None) -> MemoryHotplug | None:
+    if el is None:
+        return None
+    size = scaled_bytes(el, "KiB")
+    if size is None or not el.get("slots", "").isdigit():
+        raise CodecError("<maxMemory> needs a size and slots='N'")
+    return MemoryHotplug(slots=int(el.get("slots", "0")), max_kib=size // 1024)
 
 
 def _parse_machine(os_el: ET.Element) -> MachineType:
@@ -274,12 +387,18 @@ def _parse_cpu(cpu: ET.Element | None) -> str | None:
 
 def _parse_disk(el: ET.Element) -> DiskDevice:
     kind = el.get("type")
+    device = literal(el.get("device", "disk"), DISK_DEVICES, "disk device")
     source = el.find("source")
     target = el.find("target")
-    if source is None or target is None or not target.get("dev"):
-        raise CodecError(f"disk without <source> or <target dev>: type {kind!r}")
-    src: DiskSource
-    if kind == "file" and source.get("file"):
+    if target is None or not target.get("dev"):
+        raise CodecError(f"disk without <target dev>: type {kind!r}")
+    src: DiskSource | None
+    empty = source is None or not any(source.get(a) for a in ("file", "dev", "name", "protocol"))
+    if empty and device != "disk" and kind in ("file", "block"):
+        src = None
+    elif source is None:
+        raise CodecError(f"disk {target.get('dev')} has no <source>")
+    elif kind == "file" and source.get("file"):
         src = FileSource(path=source.get("file", ""))
     elif kind == "block" and source.get("dev"):
         src = BlockSource(dev=source.get("dev", ""))
@@ -299,16 +418,23 @@ def _parse_disk(el: ET.Element) -> DiskDevice:
     else:
         raise CodecError(f"disk type {kind!r} is not supported")
     driver = el.find("driver")
+    if driver is None:
+        driver = ET.Element("driver")
     boot = el.find("boot")
+    cache, io, discard = driver.get("cache"), driver.get("io"), driver.get("discard")
     return DiskDevice(
         target=target.get("dev", ""),
         source=src,
         bus=literal(target.get("bus"), DISK_BUSES, "disk bus"),
-        format=literal("raw" if driver is None else driver.get("type", "raw"), IMAGE_FORMATS, "format"),
+        format=literal(driver.get("type", "raw"), IMAGE_FORMATS, "format"),
         boot_order=int(boot.get("order", "0")) if boot is not None else None,
         readonly=el.find("readonly") is not None,
         shareable=el.find("shareable") is not None,
         serial=text(el.find("serial")),
+        device=device,
+        cache=literal(cache, DISK_CACHES, "disk cache") if cache is not None else None,
+        discard=literal(discard, DISK_DISCARDS, "disk discard") if discard is not None else None,
+        io=literal(io, DISK_IOS, "disk io") if io is not None else None,
     )
 
 
@@ -331,6 +457,9 @@ def _parse_nic(el: ET.Element, index: int) -> NicDevice:
     model = el.find("model")
     alias = el.find("alias")
     alias_name = alias.get("name", "") if alias is not None else ""
+    if not alias_name.startswith(USER_ALIAS_PREFIX):
+        alias_name = ""  # a run-time alias (net0) of a live domain
+    boot = el.find("boot")
     return NicDevice(
         name=alias_name.removeprefix(USER_ALIAS_PREFIX) if alias_name else f"net{index}",
         source_kind=kind,
@@ -339,6 +468,7 @@ def _parse_nic(el: ET.Element, index: int) -> NicDevice:
         model=literal(model.get("type") if model is not None else None, NIC_MODELS, "NIC model"),
         virtualport=_virtualport(el.find("virtualport")),
         vlan=_vlan_tag(el.find("vlan")),
+        boot_order=int(boot.get("order", "0")) if boot is not None else None,
     )
 
 
