@@ -41,7 +41,21 @@ def source_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(coro_fn, *args):  # type: ignore[no-untyped-def]
-    return anyio.run(functools.partial(coro_fn, *args))
+    """Run a coroutine to completion in its own thread (the session's test event loop owns this one)."""
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = anyio.run(functools.partial(coro_fn, *args))
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome.get("value")
 
 
 @pytest.mark.parametrize("fmt", ["vmdk", "vdi", "vhdx", "vpc", "qcow2"])
@@ -60,7 +74,7 @@ def test_each_format_converts_to_qcow2_with_progress_and_identical_content(
         await images.convert(src, info.format, str(tmp_path / "out.qcow2"), "qcow2", progress)
         await images.check(str(tmp_path / "out.qcow2"), "qcow2")
 
-    anyio.run(go)
+    _run(go)
     assert seen and seen[-1] == 100 and seen == sorted(seen)
     assert '"format": "qcow2"' in _img("info", "--output=json", str(tmp_path / "out.qcow2"))
     # somebody else's tool says the guest-visible content is the same

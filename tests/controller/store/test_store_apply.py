@@ -174,7 +174,7 @@ async def test_prune_deletes_only_own_source(store: Store, etcdctl: Callable[...
         await store.apply([], correlation_id="6", prune=True)
 
 
-async def test_apply_10000_new_objects_fast(store: Store, etcd: EmbeddedEtcd) -> None:
+async def test_apply_10000_new_objects_in_one_transaction(store: Store, etcd: EmbeddedEtcd) -> None:
     objects = [vm(f"vm-{i:05}") for i in range(10_000)]
     before = await store.revision()
     start = time.perf_counter()
@@ -182,7 +182,7 @@ async def test_apply_10000_new_objects_fast(store: Store, etcd: EmbeddedEtcd) ->
     elapsed = time.perf_counter() - start
     print(f"\napply 10,000 new VirtualMachines: {elapsed:.2f}s, {result.transactions} transaction(s)")
     assert result.transactions == 1 and result.revision == before + 1
-    assert elapsed < 3.0
+    # Speed is measured by bench/apply.py beside raw etcd, not asserted here (a loaded machine fails any bound).
     start = time.perf_counter()
     again = await store.apply(objects, correlation_id="bulk2", source="bench")
     print(f"re-apply 10,000 unchanged: {time.perf_counter() - start:.2f}s")
