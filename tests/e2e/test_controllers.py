@@ -588,8 +588,10 @@ def test_host_reserved_is_kept_from_vms_and_the_vm_says_why(cli: Cli, tmp_path: 
         obj = cli.obj("vm", f"{c}-vm") or {}
         return next((x for x in (obj.get("status") or {}).get("conditions", []) if x["type"] == "Scheduled"), None)
 
-    cond = wait_for("Scheduled condition", scheduled, 30)
-    assert cond["status"] == "False" and cond["reason"] == "Unschedulable", cond
+    # (WaitingForHosts first, until the new host has been listed.)
+    cond = wait_for("Scheduled: Unschedulable", lambda: (c if (c := scheduled()) and c["reason"] == "Unschedulable"
+                                                         else None), 60)
+    assert cond["status"] == "False", cond
     assert "memory 1536 MiB > 1024 MiB" in cond["message"], cond  # 3 GiB - 2 GiB reserved
     host["spec"]["reserved"] = {"memory": "1Gi"}
     cli.apply(write(tmp_path / "m2.yaml", manifest(cluster_doc(c), host, vm)))
