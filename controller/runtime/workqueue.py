@@ -18,6 +18,7 @@ the outcome: ``Result(requeue=True)`` backs off, ``Result(requeue_after=s)`` com
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import random
@@ -43,10 +44,12 @@ class Clock(Protocol):
 
 
 class MonotonicClock:
-    """The event loop's clock."""
+    """The event loop's clock. Read from the running loop itself: ``anyio.current_time()`` needs a task, and
+    libvirt's lifecycle events reach the queue in plain loop callbacks (``call_soon_threadsafe``), where it
+    raised and the event was lost."""
 
     def now(self) -> float:
-        return anyio.current_time()
+        return asyncio.get_running_loop().time()
 
     async def wait(self, event: anyio.Event, deadline: float | None) -> None:
         if deadline is None:
