@@ -177,12 +177,15 @@ class HostConnection:
             self._limiter = anyio.CapacityLimiter(self.capacity)
         return self._limiter
 
-    async def _connection(self) -> Conn:
+    async def _connection(self, abandon: bool = False) -> Conn:
+        """The open connection, (re)opened if needed. ``abandon``: a caller's timeout may leave the opening
+        thread behind (opening to a hung libvirtd blocks in its handshake; an open changes nothing)."""
         conn = self._conn
         if conn is not None and not self._broken:
             return conn
         now = anyio.current_time()
-        return await anyio.to_thread.run_sync(self._open_blocking, now, limiter=self._get_limiter())
+        return await anyio.to_thread.run_sync(self._open_blocking, now, limiter=self._get_limiter(),
+                                              abandon_on_cancel=abandon)
 
     def _open_blocking(self, now: float) -> Conn:
         with self._open_lock:
@@ -249,10 +252,11 @@ class HostConnection:
         self._count(op)
         return await self._run(op, fn)
 
-    async def _run(self, op: str, fn: Callable[[Conn], T]) -> T:
-        conn = await self._connection()
+    async def _run(self, op: str, fn: Callable[[Conn], T], *, abandon: bool = False) -> T:
+        """``abandon`` (read-only calls only): a caller's timeout returns at once and leaves the stuck thread."""
+        conn = await self._connection(abandon)
         try:
-            return await anyio.to_thread.run_sync(fn, conn, limiter=self._get_limiter())
+            return await anyio.to_thread.run_sync(fn, conn, limiter=self._get_limiter(), abandon_on_cancel=abandon)
         except libvirt.libvirtError as exc:
             err = classify(exc, host=self.name, op=op)
             if isinstance(err, ConnectionLost) and not self.is_test:
@@ -270,7 +274,7 @@ class HostConnection:
         a host that does not answer within it (a hung libvirtd) counts as not answering."""
         try:
             with anyio.fail_after(timeout):
-                return await self._run("observe_host", self._observe_host_blocking)
+                return await self._run("observe_host", self._observe_host_blocking, abandon=True)
         except ReconcileError as exc:
             return ObservedHost(name=self.name, uri=self.uri, ready=False, error=str(exc))
         except TimeoutError:
