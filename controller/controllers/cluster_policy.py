@@ -120,9 +120,11 @@ def power_hosts(rt: Runtime, cluster: str, views: tuple[HostView, ...], clock: P
             phase = "PoweringOn"  # asked; the Host controller has not written it yet
         if view.cpus == 0 and host is not None and isinstance(status, HostStatus) and status.capacity is not None:
             # Powered off: libvirt cannot say what it has; its status keeps what it had when it last answered.
+            # Nor which storage it reaches: assume what it reached before (unknown = not a reason to refuse).
             view = dataclasses.replace(
                 view, cpus=max(0, status.capacity.cpus - host.spec.reserved.cpus),
-                memory_bytes=max(0, status.capacity.memory - host.spec.reserved.memory_bytes))
+                memory_bytes=max(0, status.capacity.memory - host.spec.reserved.memory_bytes),
+                storage_domains=None, networks=None)
         agent = host is not None and host.spec.powerManagement is not None \
             and host.spec.powerManagement.agent != "none"
         if view.vm_count == 0 and view.ready:
