@@ -355,8 +355,9 @@ def _plan_on_host(
     if d.active and d.live is not None:
         live_diff = config_differences(desired, d.live)
         if desired.cpu_model in (None, CPU_HOST_MODEL, CPU_HOST_PASSTHROUGH):
-            # The live XML shows the model QEMU expanded these to; the persistent config is what counts.
-            live_diff = tuple(f for f in live_diff if f != "cpu_model")
+            # The live XML shows the model (and the features) QEMU expanded these to; the persistent
+            # config is what counts.
+            live_diff = tuple(f for f in live_diff if f not in ("cpu_model", "cpu_features"))
         cold = tuple(f for f in live_diff if f not in LIVE_FIELDS) + cold_device_changes(desired, d.live)
     persistent_diff = config_differences(desired, d.config)
     if desired.cpu_model is None:

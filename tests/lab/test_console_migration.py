@@ -123,8 +123,14 @@ def test_an_operator_migrates_a_vm_and_watches_it_move(setup: dict[str, Any]) ->
         wait_for("live", lambda: live(driver), 30)
         driver.execute_script(OBSERVE)
         name = driver.current_url.rsplit("/", 1)[1]
-        wait_for("a bar between 0 and 100", lambda: 0 < float(driver.find_element(
-            By.CSS_SELECTOR, ".bar progress").get_property("value")) < 100, 120)  # type: ignore[arg-type]
+        try:
+            wait_for("a bar between 0 and 100", lambda: 0 < float(driver.find_element(
+                By.CSS_SELECTOR, ".bar progress").get_property("value")) < 100, 120)  # type: ignore[arg-type]
+        except AssertionError as e:
+            migration = setup["api"].get("migrations", name)
+            vm = setup["api"].get("virtualmachines", "web")
+            raise AssertionError(f"{e}\nmigration: {json.dumps(migration, indent=1)}\n"
+                                 f"vm status: {json.dumps(vm.get('status'), indent=1)}") from None
         screenshot(driver, "migration")
         wait_for("Succeeded on the page", lambda: driver.find_element(
             By.CSS_SELECTOR, '[data-obj^="Migration/"] [data-path="status.phase"]').text == "Succeeded", 180)

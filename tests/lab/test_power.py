@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import libvirt
 import pytest
 
@@ -48,6 +47,7 @@ from controller.dev.lab.hosts import Lab
 from tests.e2e.helpers import virsh, wait_for
 from tests.lab.conftest import QEMU_CAPS, _bring_down
 from tests.lab.test_lab_hosts import guest_xml
+from tests.threadrun import run_in_thread
 
 PASSWORD = "Pw-0f-the-BMC-7391"  # distinctive, so a leak anywhere is found by a plain search
 WRONG = "Not-the-password-5512"
@@ -58,8 +58,7 @@ needs_fence_tools = pytest.mark.skipif(
 )
 
 
-def run(coro_fn, *args):  # type: ignore[no-untyped-def]
-    return anyio.run(coro_fn, *args)
+run = run_in_thread
 
 
 def free_udp_port() -> int:
@@ -452,7 +451,11 @@ def test_without_the_lock_manager_the_same_disk_path_starts_twice(
 
 # -- lab: fence_redfish against sushy-tools' Redfish emulator (optional: not a Debian package) --------
 
-SUSHY = os.environ.get("VIRTPLANE_SUSHY_EMULATOR") or shutil.which("sushy-emulator")
+SUSHY = (
+    os.environ.get("VIRTPLANE_SUSHY_EMULATOR")
+    or shutil.which("sushy-emulator", path=str(Path(__file__).resolve().parents[2] / ".venv-sushy" / "bin"))
+    or shutil.which("sushy-emulator")
+)
 RF_USER = "rfadmin"
 
 
@@ -461,10 +464,9 @@ def redfish_node(
     lab: Lab, guest_image: GuestImage, accel: str, tmp_path: Path
 ) -> Iterator[tuple[int, libvirt.virDomain]]:
     """sushy-emulator (libvirt driver, HTTPS, basic auth) in front of lab-2; its System is a lab guest.
-    Skipped unless sushy-tools is installed (``pip install sushy-tools``; set VIRTPLANE_SUSHY_EMULATOR
-    to its sushy-emulator if it is not on PATH)."""
+    scripts/setup installs sushy-tools in .venv-sushy/ (set VIRTPLANE_SUSHY_EMULATOR to use another)."""
     if SUSHY is None or not HAVE_FENCE_TOOLS:
-        pytest.skip("needs sushy-emulator (pip install sushy-tools) and fence-agents")
+        pytest.fail("needs sushy-emulator and fence-agents: run scripts/setup")
     # sushy-emulator checks an htpasswd file with bcrypt hashes; hash with the emulator's own Python.
     emulator_python = Path(SUSHY).parent / "python"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
@@ -542,7 +544,7 @@ def ssh_host(lab: Lab, tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
     Yields (port, key dir with the client key ``id``, known_hosts)."""
     sshd = shutil.which("sshd", path="/usr/sbin:/usr/bin")
     if sshd is None or shutil.which("ssh") is None:
-        pytest.skip("needs openssh-server and openssh-client")
+        pytest.fail("needs openssh-server and openssh-client: run scripts/setup")
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     for key in ("id", "other", "hostkey"):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconcilers.domain import FileSource, HostName, ObservedDomain
+from reconcilers.domain import CpuFeature, FileSource, HostName, ObservedDomain
 from reconcilers.plan import Impact
 from reconcilers.scheduler import ClusterPolicy, HostView
 from reconcilers.vm.domain import ResolvedDisk, ResolvedNetwork
@@ -109,6 +109,23 @@ def test_live_changes_are_applied_live(change: dict[str, Any], expected: list[st
     assert names(decision) == expected
     assert decision.plan.impact == impact
     assert converge(changed, domains)  # and it converges with an empty re-plan
+
+
+def test_expanded_cpu_in_the_live_xml_is_not_a_cold_change() -> None:
+    """With no CPU model (or host-model), the running domain's XML lists the model and features QEMU
+    expanded it to; a hot-plug must still be live, not wait for a reboot (found on lab hosts)."""
+    vm = make_vm(disks=[{"disk": "d1"}])
+    domains = converge(vm)
+    h, d = next(iter(domains.items()))
+    assert d.live is not None
+    features = (CpuFeature("x2apic", "require"), CpuFeature("svm", "disable"))
+    expanded = replace(d.live, cpu_model="qemu64", cpu_features=features)
+    domains = {h: replace(d, live=expanded)}
+    changed = make_vm(disks=[{"disk": "d1"}, {"disk": "d2"}])
+    decision = plan_vm(inputs(changed, domains, VirtualMachineStatus(host=h)))
+    assert names(decision) == ["DefineDomain", "AttachDisk"]
+    assert decision.plan.impact == Impact.LIVE
+    assert not any(c.type == "RestartRequired" for c in decision.conditions)
 
 
 def test_cold_change_sets_restart_required_with_manual_policy() -> None:

@@ -252,6 +252,35 @@ class HostConnection:
         self._count(op)
         return await self._run(op, fn)
 
+    async def open_private(self, op: str) -> Conn:
+        """A connection of the caller's own, for one long call (a peer-to-peer migration): libvirt holds
+        every other call on the connection that made it, so on the shared one the migration's progress
+        could not be read, nor an abort sent, until it ended. The caller closes it. The test driver keeps
+        its state in its one connection: it gets that one."""
+        if self.is_test:
+            return await self.run(op, lambda conn: conn)
+        self._count(op)
+
+        def open_blocking() -> Conn:
+            ensure_event_loop()
+            try:
+                conn = libvirt.open(self.uri)
+                conn.setKeepAlive(*self._keepalive)  # a host that dies mid-call is noticed
+                return conn
+            except libvirt.libvirtError as exc:
+                raise classify(exc, host=self.name, op=op) from exc
+
+        return await anyio.to_thread.run_sync(open_blocking, limiter=self._get_limiter())
+
+    def close_private(self, conn: Conn) -> None:
+        """Close a connection from :meth:`open_private` (blocking; any thread)."""
+        if conn is self._conn:
+            return
+        try:
+            conn.close()
+        except libvirt.libvirtError as exc:
+            log.info("host %s: closing a private connection: %s", self.name, exc)
+
     async def _run(self, op: str, fn: Callable[[Conn], T], *, abandon: bool = False) -> T:
         """``abandon`` (read-only calls only): a caller's timeout returns at once and leaves the stuck thread."""
         conn = await self._connection(abandon)

@@ -190,14 +190,23 @@ class Migrations:
                            action.migration, action.reason, self.clock())
         self.jobs[job.vm] = job  # counted from now: no await between the planner's check and this
         try:
-            source = await _conn(hosts, action.host)
+            source_host = _host(hosts, action.host)
             target = await _conn(hosts, action.target_host)
+            # The migration call holds its connection until it ends: it gets one of its own, so progress
+            # and an abort (on the shared one) are not held behind it.
+            source = await source_host.open_private("migrate_connect")
         except ReconcileError:
             del self.jobs[job.vm]
             raise
         loop = asyncio.get_running_loop()
-        thread = threading.Thread(target=self._run, args=(job, source, target, loop),
-                                  name=f"migrate-{job.vm}", daemon=True)
+
+        def run() -> None:
+            try:
+                self._run(job, source, target, loop)
+            finally:
+                source_host.close_private(source)
+
+        thread = threading.Thread(target=run, name=f"migrate-{job.vm}", daemon=True)
         thread.start()
         log.info("migration of %s started: %s -> %s (%s)", job.vm, job.source, job.target, job.reason)
         return job

@@ -10,10 +10,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 from controller.adapters import images
+from tests.threadrun import run_in_thread
 
 
 def _img(*args: str) -> str:
@@ -40,22 +40,7 @@ def source_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _run(coro_fn, *args):  # type: ignore[no-untyped-def]
-    """Run a coroutine to completion in its own thread (the session's test event loop owns this one)."""
-    outcome: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = anyio.run(functools.partial(coro_fn, *args))
-        except BaseException as exc:  # handed to the caller
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome.get("value")
+_run = run_in_thread
 
 
 @pytest.mark.parametrize("fmt", ["vmdk", "vdi", "vhdx", "vpc", "qcow2"])
