@@ -45,10 +45,12 @@ from controller.common.wire import (
     strip_server_fields,
     validation_problems,
 )
+from specs.confinement import HostPathPolicy, path_problems
 from specs.event import Event
 from specs.kinds import KINDS, KindInfo, UnknownKind, parse_resource, resolve_kind
 from specs.meta import Resource
 from specs.selector import LabelSelector
+from specs.storage import StorageDomain
 
 # The controllers' diff planners: (kind, name) -> {"plan": [action, ...], "note"?: text} per change.
 PlanHook = Callable[[list[Any]], Awaitable[dict[tuple[str, str], dict[str, Any]]]]
@@ -70,6 +72,8 @@ class ApiContext:
     # Finalizers the running controllers put on new objects of a kind (set when they start), so that
     # creating an object costs one write rather than a create and a later finalizer update.
     default_finalizers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Host paths a spec may name (kernels, images, block devices, URI sockets and keys): specs.confinement.
+    policy: HostPathPolicy = field(default_factory=HostPathPolicy)
 
 
 def _kind_from_path(request: Request) -> KindInfo:
@@ -188,6 +192,23 @@ class Api:
 
         return endpoint
 
+    async def _check_paths(self, objects: list[Resource]) -> None:
+        """422 for any host path the server's policy does not allow (specs.confinement)."""
+        if not any(o.kind in ("Host", "Disk", "VirtualMachine") for o in objects):
+            return
+        domains: dict[str, StorageDomain] = {}
+        if any(o.kind in ("Disk", "VirtualMachine") for o in objects):
+            stored, _ = await self.ctx.store.list("StorageDomain")
+            domains = {o.metadata.name: o for o in stored if isinstance(o, StorageDomain)}
+            domains |= {o.metadata.name: o for o in objects if isinstance(o, StorageDomain)}
+        problems = [
+            {"index": index, "kind": obj.kind, "name": obj.metadata.name, "field": field_path, "message": message}
+            for index, obj in enumerate(objects)
+            for field_path, message in path_problems(obj, self.ctx.policy, domains)
+        ]
+        if problems:
+            raise ApiError(422, "Invalid", f"{len(problems)} host path(s) not allowed", problems=problems)
+
     def _with_finalizers(self, obj: Resource) -> Resource:
         """Finalizers for a new object (the store keeps the stored ones on update)."""
         wanted = self.ctx.default_finalizers.get(obj.kind)
@@ -263,6 +284,7 @@ class Api:
 
     async def _write_one(self, request: Request, body: dict[str, Any], *, create_only: bool) -> Response:
         (obj,) = _parse_objects([body])
+        await self._check_paths([obj])
         if create_only and await self.ctx.store.get(obj.kind, obj.metadata.name) is not None:
             raise ApiError(409, "AlreadyExists", f"{obj.kind} {obj.metadata.name!r} already exists")
         cid = _correlation_id(request)
@@ -290,6 +312,7 @@ class Api:
             raise ApiError(400, "BadRequest", 'expected {"objects": [...]}')
         dry_run = request.query_params.get("dryRun", "").lower() in ("1", "true", "all") or bool(body.get("dryRun"))
         objects = _parse_objects(body["objects"])
+        await self._check_paths(objects)
         for kind in {o.kind for o in objects}:
             self._authorize(request, "update", kind)
         prune = bool(body.get("prune"))

@@ -16,6 +16,7 @@ from controller.cli.common import EXIT_INVALID, fail
 from controller.client.config import DEFAULT_LISTEN, default_data_dir
 from controller.runtime.manager import ManagerOptions
 from controller.server.main import BackgroundTask, controllers_task
+from specs.confinement import HostPathPolicy
 
 
 def server(
@@ -35,7 +36,28 @@ def server(
     ] = DEFAULT_SECRETS_DIR,
     lab_dir: Annotated[
         Path | None,
-        typer.Option("--lab-dir", help="A `virtplane lab` directory whose hosts the lab power agent may switch."),
+        typer.Option("--lab-dir", help="A `virtplane lab` directory whose hosts the lab power agent may switch "
+                     "(its sockets and images are allowed in specs too)."),
+    ] = None,
+    image_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--allowed-image-dir", help="Directory whose files specs may name as kernel, initrd, "
+                     "image to clone or import (repeatable; storage domains are always allowed)."),
+    ] = None,
+    block_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--allowed-block-dir", help="Directory of block devices a Disk's lun.blockPath may name, "
+                     "besides /dev/disk/by-*/ (repeatable)."),
+    ] = None,
+    socket_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--allowed-socket-dir", help="Directory of libvirt sockets a Host URI may name "
+                     "(?socket=; repeatable; /run/libvirt and the --lab-dir are always allowed)."),
+    ] = None,
+    host_keys_dir: Annotated[
+        Path | None,
+        typer.Option("--host-keys-dir", help="Directory of ssh keys, known_hosts and TLS pki directories "
+                     "that Host URIs may name (keyfile=, known_hosts=, pkipath=)."),
     ] = None,
 ) -> None:
     """Run the API server (and the controllers) on embedded or external etcd."""
@@ -46,13 +68,32 @@ def server(
     )
     endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else ()
     try:
-        options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config)
+        policy = _policy(lab_dir, image_dirs or [], block_dirs or [], socket_dirs or [], host_keys_dir)
+        options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config,
+                                policy=policy)
         background = _background_tasks(data_dir, secrets_dir, lab_dir) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
     except KeyboardInterrupt:
         pass
+
+
+def _policy(
+    lab_dir: Path | None, image_dirs: list[Path], block_dirs: list[Path], socket_dirs: list[Path],
+    host_keys_dir: Path | None,
+) -> HostPathPolicy:
+    """The host paths specs may name (specs.confinement); every directory absolute."""
+    def absolute(dirs: list[Path]) -> tuple[str, ...]:
+        return tuple(str(d.absolute()) for d in dirs)
+
+    lab = [lab_dir] if lab_dir is not None else []
+    return HostPathPolicy.of(
+        image_dirs=absolute([*image_dirs, *lab]),
+        block_dirs=absolute(block_dirs),
+        socket_dirs=absolute([*socket_dirs, *lab]),
+        key_dirs=absolute([host_keys_dir] if host_keys_dir is not None else []),
+    )
 
 
 def _background_tasks(data_dir: Path, secrets_dir: Path, lab_dir: Path | None) -> tuple[BackgroundTask, ...]:

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from controller.controllers.registry import default_registry
 from controller.runtime.manager import Manager, ManagerOptions
 from controller.server.etcd import EmbeddedEtcd
 from controller.store import Store
+from specs.confinement import HostPathPolicy
 
 log = logging.getLogger("virtplane.server")
 
@@ -59,6 +60,7 @@ class ServerOptions:
     write_config: bool = True
     max_txn_ops: int | None = None
     max_request_bytes: int | None = None
+    policy: HostPathPolicy = field(default_factory=HostPathPolicy)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -103,7 +105,8 @@ async def serve(options: ServerOptions, background: tuple[BackgroundTask, ...] =
     options.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = load_or_create_token(options.data_dir)
     async with open_store(options) as (store, etcd_text):
-        ctx = ApiContext(store=store, authn=StaticTokenAuthenticator(token), authz=AllowAdmins(), metrics=Registry())
+        ctx = ApiContext(store=store, authn=StaticTokenAuthenticator(token), authz=AllowAdmins(), metrics=Registry(),
+                         policy=options.policy)
         app = create_app(ctx)
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2

@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,8 +55,15 @@ def _config_names(data_dir: Path, url: str) -> bool:
         return False
 
 
+# Lab hosts live in pytest's temporary directories and boot the guest cached under the lab cache: the
+# servers the tests start allow those (``--allowed-socket-dir``/``--allowed-image-dir``), as an operator would.
+LAB_CACHE = Path(os.environ.get("VIRTPLANE_LAB_CACHE", "/var/cache/virtplane-lab"))
+TEST_TMP = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
+
+
 def start_server(
-    data_dir: Path, *extra: str, etcd: EmbeddedEtcd | None = None, env_extra: dict[str, str] | None = None
+    data_dir: Path, *extra: str, etcd: EmbeddedEtcd | None = None, env_extra: dict[str, str] | None = None,
+    lab_paths: bool = True,
 ) -> ServerProcess:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -63,6 +72,8 @@ def start_server(
     env.pop("VIRTPLANE_SERVER", None)
     env.pop("VIRTPLANE_TOKEN", None)
     args = [VIRTPLANE, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *extra]
+    if lab_paths:
+        args += ["--allowed-socket-dir", str(TEST_TMP), "--allowed-image-dir", str(LAB_CACHE)]
     if etcd is not None:
         args += ["--etcd", etcd.endpoint]
     log = data_dir / "server.log"
