@@ -19,12 +19,14 @@ Every write carries a correlation id (``X-Correlation-Id``, generated when absen
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -52,6 +54,9 @@ from specs.meta import Resource
 from specs.selector import LabelSelector
 from specs.storage import StorageDomain
 
+# Request bodies above this get 413; apply splits what it stores into bounded transactions itself.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
 # The controllers' diff planners: (kind, name) -> {"plan": [action, ...], "note"?: text} per change.
 PlanHook = Callable[[list[Any]], Awaitable[dict[tuple[str, str], dict[str, Any]]]]
 
@@ -74,6 +79,8 @@ class ApiContext:
     default_finalizers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Host paths a spec may name (kernels, images, block devices, URI sockets and keys): specs.confinement.
     policy: HostPathPolicy = field(default_factory=HostPathPolicy)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413 (read no further)
+    metrics_public: bool = False  # /metrics without a token (--metrics-public)
 
 
 def _kind_from_path(request: Request) -> KindInfo:
@@ -94,12 +101,15 @@ def _parse_objects(raw: list[Any]) -> list[Resource]:
         if not isinstance(item, dict):
             problems.append({"index": index, "field": "", "message": "expected an object"})
             continue
+        if "metadata" in item and not isinstance(item["metadata"], dict):
+            problems.append({"index": index, "field": "metadata", "message": "expected an object (name, labels, ...)"})
+            continue
         try:
             objects.append(parse_resource(strip_server_fields(item) | _precondition(item)))
         except UnknownKind as e:
             problems.append({"index": index, "field": "kind", "message": str(e)})
         except ValidationError as e:
-            name = (item.get("metadata") or {}).get("name")
+            name = _meta(item).get("name")
             for p in validation_problems(e):
                 problems.append({"index": index, "kind": item.get("kind"), "name": name, **p})
     if problems:
@@ -107,8 +117,31 @@ def _parse_objects(raw: list[Any]) -> list[Resource]:
     return objects
 
 
+def _meta(item: dict[str, Any]) -> dict[str, Any]:
+    meta = item.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _revision_param(request: Request, name: str = "resourceVersion") -> int | None:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or len(text) > 19:
+        raise ApiError(400, "BadRequest", f"?{name}= expects a whole number (an etcd revision), got {text[:40]!r}")
+    return int(text)
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not low <= int(text[:8]) <= high:
+        raise ApiError(400, "BadRequest", f"?{name}= expects a whole number from {low} to {high}, got {text[:40]!r}")
+    return int(text)
+
+
 def _precondition(item: dict[str, Any]) -> dict[str, Any]:
-    rv = (item.get("metadata") or {}).get("resourceVersion")
+    rv = _meta(item).get("resourceVersion")
     if rv is None:
         return {}
     meta = dict(strip_server_fields(item)["metadata"])
@@ -116,11 +149,23 @@ def _precondition(item: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": meta}
 
 
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
 async def _json(request: Request) -> Any:
     try:
-        return await request.json()
+        raw = await request.body()
+    except BodyTooLarge as e:
+        raise ApiError(413, "TooLarge", f"{e} (the server's limit); split the input", limit=e.limit) from e
+    try:
+        return await anyio.to_thread.run_sync(json.loads, raw)  # a big body is not parsed on the loop
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, "BadRequest", f"request body is not JSON: {e}") from e
+        raise ApiError(400, "BadRequest", f"request body is not JSON: {str(e)[:200]}") from e
+    except RecursionError as e:
+        raise ApiError(400, "BadRequest", "request body is nested too deeply") from e
 
 
 def _change_to_wire(
@@ -150,13 +195,24 @@ class Api:
 
     # --- plumbing -------------------------------------------------------------------------------
 
-    def _authorize(self, request: Request, verb: Verb, kind: str | None) -> Identity:
-        who = self.ctx.authn.authenticate(request.headers.get("authorization"))
+    def _authorize(
+        self, request: Request, verb: Verb, kind: str | None, name: str | None = None, cluster: str | None = None
+    ) -> Identity:
+        """The identity the guard authenticated (before the body was read), allowed to do this or 403."""
+        who: Identity | None = getattr(request.state, "identity", None)
+        if who is None:  # not behind the guard (it covers every /api/v1 route)
+            who = self.ctx.authn.authenticate(request.headers.get("authorization"))
         if who is None:
-            raise ApiError(401, "Unauthorized", "missing or invalid bearer token (see `virtplane server` output)")
-        if not self.ctx.authz.allowed(who, verb, kind):
-            raise ApiError(403, "Forbidden", f"{who.name} may not {verb} {kind or 'this'}")
+            raise ApiError(401, "Unauthorized", UNAUTHORIZED)
+        if not self.ctx.authz.allowed(who, verb, kind, name, cluster):
+            what = f"{kind or 'this'}{f' {name!r}' if name else ''}{f' in cluster {cluster}' if cluster else ''}"
+            raise ApiError(403, "Forbidden", f"{who.name} may not {verb} {what}")
         return who
+
+    def _authorize_objects(self, request: Request, verb: Verb, objects: list[Resource]) -> None:
+        """Per object, from what the body says (kind, name, spec.cluster), never only from the URL."""
+        for obj in objects:
+            self._authorize(request, verb, obj.kind, obj.metadata.name, _cluster_of(obj))
 
     def route(
         self, name: str, handler: Callable[[Request], Awaitable[Response]]
@@ -173,6 +229,8 @@ class Api:
                 response = JSONResponse(error_body(413, "TooLarge", str(e), kind=e.kind, name=e.name), 413)
             except store_mod.NotFoundError as e:
                 response = JSONResponse(error_body(404, "NotFound", str(e)), 404)
+            except store_mod.UndecodableError as e:
+                response = JSONResponse(error_body(422, "Undecodable", str(e), kind=e.kind, name=e.name), 422)
             except store_mod.PartialApplyError as e:
                 response = JSONResponse(
                     error_body(
@@ -240,8 +298,8 @@ class Api:
 
     async def get_object(self, request: Request) -> Response:
         info = _kind_from_path(request)
-        self._authorize(request, "get", info.kind)
         name = request.path_params["name"]
+        self._authorize(request, "get", info.kind, name)
         obj = await self.ctx.store.get(info.kind, name)
         if obj is None:
             raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
@@ -250,8 +308,8 @@ class Api:
 
     async def get_status(self, request: Request) -> Response:
         info = _kind_from_path(request)
-        self._authorize(request, "get", info.kind)
         name = request.path_params["name"]
+        self._authorize(request, "get", info.kind, name)
         if await self.ctx.store.get(info.kind, name) is None:
             raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
         status, revision = await self.ctx.store.get_status(info.kind, name)
@@ -267,7 +325,9 @@ class Api:
         body.setdefault("kind", info.kind)
         body.setdefault("apiVersion", "virtplane.io/v1")
         name = request.path_params["name"]
-        if (body.get("metadata") or {}).get("name", name) != name or body["kind"] != info.kind:
+        if not isinstance(body.get("metadata", {}), dict):
+            raise ApiError(400, "BadRequest", "metadata: expected an object")
+        if _meta(body).get("name", name) != name or body["kind"] != info.kind:
             raise ApiError(400, "BadRequest", f"body must be {info.kind} {name!r} to match the URL")
         body.setdefault("metadata", {})["name"] = name
         return await self._write_one(request, body, create_only=False)
@@ -280,10 +340,14 @@ class Api:
             raise ApiError(400, "BadRequest", "expected one object")
         body.setdefault("kind", info.kind)
         body.setdefault("apiVersion", "virtplane.io/v1")
+        if body["kind"] != info.kind:
+            raise ApiError(400, "BadRequest", f"body is kind {body['kind']!r}; POST it to its own URL, not "
+                           f"/api/v1/{info.plural}")
         return await self._write_one(request, body, create_only=True)
 
     async def _write_one(self, request: Request, body: dict[str, Any], *, create_only: bool) -> Response:
         (obj,) = _parse_objects([body])
+        self._authorize_objects(request, "create" if create_only else "update", [obj])
         await self._check_paths([obj])
         if create_only and await self.ctx.store.get(obj.kind, obj.metadata.name) is not None:
             raise ApiError(409, "AlreadyExists", f"{obj.kind} {obj.metadata.name!r} already exists")
@@ -296,11 +360,11 @@ class Api:
 
     async def delete_object(self, request: Request) -> Response:
         info = _kind_from_path(request)
-        self._authorize(request, "delete", info.kind)
         name = request.path_params["name"]
+        self._authorize(request, "delete", info.kind, name)
         cid = _correlation_id(request)
         removed = await self.ctx.store.delete(
-            info.kind, name, correlation_id=cid, resource_version=request.query_params.get("resourceVersion")
+            info.kind, name, correlation_id=cid, resource_version=_revision_param(request)
         )
         if removed is None:
             raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
@@ -312,11 +376,13 @@ class Api:
             raise ApiError(400, "BadRequest", 'expected {"objects": [...]}')
         dry_run = request.query_params.get("dryRun", "").lower() in ("1", "true", "all") or bool(body.get("dryRun"))
         objects = _parse_objects(body["objects"])
+        self._authorize_objects(request, "update", objects)
         await self._check_paths(objects)
-        for kind in {o.kind for o in objects}:
-            self._authorize(request, "update", kind)
         prune = bool(body.get("prune"))
         source = body.get("source")
+        if source is not None and (not isinstance(source, str) or not _SOURCE.match(source)):
+            raise ApiError(400, "BadRequest", f"source: expected a name like 'examples' (letters, digits, ._-), "
+                           f"got {str(source)[:60]!r}")
         if prune and not source:
             raise ApiError(400, "BadRequest", "prune needs a source (apply --prune --source NAME)")
         if prune:
@@ -346,12 +412,16 @@ class Api:
     # --- streams --------------------------------------------------------------------------------
 
     async def watch(self, request: Request) -> Response:
-        kinds = [resolve_kind(k).kind for k in request.query_params.get("kinds", "").split(",") if k] or list(KINDS)
+        try:
+            kinds = [resolve_kind(k).kind for k in request.query_params.get("kinds", "").split(",") if k]
+        except UnknownKind as e:
+            raise ApiError(400, "BadRequest", f"kinds: {e}") from e
+        kinds = kinds or list(KINDS)
         for kind in kinds:
             self._authorize(request, "watch", kind)
         parts = [p for p in request.query_params.get("parts", "spec,status").split(",") if p in ("spec", "status")]
-        start = request.query_params.get("resourceVersion")
-        start_revision = int(start) if start else await self.ctx.store.revision() + 1
+        start = _revision_param(request)
+        start_revision = start if start is not None else await self.ctx.store.revision() + 1
         return StreamingResponse(self._stream(kinds, parts, start_revision), media_type="application/x-ndjson")
 
     async def _stream(self, kinds: list[str], parts: list[str], start_revision: int) -> AsyncIterator[bytes]:
@@ -382,7 +452,7 @@ class Api:
             except UnknownKind as e:
                 raise ApiError(400, "BadRequest", str(e)) from e
         cid = request.query_params.get("correlationId")
-        limit = int(request.query_params.get("limit", "500"))
+        limit = _int_param(request, "limit", 500, 1, 10_000)
         events = await self.ctx.store.list_events(involved=involved, correlation_id=cid, limit=limit)
         if request.query_params.get("watch", "").lower() not in ("1", "true"):
             return JSONResponse({"items": [e.model_dump(mode="json", exclude_none=True) for e in events]})
@@ -423,6 +493,64 @@ class Api:
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
+
+
+_SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+UNAUTHORIZED = "missing or invalid bearer token (see `virtplane server` output)"
+
+
+def _cluster_of(obj: Resource) -> str | None:
+    cluster = getattr(getattr(obj, "spec", None), "cluster", None)
+    return cluster if isinstance(cluster, str) else None
+
+
+class _Guard:
+    """Authentication from the headers alone, before any handler reads the body (401), and the body
+    cap: a Content-Length above it is 413 at once; a body that grows past it while being read stops the
+    read (``BodyTooLarge`` -> 413 in the handler)."""
+
+    def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
+        self.app, self.ctx = app, ctx
+
+    def _protected(self, path: str) -> bool:
+        return path.startswith("/api/") or (path == "/metrics" and not self.ctx.metrics_public)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        who = self.ctx.authn.authenticate(headers.get(b"authorization", b"").decode("latin-1") or None)
+        if who is None:
+            await _reject(scope, receive, send, 401, "Unauthorized", UNAUTHORIZED, {"www-authenticate": "Bearer"})
+            return
+        limit = self.ctx.max_body_bytes
+        length = headers.get(b"content-length", b"").decode("latin-1")
+        if length.isdigit() and int(length) > limit:
+            await _reject(scope, receive, send, 413, "TooLarge", f"request body larger than {limit} bytes "
+                          "(the server's limit); split the input", {}, limit=limit)
+            return
+        scope.setdefault("state", {})["identity"] = who
+        seen = 0
+
+        async def capped_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, capped_receive, send)
+
+
+async def _reject(
+    scope: Scope, receive: Receive, send: Send, code: int, reason: str, message: str, headers: dict[str, str],
+    **details: Any,
+) -> None:
+    response = JSONResponse(error_body(code, reason, message, **details), status_code=code, headers=headers)
+    await response(scope, receive, send)
 
 
 class _CorrelationEcho:
@@ -466,4 +594,4 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/api/v1/{plural}/{name}", r("delete", api.delete_object), methods=["DELETE"]),
         Route("/api/v1/{plural}/{name}/status", r("status", api.get_status), methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_CorrelationEcho)])
+    return Starlette(routes=routes, middleware=[Middleware(_CorrelationEcho), Middleware(_Guard, ctx=ctx)])

@@ -3,6 +3,11 @@
 Every API request goes through an ``Authenticator`` (who is this?) and an ``Authorizer`` (may they do
 this?). Today there is one static bearer token (the server's admin token); directory (LDAP) login and
 role bindings plug in here later without touching the routes.
+
+Order, for every request under ``/api/v1`` (and ``/metrics`` unless the server runs ``--metrics-public``):
+authenticate from the headers alone (401 before a byte of the body is read), cap the body (413), parse it,
+then ask :func:`authorize` once per object with the kind, name and cluster *from the body* (never only
+from the URL: a ``kind: Host`` posted to ``/api/v1/clusters`` is a Host).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ class Authenticator(Protocol):
 
 
 class Authorizer(Protocol):
-    def allowed(self, who: Identity, verb: Verb, kind: str | None) -> bool: ...
+    def allowed(
+        self, who: Identity, verb: Verb, kind: str | None, name: str | None = None, cluster: str | None = None
+    ) -> bool: ...
 
 
 class StaticTokenAuthenticator:
@@ -46,8 +53,20 @@ class StaticTokenAuthenticator:
         return None
 
 
-class AllowAdmins:
-    """Everything for members of ``virtplane:admins``; nothing for anyone else."""
+def authorize(
+    principal: Identity, verb: Verb, kind: str | None, name: str | None = None, cluster: str | None = None
+) -> bool:
+    """The one authorization decision: may ``principal`` do ``verb`` on ``kind``/``name`` in ``cluster``?
+    ``name`` is None for collection requests (list, watch), ``cluster`` None for objects outside any
+    cluster or when unknown. Today: members of ``virtplane:admins`` may do everything, nobody else anything;
+    role bindings (RBAC) replace this body."""
+    return "virtplane:admins" in principal.groups
 
-    def allowed(self, who: Identity, verb: Verb, kind: str | None) -> bool:
-        return "virtplane:admins" in who.groups
+
+class AllowAdmins:
+    """The default Authorizer: :func:`authorize`."""
+
+    def allowed(
+        self, who: Identity, verb: Verb, kind: str | None, name: str | None = None, cluster: str | None = None
+    ) -> bool:
+        return authorize(who, verb, kind, name, cluster)

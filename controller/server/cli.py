@@ -12,6 +12,7 @@ import anyio
 import typer
 
 from controller.adapters.secrets import DEFAULT_SECRETS_DIR
+from controller.api.app import DEFAULT_MAX_BODY_BYTES
 from controller.cli.common import EXIT_INVALID, fail
 from controller.client.config import DEFAULT_LISTEN, default_data_dir
 from controller.runtime.manager import ManagerOptions
@@ -59,6 +60,12 @@ def server(
         typer.Option("--host-keys-dir", help="Directory of ssh keys, known_hosts and TLS pki directories "
                      "that Host URIs may name (keyfile=, known_hosts=, pkipath=)."),
     ] = None,
+    metrics_public: Annotated[
+        bool, typer.Option("--metrics-public", help="Serve /metrics without the token (e.g. to a local Prometheus).")
+    ] = False,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", min=1024, help="Largest request body accepted (413 beyond).")
+    ] = DEFAULT_MAX_BODY_BYTES,
 ) -> None:
     """Run the API server (and the controllers) on embedded or external etcd."""
     from controller.server.main import ServerOptions, serve
@@ -70,7 +77,7 @@ def server(
     try:
         policy = _policy(lab_dir, image_dirs or [], block_dirs or [], socket_dirs or [], host_keys_dir)
         options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config,
-                                policy=policy)
+                                policy=policy, metrics_public=metrics_public, max_body_bytes=max_body_bytes)
         background = _background_tasks(data_dir, secrets_dir, lab_dir) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:

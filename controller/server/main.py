@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import uvicorn
 
-from controller.api.app import ApiContext, create_app
+from controller.api.app import DEFAULT_MAX_BODY_BYTES, ApiContext, create_app
 from controller.api.auth import AllowAdmins, StaticTokenAuthenticator
 from controller.client.config import ClientConfig, load_or_create_token, write_client_config
 from controller.common.metrics import Registry
@@ -61,6 +61,8 @@ class ServerOptions:
     max_txn_ops: int | None = None
     max_request_bytes: int | None = None
     policy: HostPathPolicy = field(default_factory=HostPathPolicy)
+    metrics_public: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -106,7 +108,8 @@ async def serve(options: ServerOptions, background: tuple[BackgroundTask, ...] =
     token = load_or_create_token(options.data_dir)
     async with open_store(options) as (store, etcd_text):
         ctx = ApiContext(store=store, authn=StaticTokenAuthenticator(token), authz=AllowAdmins(), metrics=Registry(),
-                         policy=options.policy)
+                         policy=options.policy, metrics_public=options.metrics_public,
+                         max_body_bytes=options.max_body_bytes)
         app = create_app(ctx)
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2

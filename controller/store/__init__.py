@@ -23,6 +23,7 @@ from controller.store.errors import (
     StoreError,
     StoreUnavailable,
     TooLargeError,
+    UndecodableError,
 )
 from controller.store.leases import Leases
 from controller.store.store import Selector, Snapshot, Store
@@ -46,6 +47,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TooLargeError",
+    "UndecodableError",
     "WatchEvent",
     "kind_prefix",
     "spec_key",

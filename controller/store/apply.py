@@ -32,6 +32,7 @@ from controller.store.errors import (
     StoreError,
     StoreUnavailable,
     TooLargeError,
+    UndecodableError,
 )
 from specs.meta import Resource
 
@@ -82,11 +83,24 @@ class _Stored:
     raw: dict[str, Any]
     mod_revision: int
     _resource: Resource | None = None
+    key: bytes = b""
+    problem: str | None = None  # the stored value is not a JSON object
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta = self.raw.get("metadata")
+        return meta if isinstance(meta, dict) else {}
 
     @property
     def resource(self) -> Resource:
         if self._resource is None:
-            self._resource = codec.resource_from_raw(self.raw, self.mod_revision)
+            try:
+                if self.problem is not None:
+                    raise ValueError(self.problem)
+                self._resource = codec.resource_from_raw(self.raw, self.mod_revision)
+            except ValueError as exc:
+                _, kind, name = codec.parse_key(self.key.decode(errors="replace")) or ("spec", "?", "?")
+                raise UndecodableError(kind, name, str(exc).splitlines()[0] if str(exc) else "invalid") from exc
         return self._resource
 
 
@@ -135,7 +149,7 @@ async def apply_objects(
     if prune:
         wanted = {codec.spec_key(o.kind, o.metadata.name) for o in objects}
         for key, stored in sorted(current.items()):
-            if key not in wanted and stored.raw.get("metadata", {}).get("source") == source:
+            if key not in wanted and stored.meta.get("source") == source:
                 pruned = _plan_delete(stored, correlation_id=correlation_id, now=now)
                 if pruned is not None:
                     changes.append(pruned.change)
@@ -186,7 +200,14 @@ async def _read_current(
 
 
 def _index(kvs: list[Any]) -> dict[bytes, _Stored]:
-    return {bytes(kv.key): _Stored(codec.decode_raw(kv.value), kv.mod_revision) for kv in kvs}
+    index = {}
+    for kv in kvs:
+        key = bytes(kv.key)
+        try:
+            index[key] = _Stored(codec.decode_raw(kv.value), kv.mod_revision, key=key)
+        except ValueError as exc:  # planted or corrupt: an error if this apply touches it, else ignored
+            index[key] = _Stored({}, kv.mod_revision, key=key, problem=str(exc).splitlines()[0])
+    return index
 
 
 # -- 2. compute ----------------------------------------------------------------------------------
@@ -208,7 +229,7 @@ def _plan_one(
         after = desired.model_copy(update={"metadata": meta})
         return _Write(Change(kind, name, "created", None, after), expected=0)
 
-    raw_meta = stored.raw.get("metadata", {})
+    raw_meta = stored.meta
     spec_changed = to_jsonable_python(desired.spec) != stored.raw.get("spec")
     changed = (
         spec_changed

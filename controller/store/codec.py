@@ -89,7 +89,10 @@ def decode_raw(value: bytes) -> dict[str, Any]:
 def resource_from_raw(raw: dict[str, Any], mod_revision: int) -> Resource:
     """Validate a stored spec document; resourceVersion comes from the key's mod_revision."""
     data = dict(raw)
-    data["metadata"] = {**raw.get("metadata", {}), "resourceVersion": str(mod_revision)}
+    meta = raw.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise ValueError("stored metadata is not an object")
+    data["metadata"] = {**meta, "resourceVersion": str(mod_revision)}
     return resource_model(str(raw.get("kind"))).model_validate(data)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,11 +46,11 @@ from uuid import uuid4
 from controller.store import codec
 from controller.store._etcd import EtcdKV, compare_exists, compare_mod, op_delete, op_get, op_put
 from controller.store.apply import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, ApplyResult, Limits, apply_objects
-from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError
+from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError, UndecodableError
 from controller.store.leases import Leases
 from controller.store.watch import WatchEvent, watch_prefixes
-from specs.event import Event, EventMeta
-from specs.meta import Resource, StatusBase
+from specs.event import Event, EventMeta, InvolvedObject
+from specs.meta import ObjectMeta, Resource, StatusBase
 
 log = logging.getLogger("virtplane.store")
 
@@ -98,6 +99,7 @@ class Store:
         self.leases = Leases(kv)
         self._lease: tuple[int, float] | None = None  # (lease id, reuse until loop time)
         self._lease_lock = asyncio.Lock()
+        self._reported: set[tuple[str, str, int]] = set()  # undecodable (kind, name, mod_revision) reported
 
     @classmethod
     async def connect(
@@ -142,18 +144,38 @@ class Store:
     # -- specs ------------------------------------------------------------------------------------
 
     async def get(self, kind: str, name: str) -> Resource | None:
+        """The object, None if absent; UndecodableError if its stored value is not a valid object."""
         resp = await self.kv.range(codec.spec_key(kind, name))
         if not resp.kvs:
             return None
-        return codec.decode_resource(resp.kvs[0].value, resp.kvs[0].mod_revision)
+        return _decode(kind, name, resp.kvs[0].value, resp.kvs[0].mod_revision)
 
     async def list(self, kind: str, selector: Selector | None = None) -> tuple[builtins.list[Resource], int]:
-        """Objects of ``kind`` (by name) matching ``selector``, and the revision they were read at."""
+        """Objects of ``kind`` (by name) matching ``selector``, and the revision they were read at.
+        Stored values that do not decode are skipped, each reported once by a Warning event."""
         kvs, revision = await self.kv.range_prefix(codec.kind_prefix(kind))
-        items = [codec.decode_resource(kv.value, kv.mod_revision) for kv in kvs]
+        items = []
+        prefix_len = len(codec.kind_prefix(kind))
+        for kv in kvs:
+            try:
+                items.append(codec.decode_resource(kv.value, kv.mod_revision))
+            except ValueError as exc:
+                await self.report_undecodable(kind, bytes(kv.key)[prefix_len:].decode(errors="replace"),
+                                              int(kv.mod_revision), exc)
         if selector is not None:
             items = [r for r in items if selector.matches(r.metadata.labels)]
         return items, revision
+
+    async def report_undecodable(self, kind: str, name: str, mod_revision: int, exc: Exception) -> None:
+        """A Warning event ``Undecodable`` on the object, once per stored version (per Store)."""
+        if (kind, name, mod_revision) in self._reported:
+            return
+        self._reported.add((kind, name, mod_revision))
+        log.warning("skipping %s/%s: it does not decode: %s", kind, name, exc)
+        message = str(UndecodableError(kind, name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        with contextlib.suppress(StoreError):
+            await self.emit_event(Event(type="Warning", reason="Undecodable", message=message,
+                                        involvedObject=InvolvedObject(kind=kind, name=name), source="store"))
 
     async def load_all(self, kinds: Sequence[str]) -> Snapshot:
         """Every spec and status of ``kinds`` at ONE revision (the first read's; later reads are pinned to
@@ -218,10 +240,15 @@ class Store:
             if resource_version is not None:
                 raise ConflictError(kind, name, int(resource_version), 0)
             return None
-        current = codec.decode_resource(resp.kvs[0].value, resp.kvs[0].mod_revision)
         actual = resp.kvs[0].mod_revision
         if resource_version is not None and int(resource_version) != actual:
             raise ConflictError(kind, name, int(resource_version), actual, "resourceVersion precondition")
+        try:
+            current = codec.decode_resource(resp.kvs[0].value, actual)
+        except ValueError:
+            # Not a valid object: nothing can tear it down, so it goes at once (spec and status).
+            await self._txn(kind, name, actual, [op_delete(key), op_delete(codec.status_key(kind, name))])
+            return Resource(kind=kind, metadata=ObjectMeta(name=name, resourceVersion=str(actual)), spec=None)
         if not current.metadata.finalizers:
             await self._txn(kind, name, actual, [op_delete(key), op_delete(codec.status_key(kind, name))])
             return current
@@ -269,7 +296,7 @@ class Store:
         resp = await self.kv.range(codec.spec_key(kind, name))
         if not resp.kvs:
             raise NotFoundError(kind, name)
-        return codec.decode_resource(resp.kvs[0].value, resp.kvs[0].mod_revision), resp.kvs[0].mod_revision
+        return _decode(kind, name, resp.kvs[0].value, resp.kvs[0].mod_revision), resp.kvs[0].mod_revision
 
     async def _put_meta(self, current: Resource, expected: int, **changes: Any) -> Resource:
         meta = current.metadata.model_copy(update={**changes, "resourceVersion": None})
@@ -295,12 +322,23 @@ class Store:
         resp = await self.kv.range(codec.status_key(kind, name))
         if not resp.kvs:
             return None, 0
-        return codec.decode_status(kind, resp.kvs[0].value), int(resp.kvs[0].mod_revision)
+        try:
+            return codec.decode_status(kind, resp.kvs[0].value), int(resp.kvs[0].mod_revision)
+        except ValueError as exc:
+            log.warning("status of %s/%s does not decode, ignored: %s", kind, name, exc)
+            return None, int(resp.kvs[0].mod_revision)
 
     async def list_status(self, kind: str) -> dict[str, StatusBase]:
         kvs, _ = await self.kv.range_prefix(codec.kind_prefix(kind, "status"))
         prefix = len(codec.kind_prefix(kind, "status"))
-        return {bytes(kv.key)[prefix:].decode(): codec.decode_status(kind, kv.value) for kv in kvs}
+        statuses = {}
+        for kv in kvs:
+            name = bytes(kv.key)[prefix:].decode(errors="replace")
+            try:
+                statuses[name] = codec.decode_status(kind, kv.value)
+            except ValueError as exc:  # a bad status hides nothing but itself
+                log.warning("status of %s/%s does not decode, ignored: %s", kind, name, exc)
+        return statuses
 
     async def put_status(self, kind: str, name: str, status: StatusBase, expected_revision: int) -> int:
         """Write status if its key is still at ``expected_revision`` (0: no status yet) and the object
@@ -406,3 +444,11 @@ class Store:
         """Changes under raw key ``prefixes`` (store-internal and tests; see ``controller.store.watch``)."""
         return watch_prefixes(self.kv, prefixes, start_revision, known=known)
 
+
+
+def _decode(kind: str, name: str, value: bytes, mod_revision: int) -> Resource:
+    try:
+        return codec.decode_resource(value, mod_revision)
+    except ValueError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UndecodableError(kind, name, first) from exc

@@ -36,6 +36,16 @@ class ServerProcess:
     data_dir: Path
     log: Path
 
+    @property
+    def token(self) -> str:
+        return str(json.loads((self.data_dir / "config.json").read_text())["token"])
+
+    def metrics(self) -> str:
+        """/metrics, with the server's token (it needs one unless --metrics-public)."""
+        response = httpx.get(f"{self.url}/metrics", headers={"Authorization": f"Bearer {self.token}"}, timeout=5)
+        response.raise_for_status()
+        return response.text
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
