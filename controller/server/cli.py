@@ -17,12 +17,23 @@ from controller.cli.common import EXIT_INVALID, fail
 from controller.client.config import DEFAULT_LISTEN, default_data_dir
 from controller.runtime.manager import ManagerOptions
 from controller.server.main import BackgroundTask, controllers_task
+from controller.store import TlsFiles
 from specs.confinement import HostPathPolicy
 
 
 def server(
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to serve the API on.")] = DEFAULT_LISTEN,
-    etcd: Annotated[str | None, typer.Option("--etcd", help="External etcd URL[,URL...]; default: embedded.")] = None,
+    etcd: Annotated[
+        str | None,
+        typer.Option("--etcd", help="External etcd URL[,URL...] (http://, https:// or unix://); default: embedded."),
+    ] = None,
+    etcd_cacert: Annotated[
+        Path | None, typer.Option("--etcd-cacert", help="CA certificate (PEM) of an https:// etcd.")
+    ] = None,
+    etcd_cert: Annotated[
+        Path | None, typer.Option("--etcd-cert", help="Client certificate (PEM) for an https:// etcd.")
+    ] = None,
+    etcd_key: Annotated[Path | None, typer.Option("--etcd-key", help="Client key (PEM) for an https:// etcd.")] = None,
     data_dir: Annotated[
         Path, typer.Option("--data-dir", help="State directory (embedded etcd, token).")
     ] = default_data_dir(),
@@ -76,14 +87,27 @@ def server(
     endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else ()
     try:
         policy = _policy(lab_dir, image_dirs or [], block_dirs or [], socket_dirs or [], host_keys_dir)
+        tls = _etcd_tls(etcd_cacert, etcd_cert, etcd_key)
         options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config,
-                                policy=policy, metrics_public=metrics_public, max_body_bytes=max_body_bytes)
+                                policy=policy, etcd_tls=tls, metrics_public=metrics_public,
+                                max_body_bytes=max_body_bytes)
         background = _background_tasks(data_dir, secrets_dir, lab_dir) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
     except KeyboardInterrupt:
         pass
+
+
+def _etcd_tls(cacert: Path | None, cert: Path | None, key: Path | None) -> TlsFiles | None:
+    if cacert is None and cert is None and key is None:
+        return None
+    if cacert is None or (cert is None) != (key is None):
+        raise ValueError("--etcd-cacert is needed for TLS, and --etcd-cert and --etcd-key go together")
+    for path in (cacert, cert, key):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such file")
+    return TlsFiles(cacert, cert, key)
 
 
 def _policy(

@@ -21,7 +21,7 @@ from controller.common.metrics import Registry
 from controller.controllers.registry import default_registry
 from controller.runtime.manager import Manager, ManagerOptions
 from controller.server.etcd import EmbeddedEtcd
-from controller.store import Store
+from controller.store import Store, TlsFiles
 from specs.confinement import HostPathPolicy
 
 log = logging.getLogger("virtplane.server")
@@ -63,6 +63,7 @@ class ServerOptions:
     policy: HostPathPolicy = field(default_factory=HostPathPolicy)
     metrics_public: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    etcd_tls: TlsFiles | None = None
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -80,6 +81,7 @@ async def open_store(options: ServerOptions) -> AsyncIterator[tuple[Store, str]]
             list(options.etcd_endpoints),
             max_txn_ops=options.max_txn_ops or 128,
             max_request_bytes=options.max_request_bytes or 1_500_000,
+            tls=options.etcd_tls,
         )
         try:
             yield store, "external " + ",".join(options.etcd_endpoints)
@@ -87,8 +89,12 @@ async def open_store(options: ServerOptions) -> AsyncIterator[tuple[Store, str]]
             await store.close()
         return
     etcd = EmbeddedEtcd(options.data_dir / "etcd")
-    await anyio.to_thread.run_sync(etcd.start)
+    # Spawned from this (the main) thread: etcd's parent-death signal follows the thread that forked it,
+    # and a worker thread of the pool would take etcd with it when it retires.
+    await anyio.to_thread.run_sync(etcd.stop_stale)
+    etcd.spawn()
     try:
+        await anyio.to_thread.run_sync(etcd.wait_healthy)
         store = await Store.connect(
             [etcd.endpoint],
             max_txn_ops=options.max_txn_ops or etcd.max_txn_ops,

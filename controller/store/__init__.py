@@ -13,6 +13,7 @@ Errors (tree in ``controller.store.errors``)::
     └── RevisionCompacted(revision)
 """
 
+from controller.store._etcd import TlsFiles
 from controller.store.apply import ApplyResult, Change
 from controller.store.codec import EVENTS, ROOT, SPECS, STATUS, kind_prefix, spec_key, status_key
 from controller.store.errors import (
@@ -46,6 +47,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TlsFiles",
     "TooLargeError",
     "UndecodableError",
     "WatchEvent",

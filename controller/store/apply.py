@@ -63,9 +63,15 @@ class ApplyResult:
     transactions: int  # write transactions used: 0 (nothing to write / dry run), 1, or the batch count
 
 
-# The embedded etcd is started with these limits (--max-txn-ops, --max-request-bytes).
+# The embedded etcd is started with these limits (--max-txn-ops, --max-request-bytes). etcd 3.4 refuses to
+# start on a data dir whose WAL holds an entry over 10 MiB ("wal: max entry size limit exceeded"), and one
+# request is one entry: requests stay well below that (room for raft's framing), and apply splits what
+# does not fit into bounded transactions.
 DEFAULT_MAX_TXN_OPS = 16384
-DEFAULT_MAX_REQUEST_BYTES = 33_554_432
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+ETCD_WAL_ENTRY_LIMIT = 10 * 1024 * 1024
+# One object (its key and JSON) may not exceed this, whatever the request limit: a spec is not a blob.
+MAX_OBJECT_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,8 +80,13 @@ class Limits:
     max_request_bytes: int
 
     @property
-    def object_bytes(self) -> int:
+    def request_bytes(self) -> int:
+        """Payload of one transaction (compares and ops)."""
         return self.max_request_bytes - REQUEST_OVERHEAD
+
+    @property
+    def object_bytes(self) -> int:
+        return min(self.request_bytes, MAX_OBJECT_BYTES)
 
 
 @dataclass
@@ -294,7 +305,7 @@ def plan_batches(writes: list[_Write], limits: Limits) -> list[list[_Write]]:
     ops = size = 0
     for write in writes:
         n = max(len(write.ops), len(write.compares))
-        if batch and (ops + n > limits.max_txn_ops or size + write.size > limits.object_bytes):
+        if batch and (ops + n > limits.max_txn_ops or size + write.size > limits.request_bytes):
             batches.append(batch)
             batch, ops, size = [], 0, 0
         batch.append(write)

@@ -48,8 +48,8 @@ class TooLargeError(StoreError):
     def __init__(self, kind: str, name: str, size: int, limit: int) -> None:
         self.kind, self.name, self.size, self.limit = kind, name, size, limit
         super().__init__(
-            f"{kind}/{name} is {size} bytes as JSON, over the {limit}-byte limit of one etcd request "
-            "(etcd --max-request-bytes); make the object smaller"
+            f"{kind}/{name} is {size} bytes as JSON, over the {limit}-byte limit of one object "
+            "(and of one etcd request); make the object smaller"
         )
 
 

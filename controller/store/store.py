@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from uuid import uuid4
 
 from controller.store import codec
-from controller.store._etcd import EtcdKV, compare_exists, compare_mod, op_delete, op_get, op_put
+from controller.store._etcd import EtcdKV, TlsFiles, compare_exists, compare_mod, op_delete, op_get, op_put
 from controller.store.apply import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, ApplyResult, Limits, apply_objects
 from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError, UndecodableError
 from controller.store.leases import Leases
@@ -111,9 +111,10 @@ class Store:
         timeout: float = 10.0,
         event_ttl: int = DEFAULT_EVENT_TTL,
         clock: Callable[[], datetime] = _utcnow,
+        tls: TlsFiles | None = None,
     ) -> Store:
-        """Connect and check etcd answers (StoreUnavailable if not)."""
-        kv = EtcdKV(endpoints, timeout=timeout)
+        """Connect and check etcd answers (StoreUnavailable if not). ``tls`` for https:// endpoints."""
+        kv = EtcdKV(endpoints, timeout=timeout, tls=tls)
         try:
             await kv.revision()
         except BaseException:
