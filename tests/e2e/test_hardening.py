@@ -146,3 +146,42 @@ def test_largest_apply_survives_sigkill_and_restart_on_the_same_data_dir(tmp_pat
         assert "wal: max entry size limit exceeded" not in (data / "etcd" / "etcd.log").read_text()
     finally:
         again.stop()
+
+
+def test_cli_refuses_an_alias_bomb(vp: Vp, etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    from tests.controller.gitops.test_manifest import BOMB
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    done = vp("apply", "-f", str(bomb), timeout=30)  # the old loader ran for minutes and grew to 1.8 GB
+    assert done.returncode == 2, done.stderr
+    assert "bomb.yaml:" in done.stderr and "through aliases" in done.stderr
+    assert spec_keys(etcd) == []
+
+
+def test_export_never_writes_through_a_symlink(vp: Vp, tmp_path: Path) -> None:
+    cluster = "apiVersion: virtplane.io/v1\nkind: Cluster\nmetadata: {name: prod}\nspec: {}\n"
+    assert vp("apply", "-f", "-", input=cluster).returncode == 0
+    victim = tmp_path / "victim.yaml"  # outside the export directory; export would rewrite it (labels)
+    precious = cluster.replace("{name: prod}", "{name: prod, labels: {old: label}}")
+    victim.write_text(precious)
+    repo = tmp_path / "repo"
+    (repo / "clusters").mkdir(parents=True)
+    (repo / "clusters" / "prod.yaml").symlink_to(victim)
+    done = vp("export", "-d", str(repo))
+    assert done.returncode == 2 and "symlink" in done.stderr, done.stderr
+    assert victim.read_text() == precious
+    # A symlinked directory on the way is refused as well.
+    (repo / "clusters" / "prod.yaml").unlink()
+    (repo / "clusters").rmdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (repo / "clusters").symlink_to(outside, target_is_directory=True)
+    done = vp("export", "-d", str(repo))
+    assert done.returncode == 2 and "symlink" in done.stderr, done.stderr
+    assert list(outside.iterdir()) == []
+    # A plain directory: written.
+    (repo / "clusters").unlink()
+    done = vp("export", "-d", str(repo))
+    assert done.returncode == 0, done.stderr
+    assert "name: prod" in (repo / "clusters" / "prod.yaml").read_text()
