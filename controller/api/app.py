@@ -18,6 +18,7 @@ Every write carries a correlation id (``X-Correlation-Id``, generated when absen
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -149,6 +150,40 @@ def _precondition(item: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": meta}
 
 
+MAX_PAGE = 10_000  # ?limit= at most this
+STREAM_PAGE = 500  # objects read, decoded and sent at a time when a whole list is streamed
+
+
+def _encode_continue(start: str, revision: int) -> str:
+    raw = json.dumps({"start": start, "rv": revision}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_continue(token: str | None) -> tuple[str, int]:
+    if not token:
+        return "", 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        start, revision = data["start"], data["rv"]
+        if not isinstance(start, str) or not isinstance(revision, int) or revision < 1:
+            raise ValueError(token)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ApiError(400, "BadRequest", "continue: not a token this server gave (list again without it)") from e
+    return start, revision
+
+
+def _wire_items(page: Any, selector: LabelSelector | None) -> list[dict[str, Any]]:
+    return [resource_to_wire(r, st) for r, st in page.items
+            if selector is None or selector.matches(r.metadata.labels)]
+
+
+def _encode_items(page: Any, selector: LabelSelector | None, first: bool) -> bytes:
+    parts = [json.dumps(item) for item in _wire_items(page, selector)]
+    if not parts:
+        return b""
+    return (("" if first else ",") + ",".join(parts)).encode()
+
+
 class BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body larger than {limit} bytes")
@@ -277,6 +312,9 @@ class Api:
     # --- objects --------------------------------------------------------------------------------
 
     async def list_objects(self, request: Request) -> Response:
+        """One page with ``?limit=N`` (``metadata.continue`` names the next: pass it back as ``?continue=``),
+        or, without a limit, the whole list streamed page by page: memory stays bounded by a page either
+        way, and every page is read at the first page's revision."""
         info = _kind_from_path(request)
         self._authorize(request, "list", info.kind)
         selector = None
@@ -285,16 +323,42 @@ class Api:
                 selector = LabelSelector.parse(request.query_params["labelSelector"])
             except ValueError as e:
                 raise ApiError(400, "BadRequest", f"labelSelector: {e}") from e
-        items, revision = await self.ctx.store.list(info.kind, selector)
-        statuses = await self.ctx.store.list_status(info.kind)
-        return JSONResponse(
-            {
-                "apiVersion": "virtplane.io/v1",
-                "kind": f"{info.kind}List",
-                "metadata": {"resourceVersion": str(revision)},
-                "items": [resource_to_wire(r, statuses.get(r.metadata.name)) for r in items],
-            }
-        )
+        limit = _int_param(request, "limit", 0, 1, MAX_PAGE)
+        start, revision = _decode_continue(request.query_params.get("continue"))
+        page = await self._page(info.kind, start, limit or STREAM_PAGE, revision)
+        head = {"apiVersion": "virtplane.io/v1", "kind": f"{info.kind}List"}
+        if limit:
+            meta = {"resourceVersion": str(page.revision)}
+            if page.next_start is not None:
+                meta["continue"] = _encode_continue(page.next_start, page.revision)
+            items = await anyio.to_thread.run_sync(_wire_items, page, selector)
+            return JSONResponse({**head, "metadata": meta, "items": items})
+        first = json.dumps({**head, "metadata": {"resourceVersion": str(page.revision)}})
+        return StreamingResponse(self._stream_list(info.kind, page, selector, first[:-1]),
+                                 media_type="application/json")
+
+    async def _page(self, kind: str, start: str, limit: int, revision: int) -> store_mod.Page:
+        try:
+            return await self.ctx.store.list_page(kind, start=start, limit=limit, revision=revision)
+        except store_mod.RevisionCompacted as e:
+            raise ApiError(410, "Expired", "the list's revision was compacted meanwhile; list again from the "
+                           "start (without continue)") from e
+
+    async def _stream_list(
+        self, kind: str, page: store_mod.Page, selector: LabelSelector | None, head: str
+    ) -> AsyncIterator[bytes]:
+        yield (head + ', "items": [').encode()
+        first = True
+        while True:
+            chunk = await anyio.to_thread.run_sync(_encode_items, page, selector, first)
+            if chunk:
+                first = False
+                yield chunk
+            if page.next_start is None:
+                break
+            page = await self.ctx.store.list_page(kind, start=page.next_start, limit=STREAM_PAGE,
+                                                  revision=page.revision)
+        yield b"]}"
 
     async def get_object(self, request: Request) -> Response:
         info = _kind_from_path(request)

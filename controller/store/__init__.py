@@ -27,7 +27,7 @@ from controller.store.errors import (
     UndecodableError,
 )
 from controller.store.leases import Leases
-from controller.store.store import Selector, Snapshot, Store
+from controller.store.store import Page, Selector, Snapshot, Store
 from controller.store.watch import WatchEvent
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "ConflictError",
     "Leases",
     "NotFoundError",
+    "Page",
     "PartialApplyError",
     "RevisionCompacted",
     "Selector",

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from uuid import uuid4
 
 from controller.store import codec
-from controller.store._etcd import EtcdKV, TlsFiles, compare_exists, compare_mod, op_delete, op_get, op_put
+from controller.store._etcd import EtcdKV, TlsFiles, compare_exists, compare_mod, op_delete, op_get, op_put, prefix_end
 from controller.store.apply import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, ApplyResult, Limits, apply_objects
 from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError, UndecodableError
 from controller.store.leases import Leases
@@ -166,6 +166,29 @@ class Store:
         if selector is not None:
             items = [r for r in items if selector.matches(r.metadata.labels)]
         return items, revision
+
+    async def list_page(
+        self, kind: str, *, start: str = "", limit: int = 500, revision: int = 0
+    ) -> Page:
+        """Up to ``limit`` objects of ``kind`` from name ``start`` on, with their statuses, all read at
+        ``revision`` (0: now; a later page passes the first page's). Decoding runs in a worker thread,
+        so a 100,000-object list in pages never holds the event loop for long.
+        RevisionCompacted when ``revision`` is older than etcd's history."""
+        prefix = codec.kind_prefix(kind)
+        resp = await self.kv.range(prefix + start.encode(), prefix_end(prefix), revision=revision, limit=limit)
+        revision = revision or int(resp.header.revision)
+        kvs = list(resp.kvs)
+        statuses: dict[str, bytes] = {}
+        if kvs:
+            sprefix = codec.kind_prefix(kind, "status")
+            first, last = bytes(kvs[0].key)[len(prefix):], bytes(kvs[-1].key)[len(prefix):]
+            sresp = await self.kv.range(sprefix + first, sprefix + last + b"\0", revision=revision)
+            statuses = {bytes(kv.key)[len(sprefix):].decode(errors="replace"): kv.value for kv in sresp.kvs}
+        items, bad = await asyncio.to_thread(_decode_page, kind, kvs, len(prefix), statuses)
+        for name, mod_revision, exc in bad:
+            await self.report_undecodable(kind, name, mod_revision, exc)
+        following = bytes(kvs[-1].key)[len(prefix):].decode() + "\0" if resp.more and kvs else None
+        return Page(items, revision, following)
 
     async def report_undecodable(self, kind: str, name: str, mod_revision: int, exc: Exception) -> None:
         """A Warning event ``Undecodable`` on the object, once per stored version (per Store)."""
@@ -445,6 +468,36 @@ class Store:
         """Changes under raw key ``prefixes`` (store-internal and tests; see ``controller.store.watch``)."""
         return watch_prefixes(self.kv, prefixes, start_revision, known=known)
 
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: (object, its status or None) by name, the revision every page is read at, and
+    the name to start the next page from (None: this was the last)."""
+
+    items: list[tuple[Resource, StatusBase | None]]
+    revision: int
+    next_start: str | None
+
+
+def _decode_page(
+    kind: str, kvs: list[Any], prefix_len: int, statuses: Mapping[str, bytes]
+) -> tuple[list[tuple[Resource, StatusBase | None]], list[tuple[str, int, Exception]]]:
+    items: list[tuple[Resource, StatusBase | None]] = []
+    bad: list[tuple[str, int, Exception]] = []
+    for kv in kvs:
+        name = bytes(kv.key)[prefix_len:].decode(errors="replace")
+        try:
+            resource = codec.decode_resource(kv.value, kv.mod_revision)
+        except ValueError as exc:
+            bad.append((name, int(kv.mod_revision), exc))
+            continue
+        status = None
+        if name in statuses:
+            with contextlib.suppress(ValueError):  # a bad status hides nothing but itself
+                status = codec.decode_status(kind, statuses[name])
+        items.append((resource, status))
+    return items, bad
 
 
 def _decode(kind: str, name: str, value: bytes, mod_revision: int) -> Resource:

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 from controller.server.etcd import EmbeddedEtcd
-from tests.e2e.conftest import Vp, etcdctl_run, start_server
+from tests.e2e.conftest import ServerProcess, Vp, etcdctl_run, start_server
 from tests.e2e.helpers import Cli, wait_for
 
 
@@ -185,3 +185,16 @@ def test_export_never_writes_through_a_symlink(vp: Vp, tmp_path: Path) -> None:
     done = vp("export", "-d", str(repo))
     assert done.returncode == 0, done.stderr
     assert "name: prod" in (repo / "clusters" / "prod.yaml").read_text()
+
+
+def test_sdk_and_cli_follow_pages(vp: Vp, server: ServerProcess) -> None:
+    docs = "".join(f"---\napiVersion: virtplane.io/v1\nkind: Cluster\nmetadata: {{name: c-{i:02}}}\nspec: {{}}\n"
+                   for i in range(25))
+    assert vp("apply", "-f", "-", input=docs).returncode == 0
+    with Cli(server).api() as api:
+        pages = list(api.pages("clusters", page_size=10))
+        items, revision = api.list_at("clusters", page_size=10)
+    assert [len(p) for p, _ in pages] == [10, 10, 5] and len({r for _, r in pages}) == 1
+    assert [i["metadata"]["name"] for i in items] == [f"c-{i:02}" for i in range(25)] and revision == pages[0][1]
+    names = vp("get", "clusters", "-o", "name").stdout.split()
+    assert names == [f"cluster/c-{i:02}" for i in range(25)]

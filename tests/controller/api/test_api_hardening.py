@@ -160,3 +160,49 @@ async def test_undecodable_objects_are_skipped_with_an_event_and_deletable(
     assert etcdctl("get", "--prefix", "/virtplane/specs/Cluster/", "--keys-only").split() == [
         "/virtplane/specs/Cluster/main"
     ]
+
+
+async def test_lists_are_paginated_at_one_revision_and_streamed(api: httpx.AsyncClient, store: Store) -> None:
+    docs = [{**doc("Cluster", f"c-{i:02}", {}), "metadata": {"name": f"c-{i:02}", "labels": {"odd": str(i % 2)}}}
+            for i in range(25)]
+    assert (await api.post("/api/v1/apply", json={"objects": docs}, headers=AUTH)).status_code == 200
+    names: list[str] = []
+    revisions = set()
+    params: dict[str, str] = {"limit": "10"}
+    pages = 0
+    while True:
+        body = (await api.get("/api/v1/clusters", params=params, headers=AUTH)).json()
+        pages += 1
+        names += [i["metadata"]["name"] for i in body["items"]]
+        revisions.add(body["metadata"]["resourceVersion"])
+        if pages == 1:  # written after the first page: not in this list (every page at its revision)
+            late = doc("Cluster", "c-99", {})
+            assert (await api.post("/api/v1/apply", json={"objects": [late]}, headers=AUTH)).status_code == 200
+        if "continue" not in body["metadata"]:
+            break
+        params["continue"] = body["metadata"]["continue"]
+    assert pages == 3 and names == [f"c-{i:02}" for i in range(25)] and len(revisions) == 1
+    streamed = (await api.get("/api/v1/clusters", headers=AUTH)).json()  # no limit: the whole list, streamed
+    assert [i["metadata"]["name"] for i in streamed["items"]] == [*names, "c-99"]
+    odd = (await api.get("/api/v1/clusters", params={"labelSelector": "odd=1"}, headers=AUTH)).json()
+    assert [i["metadata"]["name"] for i in odd["items"]] == [f"c-{i:02}" for i in range(1, 25, 2)]
+    empty = (await api.get("/api/v1/virtualmachines", headers=AUTH)).json()
+    assert empty["items"] == [] and empty["kind"] == "VirtualMachineList"
+
+
+@pytest.mark.parametrize("params", [{"limit": "x"}, {"limit": "0"}, {"limit": "99999"}, {"continue": "garbage"},
+                                    {"continue": "eyJzdGFydCI6IDEsICJydiI6ICJ4In0"}])
+async def test_bad_list_parameters_are_400(api: httpx.AsyncClient, params: dict[str, str]) -> None:
+    r = await api.get("/api/v1/clusters", params=params, headers=AUTH)
+    assert r.status_code == 400, r.text
+
+
+async def test_a_compacted_continue_token_is_410(api: httpx.AsyncClient, store: Store) -> None:
+    docs = [doc("Cluster", f"c-{i}", {}) for i in range(3)]
+    await api.post("/api/v1/apply", json={"objects": docs}, headers=AUTH)
+    body = (await api.get("/api/v1/clusters", params={"limit": "1"}, headers=AUTH)).json()
+    await api.post("/api/v1/apply", json={"objects": [doc("Cluster", "later", {})]}, headers=AUTH)
+    await store.compact(await store.revision())
+    r = await api.get("/api/v1/clusters", params={"limit": "1", "continue": body["metadata"]["continue"]},
+                      headers=AUTH)
+    assert r.status_code == 410 and r.json()["error"]["reason"] == "Expired"
