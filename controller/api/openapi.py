@@ -30,27 +30,63 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
-    paths: dict[str, Any] = {}
-    errors = {
-        str(c): {"description": d, "content": {"application/json": {"schema": _ref("Error")}}}
-        for c, d in ((401, "Unauthorized"), (404, "Not found"), (409, "Conflict"), (422, "Invalid"))
+    schemas["Object"] = {  # what the server answers: the kind's fields, status, server-set metadata
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata"],
+        "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                       "metadata": {"type": "object"}, "spec": {}, "status": {"type": "object"}},
     }
+    schemas["List"] = {
+        "type": "object",
+        "required": ["kind", "metadata", "items"],
+        "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                       "metadata": {"type": "object", "properties": {
+                           "resourceVersion": {"type": "string"}, "continue": {"type": "string"}}},
+                       "items": {"type": "array", "items": _ref("Object")}},
+    }
+    schemas["ApplyRequest"] = {
+        "type": "object",
+        "required": ["objects"],
+        "properties": {
+            "objects": {"type": "array", "items": {"type": "object"}},
+            "prune": {"type": "boolean"},
+            "source": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"},
+            "dryRun": {"type": "boolean"},
+            "plan": {"type": "boolean"},
+        },
+    }
+    paths: dict[str, Any] = {}
+    codes = ((400, "Bad request (not JSON, bad parameter)"), (401, "No or wrong bearer token"),
+             (403, "Not allowed"), (404, "Not found"), (409, "Conflict"), (410, "Expired continue token"),
+             (413, "Body over the server's limit"), (422, "Invalid object(s)"), (503, "etcd unavailable"))
+    err = {str(c): {"description": d, "content": {"application/json": {"schema": _ref("Error")}}} for c, d in codes}
+
+    def errors(*which: int) -> dict[str, Any]:
+        return {str(c): err[str(c)] for c in (401, 403, 503, *which)}
+
+    obj = {"content": {"application/json": {"schema": _ref("Object")}}}
+    query = [
+        {"name": "labelSelector", "in": "query", "schema": {"type": "string"}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+        {"name": "continue", "in": "query", "schema": {"type": "string"}},
+    ]
     for info in KINDS.values():
         schema = info.model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, sub in schema.pop("$defs", {}).items():
             schemas.setdefault(name, sub)
         schemas[info.kind] = schema
-        one = {"content": {"application/json": {"schema": _ref(info.kind)}}}
+        one = {"required": True, "content": {"application/json": {"schema": _ref(info.kind)}}}
         paths[f"/api/v1/{info.plural}"] = {
             "get": {
-                "summary": f"List {info.plural}",
-                "parameters": [{"name": "labelSelector", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "List"}, **errors},
+                "summary": f"List {info.plural}: one page with ?limit (and ?continue), else all, streamed",
+                "parameters": query,
+                "responses": {"200": {"description": "List", "content": {"application/json": {
+                    "schema": _ref("List")}}}, **errors(400, 404, 410)},
             },
             "post": {
                 "summary": f"Create a {info.kind}",
                 "requestBody": one,
-                "responses": {"201": {"description": "Created", **one}, **errors},
+                "responses": {"201": {"description": "Created", **obj}, **errors(400, 404, 409, 413, 422)},
             },
         }
         name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -58,42 +94,70 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [name_param],
             "get": {
                 "summary": f"Get a {info.kind} with its status",
-                "responses": {"200": {"description": "OK", **one}, **errors},
+                "responses": {"200": {"description": "OK", **obj}, **errors(404, 422)},
             },
             "put": {
                 "summary": f"Create or replace a {info.kind} (metadata.resourceVersion is a precondition)",
                 "requestBody": one,
-                "responses": {"200": {"description": "Replaced", **one}, **errors},
+                "responses": {"200": {"description": "Replaced", **obj}, "201": {"description": "Created", **obj},
+                              **errors(400, 404, 409, 413, 422)},
             },
-            "delete": {"summary": f"Delete a {info.kind}", "responses": {"200": {"description": "Deleted"}, **errors}},
+            "delete": {
+                "summary": f"Delete a {info.kind}",
+                "parameters": [{"name": "resourceVersion", "in": "query", "schema": {"type": "string",
+                                                                                     "pattern": "^[0-9]+$"}}],
+                "responses": {"200": {"description": "Deleted (or marked for deletion)", **obj},
+                              **errors(400, 404, 409)},
+            },
         }
         paths[f"/api/v1/{info.plural}/{{name}}/status"] = {
             "parameters": [name_param],
             "get": {
                 "summary": f"Status of a {info.kind} (read-only)",
-                "responses": {"200": {"description": "OK"}, **errors},
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["status", "resourceVersion"]}}}}, **errors(404, 422)},
             },
         }
     paths["/api/v1/apply"] = {
         "post": {
             "summary": "Apply many objects in one transaction; ?dryRun=true returns what would change",
-            "responses": {"200": {"description": "Changes"}, **errors},
+            "parameters": [{"name": "dryRun", "in": "query", "schema": {"type": "boolean"}}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ApplyRequest")}}},
+            "responses": {"200": {"description": "Changes", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["revision", "changes"]}}}}, **errors(400, 409, 413, 422)},
         }
     }
     paths["/api/v1/watch"] = {
         "get": {
-            "summary": "JSON lines of changes from ?resourceVersion=",
-            "responses": {"200": {"description": "application/x-ndjson stream"}},
+            "summary": "JSON lines of changes from ?resourceVersion= (a stream that does not end)",
+            "parameters": [
+                {"name": "resourceVersion", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                {"name": "kinds", "in": "query", "schema": {"type": "string"}},
+                {"name": "parts", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {"200": {"description": "stream", "content": {"application/x-ndjson": {}}},
+                          **errors(400)},
         }
     }
     paths["/api/v1/events"] = {
         "get": {
-            "summary": "Events (?for=Kind/name, ?correlationId=, ?watch=true)",
-            "responses": {"200": {"description": "Events"}},
+            "summary": "Events (?for=Kind/name, ?correlationId=, ?limit=, ?watch=true: a stream that does not end)",
+            "parameters": [
+                {"name": "for", "in": "query", "schema": {"type": "string"}},
+                {"name": "correlationId", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                {"name": "watch", "in": "query", "schema": {"type": "boolean"}},
+            ],
+            "responses": {"200": {"description": "Events", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["items"]}}, "application/x-ndjson": {}}}, **errors(400)},
         }
     }
-    for p in ("/healthz", "/readyz", "/metrics"):
-        paths[p] = {"get": {"summary": p[1:], "security": [], "responses": {"200": {"description": "OK"}}}}
+    text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+    for p in ("/healthz", "/readyz"):
+        paths[p] = {"get": {"summary": p[1:], "security": [], "responses": {
+            "200": {"description": "OK", **text}, "503": {"description": "etcd unavailable", **text}}}}
+    paths["/metrics"] = {"get": {"summary": "Prometheus metrics (the token unless --metrics-public)",
+                                 "responses": {"200": {"description": "OK", **text}, "401": err["401"]}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "virtplane API", "version": "v1"},
