@@ -30,6 +30,7 @@ from controller.runtime.pending import PendingRequests
 from controller.runtime.registry import Part
 from controller.runtime.workqueue import WorkQueue
 from controller.store import ConflictError, NotFoundError, Store, StoreError
+from specs.confinement import HostPathPolicy
 from specs.event import Event, InvolvedObject
 from specs.meta import Condition, Resource, StatusBase
 
@@ -74,6 +75,9 @@ class Runtime:
     power: PowerRequests = field(default_factory=PowerRequests)
     # where `virtplane lab` hosts live, for the lab power agent (`virtplane server --lab-dir`).
     lab_dir: Path | None = None
+    # Host paths specs may name (`virtplane server --allowed-*-dir`, --lab-dir, --host-keys-dir); the API
+    # refuses others at apply, and the controllers again before acting (objects stored before the policy).
+    policy: HostPathPolicy = field(default_factory=HostPathPolicy)
 
     async def ensure_finalizer(self, obj: R, finalizer: str) -> R:
         """``obj`` with ``finalizer`` added in the store (unless it is there or the object is being deleted)."""

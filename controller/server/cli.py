@@ -91,7 +91,7 @@ def server(
         options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config,
                                 policy=policy, etcd_tls=tls, metrics_public=metrics_public,
                                 max_body_bytes=max_body_bytes)
-        background = _background_tasks(data_dir, secrets_dir, lab_dir) if controllers else ()
+        background = _background_tasks(data_dir, secrets_dir, lab_dir, policy) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
@@ -127,9 +127,12 @@ def _policy(
     )
 
 
-def _background_tasks(data_dir: Path, secrets_dir: Path, lab_dir: Path | None) -> tuple[BackgroundTask, ...]:
+def _background_tasks(
+    data_dir: Path, secrets_dir: Path, lab_dir: Path | None, policy: HostPathPolicy
+) -> tuple[BackgroundTask, ...]:
     identity = f"{socket.gethostname()}-{os.getpid()}"
-    options = ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir, lab_dir=lab_dir)
+    options = ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir, lab_dir=lab_dir,
+                             policy=policy)
     return (controllers_task(options),)
 
 
