@@ -10,7 +10,10 @@ A spec may therefore only name paths the operator allowed when starting the serv
 - ``lun.blockPath``: under ``/dev/disk/by-*/`` (stable names of whole disks and partitions), or under an
   ``--allowed-block-dir``;
 - a Host URI's ``socket``: under an ``--allowed-socket-dir`` (the lab directory, ``--lab-dir``, is one)
-  or libvirt's own ``/run/libvirt/``; ``keyfile``, ``pkipath``, ``known_hosts``: under ``--host-keys-dir``.
+  or libvirt's own ``/run/libvirt/``; ``keyfile``, ``pkipath``, ``known_hosts``: under ``--host-keys-dir``;
+- a StorageDomain's directory (``posix.path``, ``local.path``): under ``/srv``, ``/var/lib/libvirt/images``,
+  ``/var/lib/virtplane``, the lab directory or an ``--allowed-storage-dir`` (else a domain at ``/etc``
+  would make ``/etc/shadow`` "an image under a storage domain").
 
 Paths are compared lexically after normalisation (no ``..``, no ``//``): symlinks inside an allowed
 directory are the operator's business. Pure: the server passes in the policy and the storage domains.
@@ -30,6 +33,7 @@ from specs.vm import VirtualMachine
 
 BLOCK_PREFIX = "/dev/disk/by-"
 LIBVIRT_SOCKET_DIRS = ("/run/libvirt", "/var/run/libvirt")
+DEFAULT_STORAGE_DIRS = ("/srv", "/var/lib/libvirt/images", "/var/lib/virtplane")
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,17 @@ class HostPathPolicy:
     block_dirs: tuple[str, ...] = ()
     socket_dirs: tuple[str, ...] = ()
     key_dirs: tuple[str, ...] = ()
+    storage_dirs: tuple[str, ...] = DEFAULT_STORAGE_DIRS
 
     @classmethod
     def of(cls, *, image_dirs: tuple[str, ...] = (), block_dirs: tuple[str, ...] = (),
-           socket_dirs: tuple[str, ...] = (), key_dirs: tuple[str, ...] = ()) -> HostPathPolicy:
+           socket_dirs: tuple[str, ...] = (), key_dirs: tuple[str, ...] = (),
+           storage_dirs: tuple[str, ...] = ()) -> HostPathPolicy:
         def norm(dirs: tuple[str, ...]) -> tuple[str, ...]:
             return tuple(posixpath.normpath(str(d)) for d in dirs)
 
-        return cls(norm(image_dirs), norm(block_dirs), norm(socket_dirs), norm(key_dirs))
+        return cls(norm(image_dirs), norm(block_dirs), norm(socket_dirs), norm(key_dirs),
+                   (*DEFAULT_STORAGE_DIRS, *norm(storage_dirs)))
 
 
 Problem = tuple[str, str]  # (field path, message)
@@ -64,10 +71,13 @@ def is_under(path: str, directory: str) -> bool:
     return normal.startswith(base.rstrip("/") + "/")
 
 
-def storage_dirs(domains: Mapping[str, StorageDomain]) -> dict[str, str]:
-    """Domain name -> its image directory (posix/local domains; network domains have none on this side)."""
+def storage_dirs(domains: Mapping[str, StorageDomain], policy: HostPathPolicy | None = None) -> dict[str, str]:
+    """Domain name -> its image directory (posix/local domains; network domains have none on this side);
+    with ``policy``, only domains whose directory it allows."""
     dirs: dict[str, str] = {}
     for name, sd in domains.items():
+        if policy is not None and _storage_problems(sd, policy):
+            continue
         block = sd.spec.posix or sd.spec.local
         if block is not None:
             dirs[name] = posixpath.normpath(block.path)
@@ -76,7 +86,7 @@ def storage_dirs(domains: Mapping[str, StorageDomain]) -> dict[str, str]:
 
 def path_problems(obj: Resource, policy: HostPathPolicy, domains: Mapping[str, StorageDomain]) -> list[Problem]:
     """Every host path in ``obj`` that the policy does not allow, with the rule in the message."""
-    dirs = storage_dirs(domains)
+    dirs = storage_dirs(domains, policy)
     if isinstance(obj, Host):
         return _uri_problems(obj.spec.uri, policy)
     if isinstance(obj, VirtualMachine):
@@ -88,7 +98,23 @@ def path_problems(obj: Resource, policy: HostPathPolicy, domains: Mapping[str, S
         return problems
     if isinstance(obj, Disk):
         return _disk_problems(obj, policy, dirs)
+    if isinstance(obj, StorageDomain):
+        return _storage_problems(obj, policy)
     return []
+
+
+def _storage_problems(sd: StorageDomain, policy: HostPathPolicy) -> list[Problem]:
+    problems: list[Problem] = []
+    for block_name in ("posix", "local"):
+        block = getattr(sd.spec, block_name)
+        if block is not None and not any(is_under(block.path, d) for d in policy.storage_dirs):
+            problems.append((
+                f"spec.{block_name}.path",
+                f"{block.path!r} is not allowed: a storage domain's directory must lie under "
+                f"{', '.join(policy.storage_dirs)}; the operator allows more with "
+                "`virtplane server --allowed-storage-dir DIR`",
+            ))
+    return problems
 
 
 def _disk_problems(disk: Disk, policy: HostPathPolicy, dirs: Mapping[str, str]) -> list[Problem]:

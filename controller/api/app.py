@@ -287,7 +287,7 @@ class Api:
 
     async def _check_paths(self, objects: list[Resource]) -> None:
         """422 for any host path the server's policy does not allow (specs.confinement)."""
-        if not any(o.kind in ("Host", "Disk", "VirtualMachine") for o in objects):
+        if not any(o.kind in ("Host", "Disk", "VirtualMachine", "StorageDomain") for o in objects):
             return
         domains: dict[str, StorageDomain] = {}
         if any(o.kind in ("Disk", "VirtualMachine") for o in objects):

@@ -3,7 +3,7 @@ in ``reconcilers.storage.backends``), and per-host readiness in status."""
 
 from __future__ import annotations
 
-from controller.controllers.common import on_host_readiness, own_cluster, ready_hosts
+from controller.controllers.common import on_host_readiness, own_cluster, ready_hosts, refuse_disallowed_paths
 from controller.runtime.context import Runtime
 from controller.runtime.registry import Controller, Handler, Preview, Watch
 from controller.runtime.workqueue import Result
@@ -29,6 +29,7 @@ async def reconcile_storage(rt: Runtime, name: str) -> Result | None:
     sd = rt.cache.get("StorageDomain", name, StorageDomain)
     if sd is None:
         return None
+    await refuse_disallowed_paths(rt, sd, "storage-controller")
     prev = rt.cache.status["StorageDomain"].get(name)
     unsupported = backend_for(sd).unsupported(sd)
     if unsupported is not None:

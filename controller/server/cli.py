@@ -66,6 +66,11 @@ def server(
         typer.Option("--allowed-socket-dir", help="Directory of libvirt sockets a Host URI may name "
                      "(?socket=; repeatable; /run/libvirt and the --lab-dir are always allowed)."),
     ] = None,
+    storage_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--allowed-storage-dir", help="Directory under which StorageDomains may keep images "
+                     "(repeatable; /srv, /var/lib/libvirt/images, /var/lib/virtplane and --lab-dir always)."),
+    ] = None,
     host_keys_dir: Annotated[
         Path | None,
         typer.Option("--host-keys-dir", help="Directory of ssh keys, known_hosts and TLS pki directories "
@@ -86,7 +91,8 @@ def server(
     )
     endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else ()
     try:
-        policy = _policy(lab_dir, image_dirs or [], block_dirs or [], socket_dirs or [], host_keys_dir)
+        policy = _policy(lab_dir, image_dirs or [], block_dirs or [], socket_dirs or [], host_keys_dir,
+                         storage_dirs or [])
         tls = _etcd_tls(etcd_cacert, etcd_cert, etcd_key)
         options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config,
                                 policy=policy, etcd_tls=tls, metrics_public=metrics_public,
@@ -112,7 +118,7 @@ def _etcd_tls(cacert: Path | None, cert: Path | None, key: Path | None) -> TlsFi
 
 def _policy(
     lab_dir: Path | None, image_dirs: list[Path], block_dirs: list[Path], socket_dirs: list[Path],
-    host_keys_dir: Path | None,
+    host_keys_dir: Path | None, storage_dirs: list[Path],
 ) -> HostPathPolicy:
     """The host paths specs may name (specs.confinement); every directory absolute."""
     def absolute(dirs: list[Path]) -> tuple[str, ...]:
@@ -124,6 +130,7 @@ def _policy(
         block_dirs=absolute(block_dirs),
         socket_dirs=absolute([*socket_dirs, *lab]),
         key_dirs=absolute([host_keys_dir] if host_keys_dir is not None else []),
+        storage_dirs=absolute([*storage_dirs, *lab]),
     )
 
 

@@ -66,7 +66,8 @@ def _config_names(data_dir: Path, url: str) -> bool:
 
 
 # Lab hosts live in pytest's temporary directories and boot the guest cached under the lab cache: the
-# servers the tests start allow those (``--allowed-socket-dir``/``--allowed-image-dir``), as an operator would.
+# servers the tests start allow those (``--allowed-socket-dir``/``-image-dir``/``-storage-dir``), as an
+# operator would.
 LAB_CACHE = Path(os.environ.get("VIRTPLANE_LAB_CACHE", "/var/cache/virtplane-lab"))
 TEST_TMP = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
 
@@ -83,7 +84,8 @@ def start_server(
     env.pop("VIRTPLANE_TOKEN", None)
     args = [VIRTPLANE, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *extra]
     if lab_paths:
-        args += ["--allowed-socket-dir", str(TEST_TMP), "--allowed-image-dir", str(LAB_CACHE)]
+        args += ["--allowed-socket-dir", str(TEST_TMP), "--allowed-image-dir", str(LAB_CACHE),
+                 "--allowed-storage-dir", str(TEST_TMP)]
     if etcd is not None:
         args += ["--etcd", etcd.endpoint]
     log = data_dir / "server.log"

@@ -198,3 +198,21 @@ def test_sdk_and_cli_follow_pages(vp: Vp, server: ServerProcess) -> None:
     assert [i["metadata"]["name"] for i in items] == [f"c-{i:02}" for i in range(25)] and revision == pages[0][1]
     names = vp("get", "clusters", "-o", "name").stdout.split()
     assert names == [f"cluster/c-{i:02}" for i in range(25)]
+
+
+def test_storage_domain_at_a_system_directory_is_refused(vp: Vp, etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    text = textwrap.dedent("""\
+        apiVersion: virtplane.io/v1
+        kind: StorageDomain
+        metadata: {name: etc}
+        spec: {cluster: main, type: posix, posix: {path: /etc}}
+        ---
+        apiVersion: virtplane.io/v1
+        kind: VirtualMachine
+        metadata: {name: v}
+        spec: {cluster: main, cpu: {cores: 1}, memory: {size: 512Mi}, boot: {kernel: /etc/shadow}}
+        """)
+    code, out = apply_text(vp, tmp_path, text)
+    assert code == 2 and "in.yaml:1:1: spec.posix.path" in out and "--allowed-storage-dir" in out, out
+    assert "in.yaml:6:1: spec.boot.kernel" in out  # the refused domain does not make /etc/shadow allowed
+    assert spec_keys(etcd) == []

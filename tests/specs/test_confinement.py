@@ -122,3 +122,25 @@ def test_uri_paths(uri: str, bad: bool) -> None:
 def test_keyfile_refused_when_no_keys_dir_is_configured() -> None:
     problems = path_problems(host("qemu+ssh://h1/system?keyfile=/etc/vp/keys/id"), HostPathPolicy(), {})
     assert problems and "--host-keys-dir" in problems[0][1] and "none configured" in problems[0][1]
+
+
+def storage(block: str, path: str) -> Any:
+    return parse_resource({"apiVersion": "virtplane.io/v1", "kind": "StorageDomain", "metadata": {"name": "s"},
+                           "spec": {"cluster": "main", "type": block, block: {"path": path},
+                                    **({"hosts": ["h"]} if block == "local" else {})}})
+
+
+@pytest.mark.parametrize(
+    ("block", "path", "bad"),
+    [("posix", "/etc", True), ("posix", "/", True), ("local", "/root/images", True),
+     ("posix", "/srv/virtplane/shared", False), ("local", "/var/lib/libvirt/images/local", False),
+     ("posix", "/data/vms", True)],
+)
+def test_storage_domain_directories(block: str, path: str, bad: bool) -> None:
+    """A domain at /etc would make /etc/shadow an image 'under a storage domain'."""
+    problems = path_problems(storage(block, path), POLICY, {})
+    assert [f for f, _ in problems] == ([f"spec.{block}.path"] if bad else [])
+    if bad:
+        assert "--allowed-storage-dir" in problems[0][1]
+    allowed = HostPathPolicy.of(storage_dirs=("/data",))
+    assert path_problems(storage("posix", "/data/vms"), allowed, {}) == []
