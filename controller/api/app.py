@@ -439,7 +439,7 @@ class Api:
         if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
             raise ApiError(400, "BadRequest", 'expected {"objects": [...]}')
         dry_run = request.query_params.get("dryRun", "").lower() in ("1", "true", "all") or bool(body.get("dryRun"))
-        objects = _parse_objects(body["objects"])
+        objects = await anyio.to_thread.run_sync(_parse_objects, body["objects"])  # CPU: off the loop
         self._authorize_objects(request, "update", objects)
         await self._check_paths(objects)
         prune = bool(body.get("prune"))
