@@ -150,6 +150,8 @@ def _precondition(item: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": meta}
 
 
+BIG_BODY = 1024 * 1024  # request bodies above this (or of unknown length) ...
+BIG_BODIES_AT_ONCE = 2  # ... are handled this many at a time
 MAX_PAGE = 10_000  # ?limit= at most this
 STREAM_PAGE = 500  # objects read, decoded and sent at a time when a whole list is streamed
 
@@ -575,6 +577,12 @@ class _Guard:
 
     def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
         self.app, self.ctx = app, ctx
+        self._big: anyio.Semaphore | None = None  # made on first use, on the server's loop
+
+    def _big_bodies(self) -> anyio.Semaphore:
+        if self._big is None:
+            self._big = anyio.Semaphore(BIG_BODIES_AT_ONCE)
+        return self._big
 
     def _protected(self, path: str) -> bool:
         return path.startswith("/api/") or (path == "/metrics" and not self.ctx.metrics_public)
@@ -595,6 +603,15 @@ class _Guard:
                           "(the server's limit); split the input", {}, limit=limit)
             return
         scope.setdefault("state", {})["identity"] = who
+        if scope["method"] in ("POST", "PUT") and not (length.isdigit() and int(length) <= BIG_BODY):
+            # Large (or unannounced) bodies take turns: eight 16 MiB applies at once would each hold the
+            # body, its parse and its objects in memory together.
+            async with self._big_bodies():
+                await self._call(scope, receive, send, limit)
+            return
+        await self._call(scope, receive, send, limit)
+
+    async def _call(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         seen = 0
 
         async def capped_receive() -> Any:

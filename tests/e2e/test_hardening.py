@@ -274,3 +274,41 @@ def test_healthz_answers_while_a_big_list_is_served(vp: Vp, server: ServerProces
           f"{len(latencies)} probes")
     assert median < 0.1, f"median /healthz {median:.3f} s"
     assert worst < 2.0, f"worst /healthz {worst:.3f} s (a loop blocked for the whole list)"
+
+
+def test_eight_big_bodies_at_once_do_not_balloon_the_server(vp: Vp, server: ServerProcess) -> None:
+    """The old server read and parsed eight 50 MB bodies side by side (93 -> 682 MiB). Now bodies are capped
+    (16 MiB) and big ones are handled two at a time."""
+    import threading
+
+    import httpx
+
+    def vm_kib(field: str) -> int:
+        for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(field)
+
+    Path(f"/proc/{server.proc.pid}/clear_refs").write_text("5")  # VmHWM := current RSS
+    before = vm_kib("VmRSS")
+    body = b'{"objects": [], "pad": "' + b"x" * (15 * 1024 * 1024) + b'"}'
+    codes: list[int] = []
+
+    def post() -> None:
+        with httpx.Client(timeout=300) as http:
+            codes.append(http.post(f"{server.url}/api/v1/apply", content=body,
+                                   headers={"Authorization": f"Bearer {server.token}"}).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * 8
+    grown = (vm_kib("VmHWM") - before) / 1024
+    print(f"\nserver peak RSS grew {grown:.0f} MiB for 8 concurrent 15 MiB bodies")
+    assert grown < 200, f"peak RSS grew {grown:.0f} MiB (all eight at once: ~275 here)"
+    big = b'{"objects": [], "pad": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    with httpx.Client(timeout=300) as http:
+        r = http.post(f"{server.url}/api/v1/apply", content=big, headers={"Authorization": f"Bearer {server.token}"})
+    assert r.status_code == 413
