@@ -227,8 +227,9 @@ class LabRun:
 
 
 @contextmanager
-def lab_with_server(prefix: str, hosts: int = 2) -> Iterator[LabRun]:
-    """Start the lab hosts, etcd and the server (root only); stop all of them, by PID, whatever happens."""
+def lab_with_server(prefix: str, hosts: int = 2, *server_args: str, lock_manager: bool = False) -> Iterator[LabRun]:
+    """Start the lab hosts, etcd and the server (root only); stop all of them, by PID, whatever happens.
+    ``server_args``: extra `virtplane server` arguments ("{lab}" stands for the lab's directory)."""
     from controller.client.sdk import Client
     from controller.dev.lab.cli import lab_manifests
     from controller.dev.lab.guest import build_guest_image, probe_accel
@@ -238,13 +239,13 @@ def lab_with_server(prefix: str, hosts: int = 2) -> Iterator[LabRun]:
     image = build_guest_image(LAB_CACHE / "guest")
     accel = probe_accel(image, LAB_CACHE / "guest").accel
     work = Path(tempfile.mkdtemp(prefix=prefix))
-    lab = Lab(work / "lab", qemu_caps_dir=LAB_CACHE / "qemu-caps")
+    lab = Lab(work / "lab", qemu_caps_dir=LAB_CACHE / "qemu-caps", lock_manager=lock_manager)
     etcd = EmbeddedEtcd(work / "etcd")
     server = None
     try:
         lab.up(hosts)
         etcd.start()
-        server = start_lab_server(work / "server", etcd=etcd)
+        server = start_lab_server(work / "server", *(a.replace("{lab}", str(lab.dir)) for a in server_args), etcd=etcd)
         config = json.loads((work / "server" / "config.json").read_text())
         api = Client(config["server"], config.get("token"))
         try:

@@ -178,3 +178,6 @@ class ClusterStatus(StatusBase):
     hostsReady: int = Field(default=0, ge=0, description="Hosts currently Ready.")
     vmsRunning: int = Field(default=0, ge=0, description="VMs currently running in this cluster.")
     leader: str | None = Field(default=None, description="Controller replica holding this cluster's lease.")
+    loadSpreadPercent: int | None = Field(
+        default=None, ge=0, description="Load of the most loaded minus the least loaded Ready host, in points."
+    )

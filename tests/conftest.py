@@ -28,6 +28,13 @@ from controller.store import ROOT, Store
 ETCDCTL = "/usr/bin/etcdctl"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("virtplane")
+    group.addoption("--ha-trials", type=int, default=3,
+                    help="fault-injection trials in tests/lab/test_ha_faults.py (CI: 3; 20+ on demand)")
+    group.addoption("--ha-seed", type=int, default=None, help="random seed of the fault-injection trials")
+
+
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"

@@ -58,6 +58,11 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
     sd = rt.cache.get("StorageDomain", sd_name, StorageDomain)
     host = _host_for(rt, sd_name)
     base = backend_for(sd).image_dir(sd) if sd is not None else None
+    if sd is not None and base is not None and host is None and not deleting and _was_ready(rt, name) \
+            and _sd_claims_hosts(rt, sd_name):
+        # The storage domain says hosts see it, but none answers this replica yet (it just started, or a
+        # host is going down and the domain's status has not caught up): keep the Disk's status, look again.
+        return Result(requeue_after=1.0)
     if sd is None or base is None or host is None:
         if deleting:
             await rt.store.remove_finalizer("Disk", name, FINALIZER)
@@ -119,6 +124,15 @@ async def _reconcile_lun(rt: Runtime, disk: Disk, attached: tuple[str, ...], del
     await rt.write_status("Disk", disk.metadata.name, _status(rt, disk, "Ready", "Lun", "", path=path,
                                                               attachedTo=attached))
     return None
+
+
+def _was_ready(rt: Runtime, name: str) -> bool:
+    return getattr(rt.cache.status["Disk"].get(name), "phase", None) == "Ready"
+
+
+def _sd_claims_hosts(rt: Runtime, sd_name: str) -> bool:
+    sd_status = rt.cache.status["StorageDomain"].get(sd_name)
+    return isinstance(sd_status, StorageDomainStatus) and bool(sd_status.readyHosts)
 
 
 def _host_for(rt: Runtime, sd_name: str) -> HostName | None:

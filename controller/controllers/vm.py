@@ -355,6 +355,16 @@ def _vms_on_host(rt: Runtime, host: str, before: Any, after: Any) -> Iterable[st
     return [vm for vm, usage in list(rt.allocations.by_vm.items()) if usage.host == host]
 
 
+def _vms_on_or_waiting_for_host(rt: Runtime, host: str, before: Any, after: Any) -> Iterable[str]:
+    """A Host's spec changed: its VMs may have to move (maintenance, labels), and VMs of its cluster that
+    found no host may fit now (spec.reserved, labels)."""
+    spec = after if after is not None else before
+    cluster = getattr(getattr(spec, "spec", None), "cluster", None)
+    waiting = [name for name, vm in rt.cache.specs["VirtualMachine"].items()
+               if getattr(vm.spec, "cluster", None) == cluster and rt.allocations.host_of(name) is None]
+    return [*_vms_on_host(rt, host, before, after), *waiting]
+
+
 def _vm_of_migration(rt: Runtime, migration: str, before: Any, after: Any) -> Iterable[str]:
     m = after if isinstance(after, Migration) else before
     return (m.spec.vm,) if isinstance(m, Migration) else ()
@@ -395,7 +405,7 @@ CONTROLLER = Controller(
     watches=(
         Watch("Disk", "status", _vms_using_disk),
         Watch("Network", "status", _vms_using_network),
-        Watch("Host", "spec", _vms_on_host),
+        Watch("Host", "spec", _vms_on_or_waiting_for_host),
         Watch("Host", "ready", on_host_readiness("VirtualMachine")),
         Watch("Host", "status", _vms_of_host_phase),
         Watch("Migration", "spec", _vm_of_migration),

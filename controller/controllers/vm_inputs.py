@@ -137,14 +137,14 @@ def vm_inputs(
     unreachable = frozenset(h for h, r in runtimes.items() if not r.ready) | frozenset(
         h for h in cluster_hosts if h not in runtimes
     )
-    # Hosts we have not looked at since this controller started (no connection yet, or connected but
-    # not listed): a VM must not be placed while one of them might already run it.
-    unlisted = frozenset(
-        h for h in cluster_hosts if h not in runtimes or (runtimes[h].ready and not runtimes[h].last_listed)
-    )
+    # Hosts whose domains this controller has not listed since it started (no connection yet, connected
+    # but not listed, or silent ever since): a VM must not be placed while one of them might already run it.
+    # A host its agent verified off (Fenced, or PoweredOff by power saving) runs nothing: not waited for.
+    fenced, notes = host_health(rt, cluster_hosts)
+    unlisted = frozenset(h for h in cluster_hosts if (h not in runtimes or not runtimes[h].last_listed)
+                         and h not in fenced and _phase(rt, h) != "PoweredOff")
     disks = resolve_disks(rt, vm) if vm else {}
     migration = migration_context(rt, vm, [d.storage_domain for d in disks.values()]) if vm else MigrationContext()
-    fenced, notes = host_health(rt, cluster_hosts)
     ha = rt.ha.get(name)
     return VmInputs(
         name=name,
@@ -164,7 +164,21 @@ def vm_inputs(
         host_notes=notes,
         ha_target=ha.host if ha is not None else None,
         ha_note=ha.message if ha is not None and ha.host is None else None,
+        powering_on=powering_on(rt, cluster_hosts),
     )
+
+
+def powering_on(rt: Runtime, hosts: set[HostName]) -> HostName | None:
+    """A host of the cluster that power saving is powering on (asked, or on its way)."""
+    for name in sorted(hosts):
+        status = rt.cache.status["Host"].get(name)
+        if rt.power.get(name) == "on" or getattr(status, "phase", None) == "PoweringOn":
+            return name
+    return None
+
+
+def _phase(rt: Runtime, host: str) -> str | None:
+    return getattr(rt.cache.status["Host"].get(host), "phase", None)
 
 
 def host_health(rt: Runtime, hosts: set[HostName]) -> tuple[frozenset[HostName], dict[HostName, str]]:

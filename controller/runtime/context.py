@@ -24,7 +24,7 @@ from controller.common.metrics import Registry as MetricsRegistry
 from controller.runtime.allocations import Allocations
 from controller.runtime.cache import Cache
 from controller.runtime.executor import Executor
-from controller.runtime.ha import HaRestarts, PowerRequests
+from controller.runtime.ha import HaRestarts, PolicyClock, PowerRequests
 from controller.runtime.hosts import HostRegistry
 from controller.runtime.pending import PendingRequests
 from controller.runtime.registry import Part
@@ -73,6 +73,8 @@ class Runtime:
     ha: HaRestarts = field(default_factory=HaRestarts)
     # power-saving decisions per host (Cluster controller -> Host controller).
     power: PowerRequests = field(default_factory=PowerRequests)
+    # when the balancer / power saving last ran per cluster, and since when each host is empty.
+    policy_clock: PolicyClock = field(default_factory=PolicyClock)
     # where `virtplane lab` hosts live, for the lab power agent (`virtplane server --lab-dir`).
     lab_dir: Path | None = None
     # Host paths specs may name (`virtplane server --allowed-*-dir`, --lab-dir, --host-keys-dir); the API

@@ -6,10 +6,14 @@
 - ``PowerRequests``: power-saving decisions per host, "on" or "off" (written by the Cluster controller,
   carried out by the Host controller, the only writer of Host status). Lost on restart: the Cluster
   controller decides again.
+- ``PolicyClock``: when each cluster's balancer last ran and since when each host has been empty. Lost on
+  restart: the balancer waits one interval and idle hosts are powered off later, never sooner.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from reconcilers.vm.ha import HaAssignment
@@ -47,3 +51,9 @@ class PowerRequests:
 
     def done(self, host: str) -> None:
         self._by_host.pop(host, None)
+
+
+@dataclass
+class PolicyClock:
+    last_run: dict[str, datetime] = field(default_factory=dict)  # cluster -> when its policies last ran
+    empty_since: dict[str, datetime] = field(default_factory=dict)  # host -> since when nothing is placed on it

@@ -9,8 +9,10 @@ Rules, in order:
    - it was powered off on purpose (PoweringOff/PoweredOff) or fenced already: that is what it should be;
      a power-on asked by power saving powers it on (PoweringOn until it answers);
    - it never answered this controller and has no history: Connecting;
-   - silent for less than the cluster's ``ha.hostGracePeriodSeconds``: Unreachable, nothing is done (a
-     host that answers again before the grace period ends goes back to Ready with no action taken);
+   - silent for less than the cluster's ``ha.hostGracePeriodSeconds``, counted from the first observation
+     that found it silent (``status.silentSince``; a lost connection is noticed at once, a dead peer by
+     libvirt's keepalive within 15 s): Unreachable, nothing is done (a host that answers again before the
+     grace period ends goes back to Ready with no action taken);
    - silent longer: NotResponding, and fenced through its agent (FenceHost) unless fencing is disabled,
      it has no agent, or the last attempt failed recently. Then ``blocked`` says why its HA VMs are not
      restarted: a VM never runs on two hosts at once.
@@ -96,8 +98,9 @@ def _silent(inputs: HealthInputs, error: str) -> HealthDecision:
     name = HostName(host.metadata.name)
     prev = inputs.previous
     previous = prev.phase if prev is not None else None
-    since = (prev.silentSince if prev is not None and prev.silentSince else None) or inputs.last_answer \
-        or inputs.watching_since
+    # Silence counts from the first observation that found the host silent (kept in status), not from its
+    # last answer: that may be up to a heartbeat earlier, and a blip must get the whole grace period.
+    since = (prev.silentSince if prev is not None and prev.silentSince else None) or inputs.now
     agent = _agent(host)
     if previous in ("PoweringOff", "PoweredOff"):
         if inputs.power_request == "on" and agent is not None:

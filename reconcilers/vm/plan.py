@@ -63,6 +63,7 @@ class VmInputs:
     host_notes: Mapping[HostName, str] = field(default_factory=dict)  # why a silent host's VMs stay put
     ha_target: HostName | None = None  # where the HA restart after fencing placed this VM (host controller)
     ha_note: str | None = None  # why the HA restart could not place it
+    powering_on: HostName | None = None  # a host of the cluster power saving is powering on for capacity
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,12 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     if missing or missing_nets:
         what = ", ".join([f"disk {d}" for d in missing] + [f"network {n}" for n in missing_nets])
         waiting = _cond("Ready", False, "WaitingForDependencies", f"{what} not ready")
-        return VmDecision(Plan(), None, "Pending", (waiting,))
+        # The VM keeps its host: forgetting it would let it be placed anew while it may still run there
+        # (a dependency reads not-ready for a while after a controller restart or a host loss).
+        host = HostName(inputs.status.host) if inputs.status is not None and inputs.status.host else None
+        here = inputs.domains.get(host) if host is not None else None
+        running = here is not None and _ours(vm, here) and here.active
+        return VmDecision(Plan(), host, "Running" if running else "Pending", (waiting,))
 
     fenced = _on_fenced_host(inputs, vm)
     if fenced is not None:
@@ -209,6 +215,10 @@ def plan_vm(inputs: VmInputs) -> VmDecision:
     host, scheduled = _choose_host(inputs, vm)
     if host is None:
         unschedulable = _cond("Ready", False, "Unschedulable", scheduled.message)
+        if scheduled.reason == "Unschedulable" and inputs.powering_on is not None:
+            unschedulable = _cond("Ready", False, "WaitingForHostPowerOn",
+                                  f"host {inputs.powering_on} is being powered on for capacity (power saving); "
+                                  f"now: {scheduled.message}")
         return VmDecision(Plan(), None, "Pending", (scheduled, unschedulable))
     if host in inputs.unreachable:
         note = inputs.host_notes.get(host)

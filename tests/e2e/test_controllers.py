@@ -608,3 +608,54 @@ def test_a_host_planted_past_the_api_with_a_disallowed_socket_is_never_connected
             listener.accept()  # nobody connected
     etcdctl_run(ctl_etcd.endpoint, "del", "/virtplane/specs/Host/planted")
     shutil.rmtree(outside)
+
+
+# -- placement and cluster policies on simulated hosts of 4 CPUs and 3 GiB -------------------------------
+
+SMALL = "test:///default?cpus=4&memory=3"
+
+def test_host_reserved_is_kept_from_vms_and_the_vm_says_why(cli: Cli, tmp_path: Path) -> None:
+    c = "rsv"
+    host = host_doc(f"{c}-h1", c, SMALL)
+    host["spec"]["reserved"] = {"memory": "2Gi"}
+    vm = vm_doc(f"{c}-vm", c, memory="1536Mi")
+    cli.apply(write(tmp_path / "m1.yaml", manifest(cluster_doc(c), host, vm)))
+
+    def scheduled() -> dict[str, Any] | None:
+        obj = cli.obj("vm", f"{c}-vm") or {}
+        return next((x for x in (obj.get("status") or {}).get("conditions", []) if x["type"] == "Scheduled"), None)
+
+    cond = wait_for("Scheduled condition", scheduled, 30)
+    assert cond["status"] == "False" and cond["reason"] == "Unschedulable", cond
+    assert "memory 1536 MiB > 1024 MiB" in cond["message"], cond  # 3 GiB - 2 GiB reserved
+    host["spec"]["reserved"] = {"memory": "1Gi"}
+    cli.apply(write(tmp_path / "m2.yaml", manifest(cluster_doc(c), host, vm)))
+    cli.wait_ready([f"{c}-vm"], READY_S)
+    assert vm_row(cli, f"{c}-vm")["HOST"] == f"{c}-h1"
+
+
+def test_diff_of_a_cluster_policy_change_shows_what_the_balancer_would_move(cli: Cli, tmp_path: Path) -> None:
+    c = "bal"
+    first = cluster_doc(c)
+    first["spec"] = {"scheduling": {"policy": "None"}}  # the first host that fits takes every VM
+    vms = [vm_doc(f"{c}-vm{i}", c, memory="512Mi") for i in range(4)]
+    cli.apply(write(tmp_path / "m1.yaml", manifest(first, *(host_doc(f"{c}-h{i}", c, SMALL) for i in (1, 2)), *vms)))
+    cli.wait_ready([v["metadata"]["name"] for v in vms], READY_S)
+    assert {vm_row(cli, v["metadata"]["name"])["HOST"] for v in vms} == {f"{c}-h1"}
+
+    balanced = cluster_doc(c)
+    balanced["spec"] = {"scheduling": {"policy": "EvenlyDistributed",
+                                       "balancing": {"thresholdPercent": 10, "maxMigrationsPerInterval": 2}}}
+    path = write(tmp_path / "m2.yaml", manifest(balanced))
+    out = cli("diff", "-f", str(path))
+    assert out.returncode == 1, out.stdout + out.stderr
+    plan = plan_of(out.stdout, f"cluster/{c}")
+    moves = [step for step in plan if step.startswith("RequestMigration")]
+    assert len(moves) == 2 and all("[migration]" in m and f"{c}-h1 -> {c}-h2" in m for m in moves), plan
+    assert "balance:" in moves[0] and "67%" in moves[0], moves  # 2 GiB of 3 GiB against 0
+    assert not cli.objs("migrations"), "diff must not create Migration objects"
+    # Within the threshold the diff says so instead.
+    loose = cluster_doc(c)
+    loose["spec"] = {"scheduling": {"policy": "EvenlyDistributed", "balancing": {"thresholdPercent": 90}}}
+    out = cli("diff", "-f", str(write(tmp_path / "m3.yaml", manifest(loose))))
+    assert "within the threshold" in out.stdout, out.stdout

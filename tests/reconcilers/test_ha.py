@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from specs.kinds import parse_resource
 from specs.meta import Condition
 from specs.vm import VirtualMachineStatus
 from tests.reconcilers.test_migration import running_on
-from tests.reconcilers.test_vm import H1, H2, host, inputs, make_vm
+from tests.reconcilers.test_vm import DISKS, H1, H2, host, inputs, make_vm
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -48,8 +49,8 @@ def test_answering_host_is_ready_and_nothing_is_planned() -> None:
 
 
 def test_silent_within_the_grace_period_is_unreachable_and_nothing_is_done() -> None:
-    d = health(DOWN, now=T0)  # last answer 5 s ago, grace 10 s
-    assert d.phase == "Unreachable" and not d.plan
+    d = health(DOWN, now=T0)  # first seen silent now; its last answer (5 s ago) does not shorten the grace
+    assert d.phase == "Unreachable" and not d.plan and d.silent_since == T0
     assert "NotResponding after 10 s" in d.conditions[0].message and "Connection reset" in d.conditions[0].message
 
 
@@ -60,16 +61,19 @@ def test_an_answer_before_the_grace_ends_is_back_to_ready_with_no_action() -> No
 
 
 def test_past_the_grace_period_the_host_is_fenced_through_its_agent() -> None:
-    d = health(DOWN, now=T0 + timedelta(seconds=6))  # 11 s silent
+    silent = HostStatus(phase="Unreachable", silentSince=T0 - timedelta(seconds=5))
+    assert health(DOWN, previous=silent, now=T0 + timedelta(seconds=4)).phase == "Unreachable"  # 9 s
+    d = health(DOWN, previous=silent, now=T0 + timedelta(seconds=6))  # 11 s silent
     assert d.phase == "Fencing"
     assert [type(a) for a in d.plan] == [FenceHost] and d.plan.actions[0].agent == "lab"  # type: ignore[attr-defined]
     assert "no answer since" in d.plan.actions[0].reason
 
 
 def test_disabled_fencing_or_no_agent_blocks_the_restart_and_says_why() -> None:
-    off = health(DOWN, now=T0 + timedelta(seconds=60), fencing=False)
+    silent = HostStatus(phase="Unreachable", silentSince=T0)
+    off = health(DOWN, previous=silent, now=T0 + timedelta(seconds=60), fencing=False)
     assert off.phase == "NotResponding" and not off.plan and "ha.fencing: false" in (off.blocked or "")
-    none = health(DOWN, now=T0 + timedelta(seconds=60), agent="none")
+    none = health(DOWN, previous=silent, now=T0 + timedelta(seconds=60), agent="none")
     assert none.phase == "NotResponding" and not none.plan and "no power management" in (none.blocked or "")
 
 
@@ -96,11 +100,12 @@ def test_a_host_never_seen_is_connecting_and_never_fenced() -> None:
     assert d.phase == "Connecting" and not d.plan
 
 
-def test_after_a_controller_restart_silence_counts_from_when_it_started_watching() -> None:
-    ready = HostStatus(phase="Ready")
-    d = plan_health(HealthInputs(a_host(), DOWN, ready, T0, None, T0 - timedelta(seconds=3), 10, True))
-    assert d.phase == "Unreachable"  # 3 s since this controller started: not yet
+def test_after_a_controller_restart_silence_counts_from_when_it_was_first_seen_silent() -> None:
+    ready = HostStatus(phase="Ready")  # written by the previous replica
     d = plan_health(HealthInputs(a_host(), DOWN, ready, T0, None, T0 - timedelta(seconds=30), 10, True))
+    assert d.phase == "Unreachable" and d.silent_since == T0  # the grace period starts now
+    noticed = HostStatus(phase="Unreachable", silentSince=T0 - timedelta(seconds=30))  # kept in status
+    d = plan_health(HealthInputs(a_host(), DOWN, noticed, T0, None, T0 - timedelta(seconds=3), 10, True))
     assert d.phase == "Fencing"
 
 
@@ -196,3 +201,18 @@ def _shutoff(d: Any) -> Any:
 
 def test_conditions_are_typed() -> None:
     assert Condition(type="Down", status="True", reason="HostFenced").reason == "HostFenced"
+
+
+def test_a_vm_waiting_for_a_dependency_keeps_its_host_so_it_is_never_placed_twice() -> None:
+    """Found by the fault-injection test: after a controller restart with the VM's host down, its disk read
+    not-ready for a moment; the VM forgot its host, and was then placed anew while the host could still run it."""
+    vm = make_vm(disks=[{"disk": "d1", "bootOrder": 1}], highAvailability={"enabled": True})
+    not_ready = {"d1": DISKS["d1"].__class__(**{**DISKS["d1"].__dict__, "ready": False})}
+    d = plan_vm(dataclasses.replace(inputs(vm, {}, on_h1(), (host(H1, ready=False), host(H2)),
+                                           unreachable=frozenset({H1})), disks=not_ready))
+    assert not d.plan and d.host == H1 and d.phase == "Pending"
+    running = plan_vm(dataclasses.replace(inputs(vm, running_on(H1), on_h1()), disks=not_ready))
+    assert not running.plan and running.host == H1 and running.phase == "Running"
+    # Once the disk is back, the VM of the silent host stays Unknown (not placed elsewhere).
+    back = plan_vm(inputs(vm, {}, on_h1(), (host(H1, ready=False), host(H2)), unreachable=frozenset({H1})))
+    assert not back.plan and back.phase == "Unknown" and back.host == H1

@@ -84,7 +84,24 @@ def migrate_blocking(source: Conn, target: Conn, name: str, settings: MigrationS
         return job_from_stats(moved.jobStats(keep))
     except libvirt.libvirtError as exc:
         log.info("%s: no completed job stats on the target: %s", name, exc)
+        if _still_runs_on(source, name):
+            # The call returned, but the target cannot be asked and the guest still runs here (the target
+            # died during the migration): it did not move.
+            raise NotMoved(f"the target stopped answering during the migration ({exc}); "
+                           "the VM keeps running on the source") from exc
         return None
+
+
+class NotMoved(Exception):
+    """A migration call returned but the guest is still running on the source."""
+
+
+def _still_runs_on(conn: Conn, name: str) -> bool:
+    try:
+        state, _ = conn.lookupByName(name).state()
+    except libvirt.libvirtError:
+        return False  # undefined on the source: it moved
+    return bool(state == libvirt.VIR_DOMAIN_RUNNING)
 
 
 def start_post_copy_blocking(conn: Conn, name: str) -> None:
@@ -192,6 +209,8 @@ class Migrations:
             completed = migrate_blocking(source, target, job.vm, job.settings)
         except libvirt.libvirtError as exc:
             error = classify(exc, host=job.source, op="migrate").message
+        except NotMoved as exc:
+            error = str(exc)
         except Exception as exc:  # reported as the migration's failure, never swallowed
             log.exception("migration of %s crashed", job.vm)
             error = f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,1 @@
+"""Cluster-wide planning: load balancing and power saving. Pure."""
