@@ -80,9 +80,9 @@ class Server:
         return json.loads(Path(self.env["VIRTPLANE_CONFIG"]).read_text())["token"]
 
 
-def start_server(data_dir: Path, etcd: EmbeddedEtcd | None, *extra: str) -> Server:
+def start_server(data_dir: Path, etcd: EmbeddedEtcd | None, *extra: str, virtplane: str = VIRTPLANE) -> Server:
     """A `virtplane server` process; on ``etcd`` (external) or, with None, on its own embedded etcd
-    (then ``Server.etcd_endpoint`` is read from its log)."""
+    (then ``Server.etcd_endpoint`` is read from its log). ``virtplane``: another build's binary (a baseline)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def start_server(data_dir: Path, etcd: EmbeddedEtcd | None, *extra: str) -> Serv
     env.pop("VIRTPLANE_SERVER", None)
     env.pop("VIRTPLANE_TOKEN", None)
     args = [
-        VIRTPLANE,
+        virtplane,
         "server",
         "--listen",
         f"127.0.0.1:{port}",

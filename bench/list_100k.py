@@ -1,7 +1,7 @@
 """Issue 9: a 100,000-object list through the API (streamed, and paged by the SDK) beside the same range
 read raw from etcd, with the server's RSS and /healthz latency while the list is served.
 
-    python bench/list_100k.py [--n 100000] [--concurrent 4]
+    python bench/list_100k.py [--n 100000] [--concurrent 4] [--before /work/main/.venv/bin/virtplane]
 
 Starts its own etcd (filled through the store, in bounded transactions) and a `virtplane server
 --no-controllers` on it; stops both at the end, by PID. Series:
@@ -10,6 +10,8 @@ Starts its own etcd (filled through the store, in bounded transactions) and a `v
   api stream   GET /api/v1/virtualmachines (no limit: streamed page by page), read and JSON-parsed
   sdk pages    Client.list_at (limit=1000 + continue)
   concurrent   --concurrent streamed lists at once
+With ``--before BINARY`` the same list is also served once by that build's server on the same etcd (then
+etcd listens on loopback TCP, which older builds need): the before/after in one run.
 During each API series (and 3 s of idling, the baseline) a thread asks /healthz every 20 ms; its max and
 p99 are printed. RSS is the
 server's VmRSS before and VmHWM (peak) after each series.
@@ -30,9 +32,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_note, pct, ratio, start_etcd, start_server, stop_on_sigterm, vm_doc
+from common import load_note, pct, ratio, start_server, stop_on_sigterm, vm_doc
 
 from controller.client.sdk import Client
+from controller.server.etcd import EmbeddedEtcd
 from controller.store import Store, codec
 from specs.kinds import parse_resource
 
@@ -119,12 +122,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--concurrent", type=int, default=4)
+    parser.add_argument("--before", help="virtplane binary of the build to compare with (e.g. main's)")
     args = parser.parse_args()
     stop_on_sigterm()
     print(f"# {load_note()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="vp-bench-list-"))
-    etcd = start_etcd(work)
-    server = None
+    etcd = EmbeddedEtcd(work / "etcd", listen="tcp" if args.before else "unix")
+    etcd.start()
+    server = before = None
     try:
         t0 = time.perf_counter()
         asyncio.run(fill(etcd.endpoint, args.n))
@@ -158,6 +163,11 @@ def main() -> None:
             return args.n
 
         rows.append(series(f"{args.concurrent} streamed lists at once", server, concurrent, args.n))
+        if args.before:
+            server.stop()
+            before = start_server(work / "before", etcd, "--no-controllers", virtplane=args.before)
+            rows.append(series(f"before ({args.before}): one list", before,
+                               lambda: stream_list(before.url, before.token), args.n))
         print(f"\nraw etcd range: {raw_s:.2f} s for {raw_n} keys, {raw_bytes / 1e6:.1f} MB of values\n")
         print("| series | time | vs raw etcd | server RSS before → peak | /healthz max | p99 | probes |")
         print("|---|---|---|---|---|---|---|")
@@ -166,8 +176,9 @@ def main() -> None:
                   f"| {r['hz_max']:.0f} ms | {r['hz_p99']:.0f} ms | {r['hz_n']} |")
         print(f"\n# {load_note()}")
     finally:
-        if server is not None:
-            server.stop()
+        for running in (server, before):
+            if running is not None:
+                running.stop()
         etcd.stop()
 
 
