@@ -20,7 +20,7 @@ import httpx
 
 from controller.server.etcd import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # controller/dev/demo.py -> the repository
 VIRTPLANE = str(Path(sys.executable).parent / "virtplane")
 
 
