@@ -272,7 +272,9 @@ class Store:
         except ValueError:
             # Not a valid object: nothing can tear it down, so it goes at once (spec and status).
             await self._txn(kind, name, actual, [op_delete(key), op_delete(codec.status_key(kind, name))])
-            return Resource(kind=kind, metadata=ObjectMeta(name=name, resourceVersion=str(actual)), spec=None)
+            # Not validated: a planted key's name need not be a valid name.
+            meta = ObjectMeta.model_construct(name=name, resourceVersion=str(actual))
+            return Resource.model_construct(kind=kind, metadata=meta, spec=None)
         if not current.metadata.finalizers:
             await self._txn(kind, name, actual, [op_delete(key), op_delete(codec.status_key(kind, name))])
             return current

@@ -155,7 +155,8 @@ async def test_undecodable_objects_are_skipped_with_an_event_and_deletable(
     assert r.status_code == 422 and r.json()["error"]["reason"] == "Undecodable"
     r = await api.post("/api/v1/apply", json={"objects": [doc("Cluster", "bad", {})]}, headers=AUTH)
     assert r.status_code == 422 and "delete it" in r.json()["error"]["message"]
-    for name in ("junk", "bad"):
+    etcdctl("put", spec_key("Cluster", "Not_A_Name").decode(), "{}")  # not even a valid name
+    for name in ("junk", "bad", "Not_A_Name"):
         assert (await api.delete(f"/api/v1/clusters/{name}", headers=AUTH)).status_code == 200
     assert etcdctl("get", "--prefix", "/virtplane/specs/Cluster/", "--keys-only").split() == [
         "/virtplane/specs/Cluster/main"
