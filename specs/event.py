@@ -50,6 +50,7 @@ class Event(StrictModel):
     message: str = ""
     involvedObject: InvolvedObject
     correlationId: str | None = None
+    user: str | None = Field(default=None, description="Who made the write this event follows from.")
     source: str = Field(default="", description="Component that emitted it, e.g. 'vm-controller'.")
     firstTimestamp: datetime | None = None
     lastTimestamp: datetime | None = None

@@ -17,6 +17,7 @@ from specs.meta import Resource, StatusBase
 from specs.migration import Migration, MigrationStatus
 from specs.network import Network, NetworkStatus
 from specs.pool import VirtualMachinePool, VirtualMachinePoolStatus
+from specs.rbac import Role, RoleBinding, RoleBindingStatus, RoleStatus
 from specs.snapshot import Snapshot, SnapshotStatus
 from specs.storage import StorageDomain, StorageDomainStatus
 from specs.vm import VirtualMachine, VirtualMachineStatus
@@ -221,6 +222,25 @@ KINDS: dict[str, KindInfo] = {
                 Column("DOWNTIME_MS", "status.downtimeMs", True),
             ),
             gitops=False,
+        ),
+        _info(
+            Role,
+            RoleStatus,
+            (),
+            (_NAME, Column("DESCRIPTION", "spec.description"), _AGE),
+        ),
+        _info(
+            RoleBinding,
+            RoleBindingStatus,
+            ("rb", "rbs"),
+            (
+                _NAME,
+                Column("ROLE", "spec.role"),
+                Column("CLUSTERS", "spec.clusters"),
+                _PHASE,
+                _AGE,
+                Column("SUBJECTS", "spec.subjects", True),
+            ),
         ),
     )
 }

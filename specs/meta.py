@@ -118,6 +118,9 @@ class ObjectMeta(StrictModel):
     source: str | None = Field(
         default=None, description="apply --source that last wrote this object (prune)."
     )
+    updatedBy: str | None = Field(
+        default=None, description="Set by the server: who made the write of correlationId (user or service account)."
+    )
     ownerReferences: tuple[OwnerReference, ...] = Field(
         default=(), description="Set by the server: objects this one belongs to (e.g. VMs of a pool)."
     )
@@ -131,6 +134,7 @@ class ObjectMeta(StrictModel):
             "finalizers",
             "correlationId",
             "source",
+            "updatedBy",
             "ownerReferences",
         }
     )

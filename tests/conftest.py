@@ -35,6 +35,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ha-seed", type=int, default=None, help="random seed of the fault-injection trials")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fault-injection test runs --ha-trials trials of up to ~2 minutes each: its hang guard grows with them
+    (the suite's default, 300 s, fits three on an idle machine but not twenty)."""
+    trials = config.getoption("--ha-trials")
+    for item in items:
+        if item.nodeid.startswith("tests/lab/test_ha_faults.py"):
+            item.add_marker(pytest.mark.timeout(600 + 180 * trials))
+
+
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"

@@ -19,6 +19,7 @@ Every write carries a correlation id (``X-Correlation-Id``, generated when absen
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import time
@@ -37,7 +38,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from controller import store as store_mod
-from controller.api.auth import Authenticator, Authorizer, Identity, Verb
+from controller.api import audit as audit_mod
+from controller.api import rbac
+from controller.api.auth import Authenticator, Authorizer, Identity, Verb, authorize
+from controller.api.identity import IdentityRoutes
 from controller.api.openapi import openapi_document
 from controller.common.metrics import Registry
 from controller.common.wire import (
@@ -82,6 +86,10 @@ class ApiContext:
     policy: HostPathPolicy = field(default_factory=HostPathPolicy)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413 (read no further)
     metrics_public: bool = False  # /metrics without a token (--metrics-public)
+    # Directory login (POST /api/v1/login); None: login is refused, tokens only. See controller/api/identity.py.
+    directory: Any = None  # controller.adapters.directory.DirectoryClient
+    session_ttl: int = 8 * 3600
+    audit: bool = True  # every write is recorded in the audit log (controller/api/audit.py)
 
 
 def _kind_from_path(request: Request) -> KindInfo:
@@ -220,6 +228,17 @@ def _change_to_wire(
     return body
 
 
+@dataclass(frozen=True)
+class _OneChange:
+    """A single-object write, shaped like ``store.Change`` for the permission check."""
+
+    kind: str
+    name: str
+    action: str
+    before: Resource | None
+    after: Resource | None
+
+
 class Api:
     """Request handlers. One instance per server; state lives in ``ctx``."""
 
@@ -232,24 +251,42 @@ class Api:
 
     # --- plumbing -------------------------------------------------------------------------------
 
-    def _authorize(
-        self, request: Request, verb: Verb, kind: str | None, name: str | None = None, cluster: str | None = None
-    ) -> Identity:
-        """The identity the guard authenticated (before the body was read), allowed to do this or 403."""
+    async def _authenticate(self, request: Request) -> Identity:
+        """The caller: the identity the guard resolved from the headers before the body was read (or,
+        outside the guard, resolved now); 401 without one."""
         who: Identity | None = getattr(request.state, "identity", None)
-        if who is None:  # not behind the guard (it covers every /api/v1 route)
-            who = self.ctx.authn.authenticate(request.headers.get("authorization"))
+        if who is None:
+            who = await self.ctx.authn.authenticate(request.headers.get("authorization"))
         if who is None:
             raise ApiError(401, "Unauthorized", UNAUTHORIZED)
-        if not self.ctx.authz.allowed(who, verb, kind, name, cluster):
-            what = f"{kind or 'this'}{f' {name!r}' if name else ''}{f' in cluster {cluster}' if cluster else ''}"
-            raise ApiError(403, "Forbidden", f"{who.name} may not {verb} {what}")
+        request.state.identity = who
         return who
 
-    def _authorize_objects(self, request: Request, verb: Verb, objects: list[Resource]) -> None:
-        """Per object, from what the body says (kind, name, spec.cluster), never only from the URL."""
-        for obj in objects:
-            self._authorize(request, verb, obj.kind, obj.metadata.name, _cluster_of(obj))
+    async def _authorize(
+        self, request: Request, verb: Verb, kind: str | None, cluster: str | None = None, name: str | None = None
+    ) -> Identity:
+        who = await self._authenticate(request)
+        if not authorize(self.ctx.authz, who, verb, kind, name, cluster):
+            what = f"{kind or 'this'}{f'/{name}' if name else ''}{f' in cluster {cluster}' if cluster else ''}"
+            raise ApiError(403, "Forbidden", f"{who.name} may not {verb} {what}")
+        return who
+    async def _authorize_changes(self, request: Request, who: Identity, changes: list[Any],
+                                 objects: list[Resource]) -> None:
+        """403 naming every object of a write that ``who`` may not make; nothing is written then."""
+        request.state.audit_objects = [f"{c.kind}/{c.name}" for c in changes if c.action != "unchanged"]
+        if self.ctx.authz.allows_everything(who):
+            return
+        lookup = rbac.batch_lookup(objects, self.ctx.store)
+        denied = await rbac.forbidden_changes(self.ctx.authz, who, changes, lookup)
+        if denied:
+            index = {(o.kind, o.metadata.name): i for i, o in enumerate(objects)}
+            raise ApiError(
+                403, "Forbidden",
+                f"{who.name} may not {denied[0].describe()}"
+                + (f" (and {len(denied) - 1} more)" if len(denied) > 1 else "") + "; nothing was written",
+                denied=[{"kind": d.kind, "name": d.name, "verb": d.verb, "cluster": d.cluster,
+                         "index": index.get((d.kind, d.name))} for d in denied],
+            )
 
     def route(
         self, name: str, handler: Callable[[Request], Awaitable[Response]]
@@ -283,6 +320,8 @@ class Api:
                 response = JSONResponse(error_body(503, "StoreUnavailable", str(e)), 503)
             self.requests.inc(route=name, code=str(response.status_code))
             self.latency.observe(time.perf_counter() - start, route=name)
+            if self.ctx.audit and request.method in ("POST", "PUT", "DELETE"):
+                await audit_mod.record(self.ctx.store, request, response, name)
             return response
 
         return endpoint
@@ -304,6 +343,14 @@ class Api:
         if problems:
             raise ApiError(422, "Invalid", f"{len(problems)} host path(s) not allowed", problems=problems)
 
+    async def _readable(self, kind: str, name: str) -> Resource | None:
+        """The stored object, or None if there is none or it does not decode (planted or from an older
+        version: its cluster is unknown, so only a global permission covers it)."""
+        try:
+            return await self.ctx.store.get(kind, name)
+        except store_mod.UndecodableError:
+            return None
+
     def _with_finalizers(self, obj: Resource) -> Resource:
         """Finalizers for a new object (the store keeps the stored ones on update)."""
         wanted = self.ctx.default_finalizers.get(obj.kind)
@@ -318,7 +365,10 @@ class Api:
         or, without a limit, the whole list streamed page by page: memory stays bounded by a page either
         way, and every page is read at the first page's revision."""
         info = _kind_from_path(request)
-        self._authorize(request, "list", info.kind)
+        who = await self._authenticate(request)
+        clusters = self.ctx.authz.clusters_allowed(who, "list", info.kind)
+        if clusters is not None and not clusters:
+            raise ApiError(403, "Forbidden", f"{who.name} may not list {info.kind}")
         selector = None
         if request.query_params.get("labelSelector"):
             try:
@@ -328,6 +378,7 @@ class Api:
         limit = _int_param(request, "limit", 0, 1, MAX_PAGE)
         start, revision = _decode_continue(request.query_params.get("continue"))
         page = await self._page(info.kind, start, limit or STREAM_PAGE, revision)
+        page = await self._only_clusters(page, clusters)
         head = {"apiVersion": "virtplane.io/v1", "kind": f"{info.kind}List"}
         if limit:
             meta = {"resourceVersion": str(page.revision)}
@@ -336,7 +387,7 @@ class Api:
             items = await anyio.to_thread.run_sync(_wire_items, page, selector)
             return JSONResponse({**head, "metadata": meta, "items": items})
         first = json.dumps({**head, "metadata": {"resourceVersion": str(page.revision)}})
-        return StreamingResponse(self._stream_list(info.kind, page, selector, first[:-1]),
+        return StreamingResponse(self._stream_list(info.kind, page, selector, first[:-1], clusters),
                                  media_type="application/json")
 
     async def _page(self, kind: str, start: str, limit: int, revision: int) -> store_mod.Page:
@@ -346,8 +397,17 @@ class Api:
             raise ApiError(410, "Expired", "the list's revision was compacted meanwhile; list again from the "
                            "start (without continue)") from e
 
+    async def _only_clusters(self, page: store_mod.Page, clusters: frozenset[str] | None) -> store_mod.Page:
+        """The page's objects in ``clusters`` (per-cluster bindings only; None: all of them)."""
+        if clusters is None:
+            return page
+        lookup = rbac.batch_lookup((), self.ctx.store)
+        kept = [(o, st) for o, st in page.items if await rbac.object_cluster(o, lookup) in clusters]
+        return dataclasses.replace(page, items=kept)
+
     async def _stream_list(
-        self, kind: str, page: store_mod.Page, selector: LabelSelector | None, head: str
+        self, kind: str, page: store_mod.Page, selector: LabelSelector | None, head: str,
+        clusters: frozenset[str] | None,
     ) -> AsyncIterator[bytes]:
         yield (head + ', "items": [').encode()
         first = True
@@ -360,31 +420,38 @@ class Api:
                 break
             page = await self.ctx.store.list_page(kind, start=page.next_start, limit=STREAM_PAGE,
                                                   revision=page.revision)
+            page = await self._only_clusters(page, clusters)
         yield b"]}"
+
+    async def _get_allowed(self, request: Request, info: KindInfo, name: str) -> Resource:
+        """The object, if the caller may get it in its cluster (401, 403 or 404 otherwise)."""
+        who = await self._authenticate(request)
+        obj = await self.ctx.store.get(info.kind, name)
+        cluster = await rbac.object_cluster(obj, rbac.batch_lookup((), self.ctx.store)) if obj else None
+        if not authorize(self.ctx.authz, who, "get", info.kind, name, cluster):
+            raise ApiError(403, "Forbidden", f"{who.name} may not get {info.kind}/{name}")
+        if obj is None:
+            raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
+        return obj
 
     async def get_object(self, request: Request) -> Response:
         info = _kind_from_path(request)
         name = request.path_params["name"]
-        self._authorize(request, "get", info.kind, name)
-        obj = await self.ctx.store.get(info.kind, name)
-        if obj is None:
-            raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
+        obj = await self._get_allowed(request, info, name)
         status, _ = await self.ctx.store.get_status(info.kind, name)
         return JSONResponse(resource_to_wire(obj, status))
 
     async def get_status(self, request: Request) -> Response:
         info = _kind_from_path(request)
         name = request.path_params["name"]
-        self._authorize(request, "get", info.kind, name)
-        if await self.ctx.store.get(info.kind, name) is None:
-            raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
+        await self._get_allowed(request, info, name)
         status, revision = await self.ctx.store.get_status(info.kind, name)
         body = status.model_dump(mode="json", exclude_none=True) if status is not None else {}
         return JSONResponse({"status": body, "resourceVersion": str(revision)})
 
     async def put_object(self, request: Request) -> Response:
         info = _kind_from_path(request)
-        self._authorize(request, "update", info.kind)
+        await self._authenticate(request)
         body = await _json(request)
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "expected one object")
@@ -400,7 +467,7 @@ class Api:
 
     async def create_object(self, request: Request) -> Response:
         info = _kind_from_path(request)
-        self._authorize(request, "create", info.kind)
+        await self._authenticate(request)
         body = await _json(request)
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "expected one object")
@@ -412,13 +479,16 @@ class Api:
         return await self._write_one(request, body, create_only=True)
 
     async def _write_one(self, request: Request, body: dict[str, Any], *, create_only: bool) -> Response:
+        who: Identity = request.state.identity
         (obj,) = _parse_objects([body])
-        self._authorize_objects(request, "create" if create_only else "update", [obj])
         await self._check_paths([obj])
-        if create_only and await self.ctx.store.get(obj.kind, obj.metadata.name) is not None:
+        existing = await self.ctx.store.get(obj.kind, obj.metadata.name)
+        if create_only and existing is not None:
             raise ApiError(409, "AlreadyExists", f"{obj.kind} {obj.metadata.name!r} already exists")
+        change = _OneChange(obj.kind, obj.metadata.name, "configured" if existing else "created", existing, obj)
+        await self._authorize_changes(request, who, [change], [obj])
         cid = _correlation_id(request)
-        result = await self.ctx.store.apply([self._with_finalizers(obj)], correlation_id=cid)
+        result = await self.ctx.store.apply([self._with_finalizers(obj)], correlation_id=cid, user=who.name)
         stored = await self.ctx.store.get(obj.kind, obj.metadata.name)
         assert stored is not None
         code = 201 if result.changes and result.changes[0].action == "created" else 200
@@ -426,23 +496,30 @@ class Api:
 
     async def delete_object(self, request: Request) -> Response:
         info = _kind_from_path(request)
+        who = await self._authenticate(request)
         name = request.path_params["name"]
-        self._authorize(request, "delete", info.kind, name)
+        existing = await self._readable(info.kind, name)
+        if existing is not None:
+            await self._authorize_changes(request, who, [_OneChange(info.kind, name, "deleted", existing, None)], [])
+        elif not authorize(self.ctx.authz, who, "delete", info.kind, name):
+            raise ApiError(403, "Forbidden", f"{who.name} may not delete {info.kind}/{name}")
         cid = _correlation_id(request)
         removed = await self.ctx.store.delete(
-            info.kind, name, correlation_id=cid, resource_version=_revision_param(request)
+            info.kind, name, correlation_id=cid, resource_version=_revision_param(request),
+            user=who.name,
         )
         if removed is None:
             raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
         return JSONResponse(resource_to_wire(removed), headers={CORRELATION_HEADER: cid})
 
     async def apply(self, request: Request) -> Response:
+        who = await self._authenticate(request)
         body = await _json(request)
         if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
             raise ApiError(400, "BadRequest", 'expected {"objects": [...]}')
         dry_run = request.query_params.get("dryRun", "").lower() in ("1", "true", "all") or bool(body.get("dryRun"))
+        request.state.audit_skip = dry_run  # a dry run writes nothing: not audited
         objects = await anyio.to_thread.run_sync(_parse_objects, body["objects"])  # CPU: off the loop
-        self._authorize_objects(request, "update", objects)
         await self._check_paths(objects)
         prune = bool(body.get("prune"))
         source = body.get("source")
@@ -451,12 +528,21 @@ class Api:
                            f"got {str(source)[:60]!r}")
         if prune and not source:
             raise ApiError(400, "BadRequest", "prune needs a source (apply --prune --source NAME)")
-        if prune:
-            for kind in KINDS:
-                self._authorize(request, "delete", kind)
         cid = _correlation_id(request)
         objects = [self._with_finalizers(o) for o in objects]
-        result = await self.ctx.store.apply(objects, correlation_id=cid, source=source, dry_run=dry_run, prune=prune)
+        result = None
+        if not self.ctx.authz.allows_everything(who):
+            # Check what would change (the same computation, not written), refusing the whole apply if any
+            # object of it is forbidden, naming it.
+            result = await self.ctx.store.apply(
+                objects, correlation_id=cid, source=source, dry_run=True, prune=prune, user=who.name
+            )
+            await self._authorize_changes(request, who, result.changes, objects)
+        if result is None or not dry_run:
+            result = await self.ctx.store.apply(
+                objects, correlation_id=cid, source=source, dry_run=dry_run, prune=prune, user=who.name
+            )
+        request.state.audit_objects = [f"{c.kind}/{c.name}" for c in result.changes if c.action != "unchanged"]
         plans = None
         if dry_run and self.ctx.plan_hook is not None and body.get("plan", True):
             plans = await self.ctx.plan_hook([c for c in result.changes if c.action != "unchanged"])
@@ -484,7 +570,7 @@ class Api:
             raise ApiError(400, "BadRequest", f"kinds: {e}") from e
         kinds = kinds or list(KINDS)
         for kind in kinds:
-            self._authorize(request, "watch", kind)
+            await self._authorize(request, "watch", kind)
         parts = [p for p in request.query_params.get("parts", "spec,status").split(",") if p in ("spec", "status")]
         start = _revision_param(request)
         start_revision = start if start is not None else await self.ctx.store.revision() + 1
@@ -509,14 +595,21 @@ class Api:
             ).encode()
 
     async def events(self, request: Request) -> Response:
-        self._authorize(request, "list", "Event")
+        who = await self._authenticate(request)
         involved = None
+        cluster = None
         if request.query_params.get("for"):
             kind_text, _, name = request.query_params["for"].partition("/")
             try:
                 involved = (resolve_kind(kind_text).kind, name)
             except UnknownKind as e:
                 raise ApiError(400, "BadRequest", str(e)) from e
+            # The events of one object: a binding in that object's cluster is enough (`describe`).
+            obj = await self._readable(*involved)
+            cluster = await rbac.object_cluster(obj, rbac.batch_lookup((), self.ctx.store)) if obj else None
+        if not authorize(self.ctx.authz, who, "list", "Event", None, cluster):
+            where = f" of {involved[0]}/{involved[1]}" if involved else ""
+            raise ApiError(403, "Forbidden", f"{who.name} may not list Events{where}")
         cid = request.query_params.get("correlationId")
         limit = _int_param(request, "limit", 500, 1, 10_000)
         events = await self.ctx.store.list_events(involved=involved, correlation_id=cid, limit=limit)
@@ -562,18 +655,16 @@ class Api:
 
 
 _SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
-UNAUTHORIZED = "missing or invalid bearer token (see `virtplane server` output)"
-
-
-def _cluster_of(obj: Resource) -> str | None:
-    cluster = getattr(getattr(obj, "spec", None), "cluster", None)
-    return cluster if isinstance(cluster, str) else None
+UNAUTHORIZED = "missing, invalid or expired bearer token (`virtplane login`, or the token `virtplane server` wrote)"
+# Routes that need no credential (the guard still caps their bodies): a login is how one gets a token.
+UNAUTHENTICATED = frozenset({"/api/v1/login"})
 
 
 class _Guard:
-    """Authentication from the headers alone, before any handler reads the body (401), and the body
-    cap: a Content-Length above it is 413 at once; a body that grows past it while being read stops the
-    read (``BodyTooLarge`` -> 413 in the handler)."""
+    """Authentication from the headers alone, before any handler reads the body (401; the static token,
+    a login session or a service-account token, resolved by ``ctx.authn`` -- the latter two are one etcd
+    read), and the body cap: a Content-Length above it is 413 at once; a body that grows past it while
+    being read stops the read (``BodyTooLarge`` -> 413 in the handler)."""
 
     def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
         self.app, self.ctx = app, ctx
@@ -592,17 +683,27 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        who = self.ctx.authn.authenticate(headers.get(b"authorization", b"").decode("latin-1") or None)
-        if who is None:
-            await _reject(scope, receive, send, 401, "Unauthorized", UNAUTHORIZED, {"www-authenticate": "Bearer"})
-            return
+        who = None
+        if scope["path"] not in UNAUTHENTICATED:
+            try:
+                who = await self.ctx.authn.authenticate(headers.get(b"authorization", b"").decode("latin-1") or None)
+            except store_mod.StoreUnavailable as e:  # sessions and tokens live in etcd
+                await _reject(scope, receive, send, 503, "StoreUnavailable", str(e), {})
+                return
+            if who is None:
+                response = await _reject(scope, receive, send, 401, "Unauthorized", UNAUTHORIZED,
+                                         {"www-authenticate": "Bearer"})
+                if self.ctx.audit and scope["method"] in ("POST", "PUT", "DELETE"):
+                    await audit_mod.record(self.ctx.store, Request(scope), response, _route_of(scope))
+                return
         limit = self.ctx.max_body_bytes
         length = headers.get(b"content-length", b"").decode("latin-1")
         if length.isdigit() and int(length) > limit:
             await _reject(scope, receive, send, 413, "TooLarge", f"request body larger than {limit} bytes "
                           "(the server's limit); split the input", {}, limit=limit)
             return
-        scope.setdefault("state", {})["identity"] = who
+        if who is not None:
+            scope.setdefault("state", {})["identity"] = who
         if scope["method"] in ("POST", "PUT") and not (length.isdigit() and int(length) <= BIG_BODY):
             # Large (or unannounced) bodies take turns: eight 16 MiB applies at once would each hold the
             # body, its parse and its objects in memory together.
@@ -629,9 +730,20 @@ class _Guard:
 async def _reject(
     scope: Scope, receive: Receive, send: Send, code: int, reason: str, message: str, headers: dict[str, str],
     **details: Any,
-) -> None:
+) -> Response:
     response = JSONResponse(error_body(code, reason, message, **details), status_code=code, headers=headers)
     await response(scope, receive, send)
+    return response
+
+
+def _route_of(scope: Scope) -> str:
+    """The route name of a write refused by the guard, for its audit record."""
+    path, method = str(scope["path"]), str(scope["method"])
+    if path.startswith("/api/v1/") and path[len("/api/v1/"):] in ("apply", "logout"):
+        return path[len("/api/v1/"):]
+    if path.startswith("/api/v1/tokens"):
+        return "token-create" if method == "POST" else "token-revoke"
+    return {"POST": "create", "PUT": "put", "DELETE": "delete"}[method]
 
 
 class _CorrelationEcho:
@@ -665,6 +777,7 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/readyz", r("readyz", api.readyz)),
         Route("/metrics", r("metrics", api.metrics)),
         Route("/openapi.json", r("openapi", api.openapi)),
+        *IdentityRoutes(api).routes(),  # before /api/v1/{plural}: "tokens" and "audit" are not kinds
         Route("/api/v1/apply", r("apply", api.apply), methods=["POST"]),
         Route("/api/v1/watch", r("watch", api.watch)),
         Route("/api/v1/events", r("events", api.events)),

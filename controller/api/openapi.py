@@ -58,7 +58,8 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     codes = ((400, "Bad request (not JSON, bad parameter)"), (401, "No or wrong bearer token"),
              (403, "Not allowed"), (404, "Not found"), (409, "Conflict"), (410, "Expired continue token"),
-             (413, "Body over the server's limit"), (422, "Invalid object(s)"), (503, "etcd unavailable"))
+             (413, "Body over the server's limit"), (422, "Invalid object(s)"), (501, "Not configured (no directory)"),
+             (503, "etcd unavailable (or the directory, at login)"))
     err = {str(c): {"description": d, "content": {"application/json": {"schema": _ref("Error")}}} for c, d in codes}
 
     def errors(*which: int) -> dict[str, Any]:
@@ -153,6 +154,37 @@ def openapi_document() -> dict[str, Any]:
         }
     }
     text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+    js = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    body = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+    paths["/api/v1/login"] = {"post": {
+        "summary": 'Directory login: {"username", "password"} -> a session token (401 refused, 503 directory down)',
+        "security": [], "requestBody": body,
+        "responses": {"200": {"description": "A session", **js}, "400": err["400"], "401": err["401"],
+                      "413": err["413"], "501": err["501"], "503": err["503"]}}}
+    paths["/api/v1/logout"] = {"post": {"summary": "Revoke the caller's session",
+                                        "responses": {"200": {"description": "OK", **js}, **errors(400)}}}
+    paths["/api/v1/auth/whoami"] = {"get": {"summary": "The caller's user, groups and credential",
+                                            "responses": {"200": {"description": "OK", **js}, **errors()}}}
+    paths["/api/v1/auth/can-i"] = {"get": {
+        "summary": "?verb=&kind=&cluster= -> {allowed} for the caller",
+        "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("verb", "kind", "cluster")],
+        "responses": {"200": {"description": "OK", **js}, **errors(400)}}}
+    paths["/api/v1/tokens"] = {
+        "get": {"summary": "Service-account API tokens (ids, never secrets)",
+                "responses": {"200": {"description": "OK", **js}, **errors()}},
+        "post": {"summary": '{"account", "description"?, "ttlSeconds"?} -> a token, shown once',
+                 "requestBody": body, "responses": {"201": {"description": "Created", **js}, **errors(400, 413)}},
+    }
+    paths["/api/v1/tokens/{id}"] = {"delete": {
+        "summary": "Revoke an API token",
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "OK", **js}, **errors(404)}}}
+    paths["/api/v1/audit"] = {"get": {
+        "summary": "Audit records (?user=, ?since=ISO-8601, ?limit=), oldest first",
+        "parameters": [{"name": "user", "in": "query", "schema": {"type": "string"}},
+                       {"name": "since", "in": "query", "schema": {"type": "string"}},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}],
+        "responses": {"200": {"description": "OK", **js}, **errors(400)}}}
     for p in ("/healthz", "/readyz"):
         paths[p] = {"get": {"summary": p[1:], "security": [], "responses": {
             "200": {"description": "OK", **text}, "503": {"description": "etcd unavailable", **text}}}}

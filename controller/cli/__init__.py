@@ -12,6 +12,7 @@ import typer
 
 from controller.cli import apply as apply_cmd
 from controller.cli import export as export_cmd
+from controller.cli import identity as identity_cmd
 from controller.cli import migrate as migrate_cmd
 from controller.cli import read as read_cmd
 from controller.cli import snapshot as snapshot_cmd
@@ -30,9 +31,13 @@ app = typer.Typer(
 def _global(
     server: Annotated[str | None, typer.Option("--server", envvar="VIRTPLANE_SERVER", help="API server URL.")] = None,
     token: Annotated[str | None, typer.Option("--token", envvar="VIRTPLANE_TOKEN", help="Bearer token.")] = None,
+    ca: Annotated[
+        str | None, typer.Option("--ca", envvar="VIRTPLANE_CA", help="PEM file the server's certificate must chain to.")
+    ] = None,
 ) -> None:
     Globals.server = server
     Globals.token = token
+    Globals.ca = ca
 
 
 app.command()(apply_cmd.apply)
@@ -47,4 +52,9 @@ app.command()(migrate_cmd.migrate)
 
 
 app.add_typer(snapshot_cmd.app, name="snapshot")
+app.command()(identity_cmd.login)
+app.command()(identity_cmd.logout)
+app.command()(identity_cmd.audit)
+app.add_typer(identity_cmd.auth_app, name="auth")
+app.add_typer(identity_cmd.token_app, name="token")
 

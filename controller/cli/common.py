@@ -1,7 +1,8 @@
 """What every CLI command shares: the client, error reporting and exit codes.
 
 Exit codes: 0 ok; 1 `diff` found differences (kubectl's contract) or `wait` timed out; 2 bad input
-(nothing was written); 3 conflict with a concurrent writer; 4 server unreachable or failed.
+(nothing was written); 3 conflict with a concurrent writer; 4 server unreachable or failed; 5 not logged in
+or not allowed (401/403: nothing was written), or `auth can-i` answered no.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import typer
 
 from controller.cli.output import err
 from controller.client.config import ConfigMissing
-from controller.client.sdk import ApiError, Client, Conflict, Invalid, NotFound, ServerUnreachable, Unauthorized
+from controller.client.sdk import (
+    ApiError,
+    Client,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    ServerUnreachable,
+    Unauthorized,
+)
 from controller.gitops.manifest import ManifestError, ManifestObject
 from specs.kinds import KindInfo, UnknownKind, resolve_kind
 
@@ -22,11 +32,13 @@ EXIT_DIFFERS = 1
 EXIT_INVALID = 2
 EXIT_CONFLICT = 3
 EXIT_SERVER = 4
+EXIT_FORBIDDEN = 5
 
 
 class Globals:
     server: str | None = None
     token: str | None = None
+    ca: str | None = None
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -36,7 +48,7 @@ def fail(message: str, code: int) -> NoReturn:
 
 def client() -> Client:
     try:
-        return Client.from_config(Globals.server, Globals.token)
+        return Client.from_config(Globals.server, Globals.token, Globals.ca)
     except ConfigMissing as e:
         fail(str(e), EXIT_SERVER)
 
@@ -78,7 +90,17 @@ def reporting(objects: list[ManifestObject] | None = None) -> Iterator[None]:
     except NotFound as e:
         fail(e.message, EXIT_INVALID)
     except Unauthorized as e:
-        fail(f"{e.message}", EXIT_SERVER)
+        fail(f"{e.message}", EXIT_FORBIDDEN)
+    except Forbidden as e:
+        for d in e.details.get("denied", []):
+            where = ""
+            index = d.get("index")
+            if objects is not None and isinstance(index, int) and index < len(objects):
+                loc = objects[index].location
+                where = f"{loc.path}:{loc.line}:{loc.column}: "
+            scope = f"in cluster {d['cluster']}" if d.get("cluster") else "(global)"
+            err.print(f"[red]{where}{d.get('kind')}/{d.get('name')}: may not {d.get('verb')} {scope}[/]")
+        fail(e.message, EXIT_FORBIDDEN)
     except ApiError as e:
         extra = ""
         if e.reason == "TooLarge":

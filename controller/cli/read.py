@@ -281,11 +281,13 @@ def _event_rows(items: list[dict[str, Any]], *, headers: bool) -> None:
             e["reason"],
             f"{e['involvedObject']['kind'].lower()}/{e['involvedObject']['name']}",
             e.get("correlationId") or "-",
+            e.get("user") or "-",
             e["message"],
         ]
         for e in items
     ]
-    print_table(["LAST SEEN", "TYPE", "REASON", "OBJECT", "CORRELATION", "MESSAGE"], rows, show_headers=headers)
+    print_table(["LAST SEEN", "TYPE", "REASON", "OBJECT", "CORRELATION", "USER", "MESSAGE"], rows,
+                show_headers=headers)
 
 
 def wait(

@@ -11,7 +11,9 @@ Errors::
     ├── Conflict      409: lost a compare-and-swap, or the object already exists
     ├── NotFound      404
     ├── Invalid       422: validation problems in details["problems"]
-    └── Unauthorized  401
+    ├── Unauthorized  401
+    ├── Forbidden     403: details["denied"] names each object the caller may not write
+    └── Unavailable   503: etcd or the directory cannot be reached
     ServerUnreachable: nothing answered at the server URL
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import ssl
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -54,22 +57,35 @@ class Unauthorized(ApiError):
     pass
 
 
-_BY_CODE: dict[int, type[ApiError]] = {409: Conflict, 404: NotFound, 422: Invalid, 401: Unauthorized}
+class Forbidden(ApiError):
+    pass
+
+
+class Unavailable(ApiError):
+    pass
+
+
+_BY_CODE: dict[int, type[ApiError]] = {
+    409: Conflict, 404: NotFound, 422: Invalid, 401: Unauthorized, 403: Forbidden, 503: Unavailable,
+}
 
 
 LIST_PAGE = 1000  # objects per list request
 
 
 class Client:
-    def __init__(self, server: str, token: str | None, *, timeout: float = 120.0) -> None:
+    """``ca``: a PEM file the server's certificate must chain to (https); None: the system's trust store."""
+
+    def __init__(self, server: str, token: str | None, *, timeout: float = 120.0, ca: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.server = server
-        self._http = httpx.Client(base_url=server, headers=headers, timeout=timeout)
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
+        self._http = httpx.Client(base_url=server, headers=headers, timeout=timeout, verify=verify)
 
     @classmethod
-    def from_config(cls, server: str | None = None, token: str | None = None) -> Client:
-        config = load_client_config(server, token)
-        return cls(config.server, config.token)
+    def from_config(cls, server: str | None = None, token: str | None = None, ca: str | None = None) -> Client:
+        config = load_client_config(server, token, ca)
+        return cls(config.server, config.token, ca=config.ca)
 
     def close(self) -> None:
         self._http.close()
@@ -87,6 +103,11 @@ class Client:
         try:
             response = self._http.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as e:
+            if "CERTIFICATE_VERIFY_FAILED" in str(e):
+                raise ServerUnreachable(
+                    f"the certificate of {self.server} is not trusted by the CA in the CLI config "
+                    f"(`ca`, --ca or VIRTPLANE_CA): {e}"
+                ) from e
             raise ServerUnreachable(f"cannot reach the virtplane server at {self.server}: {e}") from e
         if response.status_code >= 400:
             try:
@@ -172,6 +193,50 @@ class Client:
     ) -> builtins.list[dict[str, Any]]:
         params = {k: v for k, v in (("for", involved), ("correlationId", correlation_id)) if v}
         items: builtins.list[dict[str, Any]] = self._request("GET", "/api/v1/events", params=params).json()["items"]
+        return items
+
+    # --- identity ---
+
+    def login(self, username: str, password: str) -> dict[str, Any]:
+        """A new session: {"token", "id", "user", "groups", "expires"}."""
+        body: dict[str, Any] = self._request(
+            "POST", "/api/v1/login", json={"username": username, "password": password}
+        ).json()
+        return body
+
+    def logout(self) -> dict[str, Any]:
+        body: dict[str, Any] = self._request("POST", "/api/v1/logout").json()
+        return body
+
+    def whoami(self) -> dict[str, Any]:
+        body: dict[str, Any] = self._request("GET", "/api/v1/auth/whoami").json()
+        return body
+
+    def can_i(self, verb: str, kind: str, cluster: str | None = None) -> dict[str, Any]:
+        params = {"verb": verb, "kind": kind} | ({"cluster": cluster} if cluster else {})
+        body: dict[str, Any] = self._request("GET", "/api/v1/auth/can-i", params=params).json()
+        return body
+
+    def create_token(self, account: str, description: str = "", ttl: int | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {"account": account, "description": description}
+        if ttl:
+            payload["ttlSeconds"] = ttl
+        body: dict[str, Any] = self._request("POST", "/api/v1/tokens", json=payload).json()
+        return body
+
+    def list_tokens(self) -> builtins.list[dict[str, Any]]:
+        items: builtins.list[dict[str, Any]] = self._request("GET", "/api/v1/tokens").json()["items"]
+        return items
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._request("DELETE", f"/api/v1/tokens/{token_id}").json()
+        return body
+
+    def audit(
+        self, *, user: str | None = None, since: str | None = None, limit: int = 500
+    ) -> builtins.list[dict[str, Any]]:
+        params = {k: v for k, v in (("user", user), ("since", since), ("limit", str(limit))) if v}
+        items: builtins.list[dict[str, Any]] = self._request("GET", "/api/v1/audit", params=params).json()["items"]
         return items
 
     # --- streams ---

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from controller.controllers import cluster, disk, host, migration, network, pool, snapshot, storage, vm
+from controller.controllers import cluster, disk, host, migration, network, pool, rbac, snapshot, storage, vm
 from controller.runtime.registry import Registry
 
 
@@ -18,4 +18,6 @@ def default_registry() -> Registry:
         pool.CONTROLLER,
         snapshot.CONTROLLER,
         migration.CONTROLLER,
+        rbac.ROLE_CONTROLLER,
+        rbac.BINDING_CONTROLLER,
     ])

@@ -137,6 +137,7 @@ class Runtime:
             message=message,
             involvedObject=InvolvedObject(kind=obj.kind, name=obj.metadata.name, uid=obj.metadata.uid),
             correlationId=obj.metadata.correlationId,
+            user=obj.metadata.updatedBy,
             source=source,
         )
         self.counters["events"] += 1
@@ -145,7 +146,8 @@ class Runtime:
         except StoreError as e:  # an event must never break a reconcile
             log.warning("could not store event %s for %s/%s: %s", reason, obj.kind, obj.metadata.name, e)
         log.info(
-            "%s %s/%s: %s [correlation %s]", reason, obj.kind, obj.metadata.name, message, obj.metadata.correlationId
+            "%s %s/%s: %s [correlation %s, user %s]", reason, obj.kind, obj.metadata.name, message,
+            obj.metadata.correlationId, obj.metadata.updatedBy or "-",
         )
 
 

@@ -82,6 +82,19 @@ def server(
     max_body_bytes: Annotated[
         int, typer.Option("--max-body-bytes", min=1024, help="Largest request body accepted (413 beyond).")
     ] = DEFAULT_MAX_BODY_BYTES,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--directory", help="YAML with a `directory:` section: LDAP login (see docs/identity.md)."),
+    ] = None,
+    session_ttl: Annotated[int, typer.Option("--session-ttl", help="Seconds a login session lasts.")] = 8 * 3600,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="PEM certificate (chain) for HTTPS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
+    tls_self_signed: Annotated[
+        bool, typer.Option("--tls-self-signed", help="HTTPS with a certificate generated under the data dir.")
+    ] = False,
+    audit_max_records: Annotated[
+        int, typer.Option("--audit-max-records", help="Audit records kept (oldest deleted beyond).")
+    ] = 100_000,
 ) -> None:
     """Run the API server (and the controllers) on embedded or external etcd."""
     from controller.server.main import ServerOptions, serve
@@ -94,9 +107,12 @@ def server(
         policy = _policy(lab_dir, image_dirs or [], block_dirs or [], socket_dirs or [], host_keys_dir,
                          storage_dirs or [])
         tls = _etcd_tls(etcd_cacert, etcd_cert, etcd_key)
-        options = ServerOptions(listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config,
-                                policy=policy, etcd_tls=tls, metrics_public=metrics_public,
-                                max_body_bytes=max_body_bytes)
+        options = ServerOptions(
+            listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config,
+            policy=policy, etcd_tls=tls, metrics_public=metrics_public, max_body_bytes=max_body_bytes,
+            directory_config=directory, session_ttl=session_ttl, tls_cert=tls_cert, tls_key=tls_key,
+            tls_self_signed=tls_self_signed, audit_max_records=audit_max_records,
+        )
         background = _background_tasks(data_dir, secrets_dir, lab_dir, policy) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:

@@ -15,12 +15,16 @@ import anyio
 import uvicorn
 
 from controller.api.app import DEFAULT_MAX_BODY_BYTES, ApiContext, create_app
-from controller.api.auth import AllowAdmins, StaticTokenAuthenticator
+from controller.api.auth import StaticTokenAuthenticator
+from controller.api.rbac import RbacAuthorizer, RbacIndex
+from controller.api.sessions import SessionAuthenticator
 from controller.client.config import ClientConfig, load_or_create_token, write_client_config
 from controller.common.metrics import Registry
 from controller.controllers.registry import default_registry
 from controller.runtime.manager import Manager, ManagerOptions
+from controller.server import tls as tls_mod
 from controller.server.etcd import EmbeddedEtcd
+from controller.server.identity import load_directory
 from controller.store import Store, TlsFiles
 from specs.confinement import HostPathPolicy
 
@@ -64,6 +68,33 @@ class ServerOptions:
     metrics_public: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     etcd_tls: TlsFiles | None = None
+    directory_config: Path | None = None  # YAML with a `directory:` section (controller/server/identity.py)
+    session_ttl: int = 8 * 3600
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_self_signed: bool = False
+    audit_max_records: int | None = None
+
+
+def tls_files(options: ServerOptions, host: str) -> tuple[Path, Path, Path | None] | None:
+    """(cert, key, CA for the CLI config) or None for plain HTTP, which is refused off loopback."""
+    if options.tls_self_signed:
+        if options.tls_cert or options.tls_key:
+            raise ValueError("give either --tls-cert/--tls-key or --tls-self-signed, not both")
+        cert, key = tls_mod.self_signed(options.data_dir, [host])
+        return cert, key, cert
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if options.tls_cert is not None and options.tls_key is not None:
+        for path in (options.tls_cert, options.tls_key):
+            if not path.is_file():
+                raise ValueError(f"{path}: no such file")
+        return options.tls_cert, options.tls_key, None
+    if not tls_mod.is_loopback(host):
+        raise ValueError(
+            f"--listen {host}: plain HTTP is only served on loopback; give --tls-cert/--tls-key or --tls-self-signed"
+        )
+    return None
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -111,21 +142,33 @@ async def open_store(options: ServerOptions) -> AsyncIterator[tuple[Store, str]]
 async def serve(options: ServerOptions, background: tuple[BackgroundTask, ...] = ()) -> None:
     host, port = parse_listen(options.listen)
     options.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tls = tls_files(options, host)
+    directory = load_directory(options.directory_config) if options.directory_config else None
     token = load_or_create_token(options.data_dir)
     async with open_store(options) as (store, etcd_text):
-        ctx = ApiContext(store=store, authn=StaticTokenAuthenticator(token), authz=AllowAdmins(), metrics=Registry(),
-                         policy=options.policy, metrics_public=options.metrics_public,
-                         max_body_bytes=options.max_body_bytes)
+        if options.audit_max_records is not None:
+            store.audit.max_records = options.audit_max_records
+        index = RbacIndex()
+        await index.load(store)  # before the first request: nobody is refused for want of a loaded binding
+        ctx = ApiContext(
+            store=store, authn=SessionAuthenticator(StaticTokenAuthenticator(token), store),
+            authz=RbacAuthorizer(index), metrics=Registry(), directory=directory, session_ttl=options.session_ttl,
+            policy=options.policy, metrics_public=options.metrics_public, max_body_bytes=options.max_body_bytes,
+        )
         app = create_app(ctx)
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+            app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2,
+            ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None,
         )
         server = _Uvicorn(config)
-        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        scheme = "https" if tls else "http"
+        url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
+        ca = tls[2] if tls else None
         async with anyio.create_task_group() as tg:
+            tg.start_soon(index.follow, store)
             for task in background:
                 tg.start_soon(task, store, ctx)
-            tg.start_soon(_announce, server, url, token, etcd_text, options)
+            tg.start_soon(_announce, server, url, token, etcd_text, options, ca)
             tg.start_soon(_stop_on_signal, server)
             await server.serve()
             tg.cancel_scope.cancel()
@@ -141,11 +184,17 @@ async def _stop_on_signal(server: uvicorn.Server) -> None:
             server.should_exit = True
 
 
-async def _announce(server: uvicorn.Server, url: str, token: str, etcd_text: str, options: ServerOptions) -> None:
+async def _announce(
+    server: uvicorn.Server, url: str, token: str, etcd_text: str, options: ServerOptions, ca: Path | None
+) -> None:
     while not server.started:
         await anyio.sleep(0.02)
     lines = [f"virtplane server listening on {url}", f"etcd: {etcd_text}"]
+    if ca is not None:
+        lines.append(f"TLS: self-signed certificate {ca} (the CLI config names it as the CA)")
+    if options.directory_config:
+        lines.append(f"directory login: {options.directory_config}")
     if options.write_config:
-        path = write_client_config(ClientConfig(server=url, token=token))
+        path = write_client_config(ClientConfig(server=url, token=token, ca=str(ca) if ca else None))
         lines.append(f"CLI config written to {path} (mode 0600)")
     print("\n".join(lines), file=sys.stderr, flush=True)

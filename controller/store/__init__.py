@@ -15,6 +15,7 @@ Errors (tree in ``controller.store.errors``)::
 
 from controller.store._etcd import TlsFiles
 from controller.store.apply import ApplyResult, Change
+from controller.store.audit import MAX_OBJECTS_PER_RECORD, AuditLog, AuditRecord
 from controller.store.codec import EVENTS, ROOT, SPECS, STATUS, kind_prefix, spec_key, status_key
 from controller.store.errors import (
     ConflictError,
@@ -26,29 +27,36 @@ from controller.store.errors import (
     TooLargeError,
     UndecodableError,
 )
+from controller.store.identity import Identities, SessionRecord, TokenRecord
 from controller.store.leases import Leases
 from controller.store.store import Page, Selector, Snapshot, Store
 from controller.store.watch import WatchEvent
 
 __all__ = [
     "EVENTS",
+    "MAX_OBJECTS_PER_RECORD",
     "ROOT",
     "SPECS",
     "STATUS",
     "ApplyResult",
+    "AuditLog",
+    "AuditRecord",
     "Change",
     "ConflictError",
+    "Identities",
     "Leases",
     "NotFoundError",
     "Page",
     "PartialApplyError",
     "RevisionCompacted",
     "Selector",
+    "SessionRecord",
     "Snapshot",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "TlsFiles",
+    "TokenRecord",
     "TooLargeError",
     "UndecodableError",
     "WatchEvent",

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aetcd.exceptions
@@ -21,6 +21,8 @@ import grpc
 from aetcd import rpc
 
 from controller.store.errors import RevisionCompacted, StoreError, StoreUnavailable
+
+T = TypeVar("T")
 
 _UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -189,6 +191,11 @@ class EtcdKV:
         resp = await self._call(self._kv.DeleteRange, request)
         return int(resp.deleted)
 
+    async def delete_range(self, key: bytes, range_end: bytes) -> int:
+        """Delete every key in [key, range_end); returns how many."""
+        resp = await self._call(self._kv.DeleteRange, rpc.DeleteRangeRequest(key=key, range_end=range_end))
+        return int(resp.deleted)
+
     async def revision(self) -> int:
         resp = await self.range(b"/", count_only=True)
         return int(resp.header.revision)
@@ -219,6 +226,27 @@ class EtcdKV:
     def open_watch(self) -> Any:
         """A bidirectional Watch stream; the caller writes the create request and cancels it."""
         return self._watch.Watch()
+
+
+async def scan_newest(
+    kv: EtcdKV, start: bytes, end: bytes, limit: int, decode: Callable[[bytes], T | None]
+) -> list[T]:
+    """The newest ``limit`` values in [start, end) that ``decode`` keeps (None: skip), oldest first. Keys
+    sort by time (events, audit records); read backwards in pages of 1,000."""
+    found: list[T] = []
+    while len(found) < limit:
+        resp = await kv.range(start, end, limit=1000, descend=True)
+        for item in resp.kvs:
+            value = decode(item.value)
+            if value is None:
+                continue
+            found.append(value)
+            if len(found) >= limit:
+                break
+        if not resp.more or not resp.kvs:
+            break
+        end = bytes(resp.kvs[-1].key)
+    return found[::-1]
 
 
 # Request builders: plain protobuf messages, built once per operation (fast for 10k objects).

@@ -138,6 +138,7 @@ async def apply_objects(
     dry_run: bool,
     prune: bool,
     now: datetime,
+    user: str | None = None,
 ) -> ApplyResult:
     if prune and not source:
         raise ValueError("prune needs a source: only objects applied with the same source are pruned")
@@ -153,7 +154,7 @@ async def apply_objects(
     writes: list[_Write] = []
     for obj in objects:
         key = codec.spec_key(obj.kind, obj.metadata.name)
-        write = _plan_one(obj, current.get(key), correlation_id=correlation_id, source=source, now=now)
+        write = _plan_one(obj, current.get(key), correlation_id=correlation_id, source=source, now=now, user=user)
         changes.append(write.change)
         if write.change.action != "unchanged":
             writes.append(write)
@@ -161,7 +162,7 @@ async def apply_objects(
         wanted = {codec.spec_key(o.kind, o.metadata.name) for o in objects}
         for key, stored in sorted(current.items()):
             if key not in wanted and stored.meta.get("source") == source:
-                pruned = _plan_delete(stored, correlation_id=correlation_id, now=now)
+                pruned = _plan_delete(stored, correlation_id=correlation_id, now=now, user=user)
                 if pruned is not None:
                     changes.append(pruned.change)
                     writes.append(pruned)
@@ -224,7 +225,8 @@ def _index(kvs: list[Any]) -> dict[bytes, _Stored]:
 # -- 2. compute ----------------------------------------------------------------------------------
 
 def _plan_one(
-    desired: Resource, stored: _Stored | None, *, correlation_id: str, source: str | None, now: datetime
+    desired: Resource, stored: _Stored | None, *, correlation_id: str, source: str | None, now: datetime,
+    user: str | None = None,
 ) -> _Write:
     kind, name = desired.kind, desired.metadata.name
     precondition = desired.metadata.resourceVersion
@@ -235,7 +237,7 @@ def _plan_one(
     if stored is None:
         meta = desired.metadata.model_copy(update={
             "uid": str(uuid4()), "generation": 1, "resourceVersion": None, "creationTimestamp": now,
-            "deletionTimestamp": None, "correlationId": correlation_id, "source": source,
+            "deletionTimestamp": None, "correlationId": correlation_id, "source": source, "updatedBy": user,
         })
         after = desired.model_copy(update={"metadata": meta})
         return _Write(Change(kind, name, "created", None, after), expected=0)
@@ -259,13 +261,14 @@ def _plan_one(
         "generation": (before.metadata.generation or 0) + (1 if spec_changed else 0),
         "resourceVersion": None,
         "correlationId": correlation_id,
+        "updatedBy": user,
         "source": source if source is not None else before.metadata.source,
     })
     after = desired.model_copy(update={"metadata": meta})
     return _Write(Change(kind, name, "configured", before, after), expected=actual)
 
 
-def _plan_delete(stored: _Stored, *, correlation_id: str, now: datetime) -> _Write | None:
+def _plan_delete(stored: _Stored, *, correlation_id: str, now: datetime, user: str | None = None) -> _Write | None:
     """Delete (no finalizers) or mark with deletionTimestamp; None if already being deleted."""
     before = stored.resource
     kind, name = before.kind, before.metadata.name
@@ -273,7 +276,8 @@ def _plan_delete(stored: _Stored, *, correlation_id: str, now: datetime) -> _Wri
         if before.metadata.deletionTimestamp is not None:
             return None
         meta = before.metadata.model_copy(
-            update={"deletionTimestamp": now, "correlationId": correlation_id, "resourceVersion": None}
+            update={"deletionTimestamp": now, "correlationId": correlation_id, "resourceVersion": None,
+                    "updatedBy": user}
         )
         marked = before.model_copy(update={"metadata": meta})
         return _Write(Change(kind, name, "deleted", before, marked), expected=stored.mod_revision)

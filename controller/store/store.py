@@ -11,8 +11,8 @@ Public API (all coroutines unless noted)::
     revision() -> int;  compact(revision)
     get(kind, name) -> Resource | None
     list(kind, selector=None) -> (list[Resource], revision)        selector: anything with .matches
-    apply(objects, *, correlation_id, source=None, dry_run=False, prune=False) -> ApplyResult
-    delete(kind, name, *, correlation_id, resource_version=None) -> Resource | None
+    apply(objects, *, correlation_id, source=None, dry_run=False, prune=False, user=None) -> ApplyResult
+    delete(kind, name, *, correlation_id, resource_version=None, user=None) -> Resource | None
     add_finalizer(kind, name, finalizer) -> Resource
     remove_finalizer(kind, name, finalizer) -> Resource | None     (None: it was deleted)
     get_status(kind, name) -> (StatusBase | None, mod_revision)   ((None, 0) if never written)
@@ -23,6 +23,8 @@ Public API (all coroutines unless noted)::
     watch_objects(start_revision, *, kinds, parts=("spec","status"), known=None) -> AsyncGenerator[WatchEvent]
     watch_events(start_revision) -> AsyncGenerator[WatchEvent]     (watches are not coroutines)
     leases: Leases   grant, keepalive, revoke, acquire(scope, identity, lease), holder(scope)
+    identities: Identities   login sessions (on leases) and service-account API tokens (store/identity.py)
+    audit: AuditLog  who wrote what, count-bounded (store/audit.py)
 
 Metadata rules: uid (uuid4), creationTimestamp and generation 1 are set on create; generation grows
 only when spec changes; resourceVersion is the spec key's mod_revision; every write records its
@@ -44,9 +46,21 @@ from typing import Any, Protocol
 from uuid import uuid4
 
 from controller.store import codec
-from controller.store._etcd import EtcdKV, TlsFiles, compare_exists, compare_mod, op_delete, op_get, op_put, prefix_end
+from controller.store._etcd import (
+    EtcdKV,
+    TlsFiles,
+    compare_exists,
+    compare_mod,
+    op_delete,
+    op_get,
+    op_put,
+    prefix_end,
+    scan_newest,
+)
 from controller.store.apply import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, ApplyResult, Limits, apply_objects
+from controller.store.audit import AuditLog
 from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError, UndecodableError
+from controller.store.identity import Identities
 from controller.store.leases import Leases
 from controller.store.watch import WatchEvent, watch_prefixes
 from specs.event import Event, EventMeta, InvolvedObject
@@ -97,6 +111,8 @@ class Store:
         self.event_ttl = event_ttl
         self.clock = clock
         self.leases = Leases(kv)
+        self.identities = Identities(kv)
+        self.audit = AuditLog(kv)
         self._lease: tuple[int, float] | None = None  # (lease id, reuse until loop time)
         self._lease_lock = asyncio.Lock()
         self._reported: set[tuple[str, str, int]] = set()  # undecodable (kind, name, mod_revision) reported
@@ -246,15 +262,18 @@ class Store:
         source: str | None = None,
         dry_run: bool = False,
         prune: bool = False,
+        user: str | None = None,
     ) -> ApplyResult:
-        """Create or update ``objects`` atomically (see ``controller.store.apply``)."""
+        """Create or update ``objects`` atomically (see ``controller.store.apply``); ``user`` goes into
+        metadata.updatedBy beside the correlation id."""
         return await apply_objects(
             self.kv, self.limits, objects, correlation_id=correlation_id, source=source,
-            dry_run=dry_run, prune=prune, now=self.clock(),
+            dry_run=dry_run, prune=prune, now=self.clock(), user=user,
         )
 
     async def delete(
-        self, kind: str, name: str, *, correlation_id: str, resource_version: int | str | None = None
+        self, kind: str, name: str, *, correlation_id: str, resource_version: int | str | None = None,
+        user: str | None = None,
     ) -> Resource | None:
         """Delete, or with finalizers mark deletionTimestamp. Returns the object as marked (or as it
         was when deleted); None if it did not exist. ConflictError on a resource_version mismatch."""
@@ -281,7 +300,7 @@ class Store:
         if current.metadata.deletionTimestamp is not None:
             return current
         return await self._put_meta(
-            current, actual, deletionTimestamp=self.clock(), correlationId=correlation_id
+            current, actual, deletionTimestamp=self.clock(), correlationId=correlation_id, updatedBy=user
         )
 
     async def add_finalizer(self, kind: str, name: str, finalizer: str) -> Resource:
@@ -423,24 +442,16 @@ class Store:
         limit: int = 500,
     ) -> builtins.list[Event]:
         """The newest ``limit`` matching events, oldest first."""
-        found: builtins.list[Event] = []
-        start, end = codec.EVENTS.encode(), codec.EVENTS[:-1].encode() + b"0"
-        while len(found) < limit:
-            resp = await self.kv.range(start, end, limit=1000, descend=True)
-            for kv in resp.kvs:
-                event = codec.decode_event(kv.value)
-                obj = event.involvedObject
-                if involved is not None and (obj.kind, obj.name) != involved:
-                    continue
-                if correlation_id is not None and event.correlationId != correlation_id:
-                    continue
-                found.append(event)
-                if len(found) >= limit:
-                    break
-            if not resp.more or not resp.kvs:
-                break
-            end = bytes(resp.kvs[-1].key)
-        return found[::-1]
+        def keep(value: bytes) -> Event | None:
+            event = codec.decode_event(value)
+            obj = event.involvedObject
+            if involved is not None and (obj.kind, obj.name) != involved:
+                return None
+            if correlation_id is not None and event.correlationId != correlation_id:
+                return None
+            return event
+
+        return await scan_newest(self.kv, codec.EVENTS.encode(), codec.EVENTS[:-1].encode() + b"0", limit, keep)
 
     # -- watch ------------------------------------------------------------------------------------
 

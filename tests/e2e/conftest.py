@@ -11,6 +11,7 @@ import getpass
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,8 @@ def start_server(
     lab_paths: bool = True,
 ) -> ServerProcess:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    tls = "--tls-self-signed" in extra  # then wait for the certificate and check the server against it
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "VIRTPLANE_CONFIG": str(data_dir / "config.json"), **(env_extra or {})}
     env.pop("VIRTPLANE_SERVER", None)
@@ -96,10 +98,13 @@ def start_server(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited {proc.returncode}:\n{log.read_text()}")
+        cert = data_dir / "tls" / "server.crt"
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200 and _config_names(data_dir, url):
+            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(cert)) if tls else True
+            ready = httpx.get(f"{url}/readyz", timeout=1, verify=verify).status_code == 200
+            if ready and _config_names(data_dir, url):
                 return server
-        except httpx.TransportError:
+        except (FileNotFoundError, httpx.TransportError):  # no certificate yet, or not listening yet
             pass
         time.sleep(0.05)
     server.stop()

@@ -28,7 +28,7 @@ from tests.e2e.helpers import virsh, wait_for
 from tests.lab.conftest import QEMU_CAPS, _bring_down
 from tests.lab.vplab import CLUSTER, LabCluster, lab_cluster
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
 GRACE_S = 10
 HOSTS = ("lab-1", "lab-2", "lab-3")

@@ -22,7 +22,7 @@ from tests.e2e.helpers import virsh, wait_for
 from tests.lab.conftest import QEMU_CAPS, _bring_down
 from tests.lab.vplab import CLUSTER, LabCluster, lab_cluster
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]  # two tests of several minutes each, with a minute of idling
 
 HOSTS = ("lab-1", "lab-2")
 OVERCOMMIT = 2.0

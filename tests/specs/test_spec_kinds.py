@@ -63,6 +63,8 @@ def test_registry_shape() -> None:
         "VirtualMachinePool",
         "Snapshot",
         "Migration",
+        "Role",
+        "RoleBinding",
     ]
     for info in KINDS.values():
         assert issubclass(info.model, Resource) and issubclass(info.status_model, StatusBase)

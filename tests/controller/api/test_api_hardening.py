@@ -35,10 +35,13 @@ class Recording(AllowAdmins):
         self.calls: list[tuple[str, str | None, str | None, str | None]] = []
         self.deny = deny
 
-    def allowed(self, who: Identity, verb: Verb, kind: str | None, name: str | None = None,
-                cluster: str | None = None) -> bool:
+    def allowed(self, who: Identity, verb: Verb, kind: str | None, cluster: str | None = None,
+                name: str | None = None) -> bool:
         self.calls.append((verb, kind, name, cluster))
-        return not self.deny(kind, name) and super().allowed(who, verb, kind, name, cluster)
+        return not self.deny(kind, name) and super().allowed(who, verb, kind, cluster, name)
+
+    def allows_everything(self, who: Identity) -> bool:
+        return False  # ask about every object
 
 
 def make_client(store: Store, **ctx: Any) -> httpx.AsyncClient:
@@ -91,8 +94,11 @@ async def test_permission_is_asked_per_object_from_the_body(store: Store) -> Non
     authz = Recording(deny=lambda kind, name: kind == "Host")
     async with make_client(store, authz=authz) as api:
         r = await api.post("/api/v1/apply", json={"objects": [CLUSTER, HOST]}, headers=AUTH)
-        assert r.status_code == 403 and "Host 'h1' in cluster main" in r.json()["error"]["message"]
-        assert ("update", "Host", "h1", "main") in authz.calls
+        error = r.json()["error"]
+        assert r.status_code == 403 and "create Host/h1 in cluster main" in error["message"]
+        assert error["details"]["denied"] == [{"kind": "Host", "name": "h1", "verb": "create", "cluster": "main",
+                                               "index": 1}]
+        assert ("create", "Host", "h1", "main") in authz.calls
         assert await names(store, "Cluster") == [] and await names(store, "Host") == []
         r = await api.put("/api/v1/hosts/h1", json=HOST, headers=AUTH)
         assert r.status_code == 403
