@@ -75,13 +75,17 @@ class BlockSource:
 class NetworkSource:
     """An image reached by QEMU's userspace client: ``<disk type='network'>``.
 
-    ``name`` is the export-relative path for nfs (``export/dir/disk.qcow2``) and ``volume/path`` for gluster.
+    ``name`` is the server's full path for nfs (``/export/dir/disk.qcow2``, leading slash), ``volume/path``
+    for gluster and ``<iqn>/<lun>`` for iscsi. ``auth_username`` and ``auth_secret_usage`` are CHAP
+    (``<auth username=...><secret type='iscsi' usage=...>``): the libvirt secret must exist on the host.
     """
 
     protocol: NetworkDiskProtocol
     host: str
     name: str
     port: int | None = None  # None = the protocol's default port
+    auth_username: str | None = None
+    auth_secret_usage: str | None = None
 
     def __post_init__(self) -> None:
         # libvirt writes gluster's default port into the XML; normalizing keeps equality meaningful.
@@ -121,6 +125,8 @@ class NicDevice:
     source_name: str | None = None
     mac: MacAddress | None = None
     model: NicModel = "virtio"
+    virtualport: Literal["openvswitch"] | None = None  # an Open vSwitch bridge port
+    vlan: int | None = None  # 802.1Q tag of the port (``<vlan><tag id=...>``; Open vSwitch only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +260,51 @@ class DirPoolConfig:
     path: str
 
 
+NetfsFormat = Literal["nfs", "glusterfs", "cifs"]
+
+
+@dataclass(frozen=True, slots=True)
+class NetfsPoolConfig:
+    """A libvirt ``netfs`` pool: libvirtd mounts ``source_host:source_dir`` (an NFS export, a Gluster volume
+    as ``/<volume>``, a CIFS share) at ``path`` on each host, in its own mount namespace, when the pool starts.
+
+    ``nfs_version`` becomes ``<protocol ver=...>`` (nfs only); ``mount_options`` ``<fs:mount_opts>``.
+    """
+
+    name: PoolName
+    path: str
+    source_host: str
+    source_dir: str
+    format: NetfsFormat
+    nfs_version: str | None = None
+    mount_options: tuple[str, ...] = ()
+
+
 # Every pool type a storage backend can ask for (reconcilers.storage.backends); grows with the backends.
-PoolConfig = DirPoolConfig
+PoolConfig = DirPoolConfig | NetfsPoolConfig
+
+
+@dataclass(frozen=True, slots=True)
+class NfsExport:
+    """An NFS export the server reaches images on itself (libnfs), for domains without a pool."""
+
+    server: str
+    export: str
+    version: str | None = None
+
+    def url(self, image: str) -> str:
+        """``nfs://server/export/image`` (libnfs and qemu-img syntax)."""
+        return f"nfs://{self.server}{self.export.rstrip('/')}/{image}"
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedPool:
+    """A pool as libvirt reports it on one host (capacity and available are 0 while it is inactive)."""
+
+    config: PoolConfig
+    active: bool
+    capacity_bytes: int
+    available_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ The chosen host goes into the VM's status, never into its spec.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -30,8 +30,43 @@ class HostView:
     allocated_memory_bytes: int = 0
     vm_count: int = 0
     groups: frozenset[str] = frozenset()  # anti-affinity / affinity groups of VMs placed here
-    storage_domains: frozenset[str] | None = None  # None: unknown / all
+    storage_domains: frozenset[str] | None = None  # the domains the host reaches; None: unknown / all
+    storage_notes: Mapping[str, str] = field(default_factory=dict)  # why it does not reach a domain
     networks: frozenset[str] | None = None
+
+
+class HostViews(Sequence[HostView]):
+    """The hosts a plan may consider. Naming them and looking one up are cheap; a subclass may build the
+    whole list only when a plan needs it (placing a VM, choosing a migration target)."""
+
+    def __init__(self, views: Sequence[HostView] = ()) -> None:
+        self._views = tuple(views)
+
+    def all(self) -> tuple[HostView, ...]:
+        return self._views
+
+    def names(self) -> frozenset[HostName]:
+        return frozenset(h.name for h in self.all())
+
+    def get(self, name: HostName) -> HostView | None:
+        return next((h for h in self.all() if h.name == name), None)
+
+    def __getitem__(self, index: int) -> HostView:  # type: ignore[override]
+        return self.all()[index]
+
+    def __len__(self) -> int:
+        return len(self.all())
+
+    def __iter__(self) -> Iterator[HostView]:
+        return iter(self.all())
+
+
+def host_names(hosts: Sequence[HostView]) -> frozenset[HostName]:
+    return hosts.names() if isinstance(hosts, HostViews) else frozenset(h.name for h in hosts)
+
+
+def host_view(hosts: Sequence[HostView], name: HostName) -> HostView | None:
+    return hosts.get(name) if isinstance(hosts, HostViews) else next((h for h in hosts if h.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -110,8 +145,9 @@ def reject_reason(host: HostView, req: Request, policy: ClusterPolicy, *, moving
     if req.anti_affinity_group and req.anti_affinity_group in host.groups:
         return Rejection(Reject.ANTI_AFFINITY, f"runs a VM of anti-affinity group {req.anti_affinity_group!r}")
     if host.storage_domains is not None and not req.storage_domains <= host.storage_domains:
-        missing = ", ".join(sorted(req.storage_domains - host.storage_domains))
-        return Rejection(Reject.NO_STORAGE, f"cannot see storage {missing}")
+        missing = sorted(req.storage_domains - host.storage_domains)
+        why = "; ".join(f"{m} ({host.storage_notes[m]})" if m in host.storage_notes else m for m in missing)
+        return Rejection(Reject.NO_STORAGE, f"cannot reach storage {why}")
     if host.networks is not None and not req.networks <= host.networks:
         return Rejection(Reject.NO_NETWORK, f"lacks network {', '.join(sorted(req.networks - host.networks))}")
     cpu_limit = int(host.cpus * policy.cpu_overcommit)

@@ -102,9 +102,37 @@ class IscsiLun(StrictModel):
         description="Target name, e.g. iqn.2024-01.com.example:storage.lun1.",
     )
     lun: int = Field(default=0, ge=0, le=16383, description="LUN number on the target.")
-    chapSecret: str | None = Field(
-        default=None, description="Server-side secret with CHAP credentials, if any."
+    chapUsername: str | None = Field(
+        default=None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._:@-]+$",
+        description="CHAP user name (set with chapSecret).",
     )
+    chapSecret: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$",
+        description="CHAP password by reference: the name of a file in the server's secrets directory "
+        "(`virtplane server --secrets-dir`), mode 0600, password on its first line. Never stored or shown.",
+    )
+
+    @model_validator(mode="after")
+    def _chap_pair(self) -> IscsiLun:
+        if (self.chapUsername is None) != (self.chapSecret is None):
+            missing = "chapSecret" if self.chapSecret is None else "chapUsername"
+            raise field_error(missing, "CHAP needs both chapUsername and chapSecret (or neither)")
+        return self
+
+    @property
+    def host(self) -> str:
+        """The portal's host (brackets of an IPv6 address removed)."""
+        host, sep, port = self.portal.rpartition(":")
+        if not sep or not port.isdigit() or (host.count(":") and not host.endswith("]")):
+            return self.portal.strip("[]")
+        return host.strip("[]")
+
+    @property
+    def port(self) -> int:
+        host, sep, port = self.portal.rpartition(":")
+        if not sep or not port.isdigit() or (host.count(":") and not host.endswith("]")):
+            return 3260
+        return int(port)
 
 
 class LunSource(StrictModel):

@@ -12,6 +12,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from specs.cluster import Cluster, ClusterStatus
 from specs.disk import Disk, DiskStatus
+from specs.gluster import GlusterVolume, GlusterVolumeStatus
 from specs.host import Host, HostStatus
 from specs.meta import Resource, StatusBase
 from specs.migration import Migration, MigrationStatus
@@ -129,6 +130,20 @@ KINDS: dict[str, KindInfo] = {
                 _AGE,
                 Column("SHARED", "spec.shared", True),
                 Column("CAPACITY", "status.capacity", True),
+            ),
+        ),
+        _info(
+            GlusterVolume,
+            GlusterVolumeStatus,
+            ("gv", "glustervolumes"),
+            (
+                _NAME,
+                _CLUSTER,
+                Column("REPLICA", "spec.replica"),
+                _PHASE,
+                Column("TYPE", "status.type"),
+                _AGE,
+                Column("ID", "status.volumeId", True),
             ),
         ),
         _info(

@@ -91,7 +91,16 @@ class NetworkSpec(StrictModel):
         description="Host bridge to plug into (type bridge, required), or the name libvirt gives the bridge "
         "it creates (nat/isolated, optional).",
     )
-    vlan: int | None = Field(default=None, ge=1, le=4094, description="802.1Q VLAN tag (type bridge only).")
+    vlan: int | None = Field(
+        default=None, ge=1, le=4094,
+        description="802.1Q VLAN tag of the VMs' ports (type bridge with virtualport openvswitch only: libvirt "
+        "cannot tag ports of a Linux bridge).",
+    )
+    virtualport: Literal["openvswitch"] | None = Field(
+        default=None,
+        description="openvswitch: the bridge is an Open vSwitch bridge (libvirt adds the VMs' ports with "
+        "ovs-vsctl; needed for vlan). Type bridge only.",
+    )
     mtu: int | None = Field(
         default=None, ge=68, le=65535, description="MTU of VM interfaces; default: the bridge's."
     )
@@ -105,6 +114,14 @@ class NetworkSpec(StrictModel):
             )
         if self.vlan is not None and self.type != "bridge":
             raise field_error("vlan", f"vlan applies to type bridge only, not {self.type}")
+        if self.virtualport is not None and self.type != "bridge":
+            raise field_error("virtualport", f"virtualport applies to type bridge only, not {self.type}")
+        if self.vlan is not None and self.virtualport is None:
+            raise field_error(
+                "vlan", "vlan on a Linux bridge is not supported (libvirt tags VLANs only on Open vSwitch "
+                "ports): set virtualport: openvswitch for an OVS bridge, or plug into a bridge that is already "
+                "on the VLAN (e.g. one over eth0.10) and omit vlan",
+            )
         if self.ipv4 is not None and self.type not in ("nat", "isolated"):
             raise field_error("ipv4", f"ipv4 applies to nat and isolated networks, not {self.type}")
         if self.type == "user" and (self.bridge is not None or self.mtu is not None):

@@ -2,23 +2,70 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from specs.common import AbsolutePath, HostAddress, first_duplicate
+from specs.common import AbsolutePath, HostAddress, check_absolute_path, check_host_address, first_duplicate
 from specs.errors import field_error
 from specs.meta import Labels, Name, Resource, StatusBase, StrictModel
 
 StorageType = Literal["posix", "nfs", "gluster", "local"]
 
 
-class MountSpec(StrictModel):
-    """How hosts mount the filesystem at posix.path (omit when it is already mounted)."""
 
-    source: str = Field(min_length=1, description="What to mount, e.g. 'nas1:/export/vms' or '/dev/sdb1'.")
-    fsType: str = Field(min_length=1, description="Filesystem type, e.g. nfs4, glusterfs, cephfs, xfs.")
-    options: str = Field(default="", description="Mount options, e.g. 'vers=4.2,noatime'.")
+def _check_mount_options(value: str) -> str:
+    for option in filter(None, (o.strip() for o in value.split(","))):
+        if "/" in option or not re.fullmatch(r"[A-Za-z0-9_.=:-]+", option):
+            raise ValueError(
+                f"mount option {option!r} is refused: options may not name a file or hold other characters "
+                "than letters, digits and _.=:- (a spec cannot make hosts read or write their files)"
+            )
+    return value
+
+
+def _check_mount_source(value: str) -> str:
+    server, sep, path = value.rpartition(":/")
+    if not sep or not server or any(c.isspace() for c in value):
+        raise ValueError(
+            f"expected 'server:/path' (e.g. nas1:/export/vms, or gluster1:/volume), got {value!r}; block "
+            "devices are not mounted from specs: mount them on the hosts and omit mount"
+        )
+    check_host_address(server)
+    check_absolute_path("/" + path)
+    return value
+
+
+class MountSpec(StrictModel):
+    """How hosts mount the filesystem at posix.path (omit when it is already mounted).
+
+    libvirt mounts it on each host through a ``netfs`` pool when the domain is activated there.
+    """
+
+    source: Annotated[str, AfterValidator(_check_mount_source)] = Field(
+        description="What to mount: 'server:/export' (nfs, nfs4, glusterfs as 'server:/volume'), e.g. "
+        "'nas1:/export/vms'. Block devices are not mounted from specs.",
+    )
+    fsType: Literal["nfs", "nfs4", "glusterfs", "cifs"] = Field(
+        description="Filesystem type: nfs, nfs4, glusterfs or cifs."
+    )
+    options: Annotated[str, AfterValidator(_check_mount_options)] = Field(
+        default="", description="Mount options, comma separated, e.g. 'noatime,soft'. Options naming a path "
+        "are refused.",
+    )
+
+    @property
+    def server(self) -> str:
+        return self.source.rsplit(":/", 1)[0]
+
+    @property
+    def remote_path(self) -> str:
+        return "/" + self.source.rsplit(":/", 1)[1]
+
+    @property
+    def option_list(self) -> tuple[str, ...]:
+        return tuple(filter(None, (o.strip() for o in self.options.split(","))))
 
 
 class PosixStorage(StrictModel):
@@ -37,7 +84,11 @@ class NfsStorage(StrictModel):
     access: Literal["mount", "qemu"] = Field(
         default="mount",
         description="mount: a kernel NFS mount on each host (libvirt netfs pool); qemu: QEMU's userspace "
-        "client (libnfs), no kernel client needed.",
+        "client (libnfs), no kernel client needed: the server creates images over NFS itself.",
+    )
+    mountPath: AbsolutePath | None = Field(
+        default=None,
+        description="Where hosts mount it (access mount); default /var/lib/virtplane/mnt/<domain name>.",
     )
 
 
@@ -45,12 +96,17 @@ class GlusterStorage(StrictModel):
     """A GlusterFS volume."""
 
     servers: tuple[HostAddress, ...] = Field(
-        min_length=1, description="Gluster servers (first is used first)."
+        min_length=1, description="Gluster servers: the first one serves the volume file, the others are "
+        "backup volfile servers for the mount."
     )
     volume: Name = Field(description="Gluster volume name.")
     access: Literal["mount", "gfapi"] = Field(
         default="mount",
-        description="mount: FUSE mount on each host (fast); gfapi: QEMU's libgfapi (slow to open images).",
+        description="mount: FUSE mount on each host (fast); gfapi: QEMU's libgfapi (not served yet: it "
+        "costs ~10 s per image open).",
+    )
+    mountPath: AbsolutePath | None = Field(
+        default=None, description="Where hosts mount the volume; default /var/lib/virtplane/mnt/<domain name>."
     )
 
 
@@ -120,6 +176,15 @@ class StorageDomain(Resource):
     spec: StorageDomainSpec = Field(description="Desired state of the storage domain.")
 
 
+class StorageHostState(StrictModel):
+    """Whether one host reaches the domain, and why not."""
+
+    host: str = Field(description="Host name.")
+    reachable: bool = Field(description="The host sees the domain (its pool is active, or its server answers).")
+    reason: str = Field(description="Active, HostNotReady, MountFailed, ServerUnreachable, ...")
+    message: str = Field(default="", description="Details for people.")
+
+
 class StorageDomainStatus(StatusBase):
     """Observed state of a storage domain."""
 
@@ -130,3 +195,7 @@ class StorageDomainStatus(StatusBase):
     available: int | None = Field(default=None, ge=0, description="Free space in bytes.")
     readyHosts: tuple[str, ...] = Field(default=(), description="Hosts where the domain is active.")
     failedHosts: tuple[str, ...] = Field(default=(), description="Hosts where it could not be activated.")
+    hosts: tuple[StorageHostState, ...] = Field(
+        default=(), description="Per host: reachable or not, and why (hosts that cannot reach it get no VMs "
+        "that use it)."
+    )

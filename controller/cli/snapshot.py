@@ -15,7 +15,6 @@ import typer
 from controller.cli.common import EXIT_INVALID, client, fail, reporting
 from controller.cli.output import out
 from controller.client.sdk import NotFound
-from reconcilers.snapshot.plan import REVERT_ANNOTATION
 
 app = typer.Typer(help="Snapshots: revert a VM to one.", no_args_is_help=True)
 EXIT_FAILED = 1
@@ -37,6 +36,8 @@ def revert(
             fail(f"snapshot {name} not found", EXIT_INVALID)
         body: dict[str, Any] = {k: v for k, v in obj.items() if k not in ("status",)}
         meta = dict(body["metadata"])
+        from reconcilers.snapshot.plan import REVERT_ANNOTATION  # the planner's modules: only when reverting
+
         meta["annotations"] = {**(meta.get("annotations") or {}), REVERT_ANNOTATION: requested}
         body["metadata"] = meta
         vp.put(body)

@@ -7,8 +7,11 @@ import os.path
 from collections.abc import Iterable
 from typing import Any
 
+from controller.adapters import nfs
+from controller.adapters.iscsi import LunProblem, LunTarget, probe_lun
 from controller.adapters.libvirt import snapshots as lv
-from controller.common.errors import TransientError
+from controller.adapters.secrets import SecretError, SecretRef, redact
+from controller.common.errors import ReconcileError, TransientError
 from controller.controllers.common import refuse_disallowed_paths
 from controller.runtime.cache import Cache
 from controller.runtime.context import Runtime
@@ -16,18 +19,19 @@ from controller.runtime.registry import GLOBAL, Controller, Handler, Preview, Wa
 from controller.runtime.workqueue import Result
 from controller.store import Change
 from reconcilers.conditions import cond
-from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, ResizeVolume
-from reconcilers.disk.plan import DiskSourceInfo, plan_disk, source_info, volume_name
-from reconcilers.domain import HostName, ObservedVolume, VolumeName
+from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, LiveDisk, ResizeVolume
+from reconcilers.disk.plan import DiskSourceInfo, chap_usage, plan_disk, source_info, volume_name
+from reconcilers.domain import HostName, NfsExport, ObservedVolume, VolumeName
 from reconcilers.plan import Plan
 from reconcilers.storage.backends import backend_for, pool_name
 from specs.disk import Disk, DiskStatus
 from specs.meta import Resource
 from specs.snapshot import SnapshotStatus
 from specs.storage import StorageDomain, StorageDomainStatus
-from specs.vm import VirtualMachine
+from specs.vm import VirtualMachine, VirtualMachineStatus
 
 FINALIZER = "virtplane.io/volume"
+LUN_REFRESH = 60.0  # seconds between probes of a Ready iSCSI LUN
 
 
 def _attached(rt: Runtime, name: str) -> tuple[str, ...]:
@@ -70,8 +74,12 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
         await rt.write_status("Disk", name, _status(rt, disk, "Pending", "StorageNotReady",
                                                     f"storage domain {sd_name} is not ready", attachedTo=attached))
         return None
-    observed = await _observe(rt, host, disk)
+    backend = backend_for(sd)
+    export = backend.nfs(sd)
+    observed = await _observe(rt, host, disk, export)
     source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt))
+    if export is not None and disk.spec.source is not None and disk.spec.source.snapshot is not None:
+        source = f"a copy of a snapshot is not supported yet on {sd_name} (nfs access qemu)"
     # The source matters only to create the image: an existing or deleted one never waits for it (the
     # base of an overlay waits for the overlay to go, so the overlay must not wait for the base).
     if isinstance(source, str) and observed is None and not deleting:
@@ -88,7 +96,8 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
             "phase": "Deleting", "conditions": rt.with_times((cond("Ready", False, "InUse", "; ".join(why)),), prev)})
         await rt.write_status("Disk", name, status)
         return Result(requeue_after=2.0)  # the VM may be going away too: look again soon
-    plan = plan_disk(disk, host, base, observed, None if isinstance(source, str) else source)
+    live = live_users(rt, disk, sd, observed)
+    plan = plan_disk(disk, host, base, observed, None if isinstance(source, str) else source, nfs=export, live=live)
     if plan:
         result = await rt.executor.execute(plan, rt)
         if not result.ok:
@@ -97,7 +106,7 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
                           source="disk-controller")
             raise result.error
         await rt.emit(disk, "PlanExecuted", result.describe_done(), source="disk-controller")
-        observed = await _observe(rt, host, disk)
+        observed = await _observe(rt, host, disk, export)
     if deleting:
         await rt.store.remove_finalizer("Disk", name, FINALIZER)
         return None
@@ -112,18 +121,59 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
 
 
 async def _reconcile_lun(rt: Runtime, disk: Disk, attached: tuple[str, ...], deleting: bool) -> Result | None:
-    """A direct LUN is passed through as it is: nothing to create, nothing to delete."""
+    """A direct LUN is passed through as it is: nothing to create, nothing to delete. An iSCSI LUN is probed
+    (login with CHAP, size) and its CHAP password defined as a libvirt secret on every Ready host."""
     if deleting:
         if FINALIZER in disk.metadata.finalizers:
             await rt.store.remove_finalizer("Disk", disk.metadata.name, FINALIZER)
         return None
     lun = disk.spec.lun
     assert lun is not None
+    name = disk.metadata.name
+    if lun.iscsi is None:
+        await rt.write_status("Disk", name, _status(rt, disk, "Ready", "Lun", "", path=lun.blockPath,
+                                                    attachedTo=attached))
+        return None
     iscsi = lun.iscsi
-    path = lun.blockPath or (f"iscsi://{iscsi.portal}/{iscsi.iqn}/{iscsi.lun}" if iscsi else "")
-    await rt.write_status("Disk", disk.metadata.name, _status(rt, disk, "Ready", "Lun", "", path=path,
+    target = LunTarget(iscsi.host, iscsi.port, iscsi.iqn, iscsi.lun, iscsi.chapUsername)
+    password = None
+    try:
+        if iscsi.chapSecret is not None:
+            password = SecretRef(iscsi.chapSecret, rt.secrets_dir).read()
+        size = await probe_lun(target, password)
+    except SecretError as err:
+        return await _lun_failed(rt, disk, attached, target, "SecretInvalid", str(err))
+    except LunProblem as problem:
+        return await _lun_failed(rt, disk, attached, target, problem.reason, problem.message)
+    hosts = sorted(h for h, r in rt.hosts.hosts.items() if r.ready)
+    if password is not None and iscsi.chapSecret is not None:
+        failed = []
+        for h in hosts:
+            try:
+                await rt.hosts.connection(h).ensure_iscsi_secret(
+                    chap_usage(iscsi.chapSecret), f"virtplane: CHAP password {iscsi.chapSecret}",
+                    password.reveal().encode())
+            except ReconcileError as err:
+                failed.append(f"{h}: {redact(str(err), password)}")
+        if failed:
+            return await _lun_failed(rt, disk, attached, target, "SecretNotDefined",
+                                     "cannot define the CHAP secret in libvirt on " + "; ".join(failed))
+    chap = f"; CHAP secret defined on {len(hosts)} host(s)" if password is not None else ""
+    await rt.write_status("Disk", name, _status(
+        rt, disk, "Ready", "LunReachable", f"logged in to {target.url}: {size} bytes{chap}", path=target.url,
+        capacity=size, format="raw", attachedTo=attached, correlationId=disk.metadata.correlationId))
+    return Result(requeue_after=LUN_REFRESH)
+
+
+async def _lun_failed(rt: Runtime, disk: Disk, attached: tuple[str, ...], target: LunTarget, reason: str,
+                      message: str) -> Result:
+    prev = rt.cache.status["Disk"].get(disk.metadata.name)
+    before = next((c for c in prev.conditions if c.type == "Ready"), None) if isinstance(prev, DiskStatus) else None
+    if before is None or before.reason != reason:  # one event per change, not one per retry
+        await rt.emit(disk, reason, message, warning=True, source="disk-controller")
+    await rt.write_status("Disk", disk.metadata.name, _status(rt, disk, "Failed", reason, message, path=target.url,
                                                               attachedTo=attached))
-    return None
+    return Result(requeue=True)
 
 
 def _was_ready(rt: Runtime, name: str) -> bool:
@@ -142,10 +192,29 @@ def _host_for(rt: Runtime, sd_name: str) -> HostName | None:
     return next((HostName(h) for h in hosts if rt.hosts.ready(h)), None)
 
 
-async def _observe(rt: Runtime, host: HostName, disk: Disk) -> ObservedVolume | None:
+async def _observe(rt: Runtime, host: HostName, disk: Disk, export: NfsExport | None) -> ObservedVolume | None:
     assert disk.spec.storageDomain is not None
+    if export is not None:
+        return await nfs.observe_image(export, volume_name(disk))
     vols = await rt.hosts.connection(host).list_volumes(pool_name(disk.spec.storageDomain))
     return next((v for v in vols if v.name == volume_name(disk)), None)
+
+
+def live_users(rt: Runtime, disk: Disk, sd: StorageDomain, observed: ObservedVolume | None) -> tuple[LiveDisk, ...]:
+    """Running guests that have this Disk's image open (from the last domain listing; no libvirt call)."""
+    if observed is None:
+        return ()
+    source = backend_for(sd).disk_source(sd, observed.path)
+    found = []
+    for vm in _attached(rt, disk.metadata.name):
+        status = rt.cache.status["VirtualMachine"].get(vm)
+        host = HostName(status.host) if isinstance(status, VirtualMachineStatus) and status.host else None
+        runtime = rt.hosts.hosts.get(host) if host is not None else None
+        domain = runtime.domains.get(vm) if runtime is not None else None
+        if host is None or domain is None or domain.live is None:
+            continue
+        found += [LiveDisk(host, domain.name, d.target) for d in domain.live.disks if d.source == source]
+    return tuple(found)
 
 
 def overlay_clones_of(rt: Runtime, name: str) -> tuple[str, ...]:
@@ -175,6 +244,9 @@ def ready_snapshot_disks(rt: Runtime) -> dict[str, tuple[str, ...]]:
 
 
 async def _create(a: CreateVolume, rt: Runtime) -> None:
+    if a.nfs is not None:
+        await nfs.create_image(a.nfs, a.volume, a.source_path, a.source_format)
+        return
     conn = rt.hosts.connection(a.host)
     if a.source_path is None:
         await conn.create_volume(a.pool, a.volume)
@@ -186,10 +258,19 @@ async def _create(a: CreateVolume, rt: Runtime) -> None:
 
 
 async def _resize(a: ResizeVolume, rt: Runtime) -> None:
-    await rt.hosts.connection(a.host).resize_volume(a.pool, a.volume, a.capacity_bytes)
+    if a.live:  # QEMU holds the image: it grows it and tells the guest
+        for user in a.live:
+            await rt.hosts.connection(user.host).block_resize(user.domain, user.target, a.capacity_bytes)
+    elif a.nfs is not None:
+        await nfs.resize_image(a.nfs, a.volume, a.format, a.capacity_bytes)
+    else:
+        await rt.hosts.connection(a.host).resize_volume(a.pool, a.volume, a.capacity_bytes)
 
 
 async def _delete(a: DeleteVolume, rt: Runtime) -> None:
+    if a.nfs is not None:
+        await nfs.delete_image(a.nfs, a.volume)
+        return
     await rt.hosts.connection(a.host).delete_volume(a.pool, a.volume)
 
 
@@ -232,7 +313,8 @@ async def preview_disk(rt: Runtime, change: Change) -> Preview:
     source = source_info(disk, base, _source_infos(rt), ready_snapshot_disks(rt))
     if isinstance(source, str) and observed is None and disk.metadata.deletionTimestamp is None:
         return Preview(Plan(), note=f"waiting: {source}")
-    return Preview(plan_disk(disk, host, base, observed, None if isinstance(source, str) else source))
+    return Preview(plan_disk(disk, host, base, observed, None if isinstance(source, str) else source,
+                             nfs=backend_for(sd).nfs(sd), live=live_users(rt, disk, sd, observed)))
 
 
 # ---------------------------------------------------------------- registration
@@ -253,6 +335,14 @@ def _clones_of(rt: Runtime, disk: str, before: Any, after: Any) -> Iterable[str]
             if (src := d.spec.source) is not None and src.clone is not None and src.clone.disk == disk]
 
 
+def _chap_luns(rt: Runtime, host: str, before: Any, after: Any) -> Iterable[str]:
+    """A host that became Ready needs the CHAP secrets of the iSCSI LUNs."""
+    if not after or before:
+        return ()
+    return [d.metadata.name for d in rt.cache.all("Disk", Disk)
+            if d.spec.lun is not None and d.spec.lun.iscsi is not None and d.spec.lun.iscsi.chapSecret]
+
+
 def _copies_of_snapshot(rt: Runtime, snapshot: str, before: Any, after: Any) -> Iterable[str]:
     if getattr(after, "phase", None) != "Ready":
         return ()
@@ -269,6 +359,7 @@ CONTROLLER = Controller(
         Watch("StorageDomain", "status", _disks_on_domain),
         Watch("Disk", "status", _clones_of),
         Watch("Snapshot", "status", _copies_of_snapshot),
+        Watch("Host", "ready", _chap_luns),
     ),
     plan=preview_disk,
     handlers=HANDLERS,

@@ -27,7 +27,7 @@ from controller.runtime.registry import Controller, Preview
 from controller.runtime.workqueue import Result
 from controller.store import Change
 from reconcilers.conditions import cond
-from reconcilers.domain import HostName, ObservedDomain
+from reconcilers.domain import DomainName, HostName, ObservedDomain
 from reconcilers.host.health import HealthDecision, HealthInputs, plan_health
 from reconcilers.host.plan import host_status
 from reconcilers.plan import Plan
@@ -38,7 +38,8 @@ from specs.meta import Condition
 
 log = logging.getLogger("virtplane.host")
 
-HOST_RESYNC = 10.0  # seconds between observations of a healthy host
+HOST_RESYNC = 10.0  # seconds between observations of a healthy host (and state listings of its domains)
+FULL_RELIST = 3600.0  # seconds between listings with every domain's XML (the safety net for lost events)
 SILENT_RESYNC = 1.0  # ... of a host that does not answer (the grace period is counted at this resolution)
 OBSERVE_TIMEOUT = 5.0  # a libvirtd that does not answer within this is not answering (hung)
 HEARTBEAT_WRITE = timedelta(seconds=60)
@@ -53,7 +54,7 @@ def ha_policy(rt: Runtime, host: Host) -> HaPolicy:
 
 
 async def _observe(rt: Runtime, runtime: HostRuntime) -> None:
-    """Ask libvirt (bounded in time); a full domain listing every resync period."""
+    """Ask libvirt (bounded in time); the domains' states every resync period."""
     now = rt.clock()
     if runtime.watching_since is None:
         runtime.watching_since = now
@@ -64,12 +65,27 @@ async def _observe(rt: Runtime, runtime: HostRuntime) -> None:
         return
     runtime.last_answer = now
     if not runtime.last_listed or rt.hosts.now() - runtime.last_listed >= HOST_RESYNC * 0.8:
-        # A full listing every resync period; in between (a VM controller asked for a fresh count) the
-        # domains its reconciles observed are current enough.
+        # In between (a VM controller asked for a fresh count) the host cache is current: events keep it.
         with anyio.move_on_after(OBSERVE_TIMEOUT * 2):
-            domains = await runtime.conn.list_domains()
-            runtime.domains = {d.name: d for d in domains}
-            runtime.last_listed = rt.hosts.now()
+            await _list_domains(rt, runtime)
+
+
+async def _list_domains(rt: Runtime, runtime: HostRuntime) -> None:
+    """Every domain's state in one call; XML only for what is new, changed or dirty — or for every domain
+    after a (re)connection (events were lost meanwhile) and every FULL_RELIST seconds. Whatever differs
+    from the cache reaches the controllers as a "listed" event, as if libvirt had sent one."""
+    cache = runtime.domains
+    generation = runtime.conn.generation
+    full = cache.listed_generation != generation or rt.hosts.now() - cache.full_listed_at >= FULL_RELIST
+    known = cache.needs_xml(full)
+    since = cache.stamp()
+    listing = await runtime.conn.list_domain_states(lambda name, summary: known.get(name) != summary)
+    changed = cache.apply_listing(listing, since)
+    runtime.last_listed = rt.hosts.now()
+    if full:
+        cache.listed_generation, cache.full_listed_at = generation, runtime.last_listed
+    for name in sorted(changed):
+        rt.on_domain_event(DomainEvent(runtime.name, DomainName(name), "listed", "changed"))
 
 
 async def reconcile_host(rt: Runtime, name: str) -> Result | None:
@@ -173,8 +189,10 @@ async def _subscribe(rt: Runtime, runtime: HostRuntime) -> None:
         return
 
     def forward(event: DomainEvent) -> None:
-        if event.event == "undefined":
-            runtime.domains.pop(event.domain, None)
+        if runtime.domains.consume(event, rt.hosts.now()):
+            rt.counters["expected_events"] += 1  # caused by our own define/start, already recorded
+            return
+        runtime.domains.mark_dirty(event.domain)
         rt.on_domain_event(event)
 
     runtime.events_subscribed = True
@@ -193,5 +211,14 @@ async def preview_host(rt: Runtime, change: Change) -> Preview:
     return Preview(await preview_moves(rt, HostName(host.metadata.name), host))
 
 
+def host_in_sync(rt: Runtime, name: str) -> bool:
+    """The periodic resync owes nothing to a Ready host whose own next observation is already scheduled
+    (it requeues itself every HOST_RESYNC seconds)."""
+    runtime = rt.hosts.hosts.get(HostName(name))
+    host = rt.cache.get("Host", name, Host)
+    return (host is not None and runtime is not None and runtime.ready and runtime.uri == host.spec.uri
+            and rt.queue.scheduled(("Host", name)))
+
+
 CONTROLLER = Controller(kind="Host", reconcile=reconcile_host, scope=own_cluster, plan=preview_host,
-                        handlers=HANDLERS)
+                        handlers=HANDLERS, in_sync=host_in_sync)

@@ -55,10 +55,14 @@ def migrate_uri(host: Host) -> str | None:
 
 
 def all_disks_shared(rt: Runtime, storage_domains: list[str | None]) -> bool:
+    """Every disk is on a shared domain, or a direct LUN (None: an iSCSI LUN or a block device every host
+    sees), so the VM live-migrates without copying storage."""
     if not storage_domains:
         return False
     for name in storage_domains:
-        sd = rt.cache.get("StorageDomain", name, StorageDomain) if name else None
+        if name is None:
+            continue
+        sd = rt.cache.get("StorageDomain", name, StorageDomain)
         if sd is None or not sd.spec.is_shared:
             return False
     return True

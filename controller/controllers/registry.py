@@ -3,7 +3,19 @@
 
 from __future__ import annotations
 
-from controller.controllers import cluster, disk, host, migration, network, pool, rbac, snapshot, storage, vm
+from controller.controllers import (
+    cluster,
+    disk,
+    gluster,
+    host,
+    migration,
+    network,
+    pool,
+    rbac,
+    snapshot,
+    storage,
+    vm,
+)
 from controller.runtime.registry import Registry
 
 
@@ -12,6 +24,7 @@ def default_registry() -> Registry:
         cluster.CONTROLLER,
         host.CONTROLLER,
         storage.CONTROLLER,
+        gluster.CONTROLLER,
         network.CONTROLLER,
         disk.CONTROLLER,
         vm.CONTROLLER,

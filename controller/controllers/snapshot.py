@@ -27,10 +27,12 @@ from reconcilers.snapshot.plan import (
     SnapshotInputs,
     plan_snapshot,
 )
+from reconcilers.storage.backends import backend_for
 from specs.disk import Disk, DiskStatus
 from specs.host import Host
 from specs.meta import Condition, Resource
 from specs.snapshot import RevertStatus, Snapshot, SnapshotStatus
+from specs.storage import StorageDomain
 from specs.vm import VirtualMachine, VirtualMachineStatus
 
 log = logging.getLogger("virtplane.snapshot")
@@ -56,7 +58,7 @@ def _disk_targets(rt: Runtime, vm: VirtualMachine, domain: ObservedDomain | None
     config = (domain.live or domain.config) if domain is not None else None
     if config is None:
         return {}, {}
-    by_path = {d.source.path: d.target for d in config.disks if isinstance(d.source, FileSource)}
+    by_source = {d.source: d.target for d in config.disks}
     targets: dict[str, str] = {}
     formats: dict[str, str] = {}
     for attachment in vm.spec.disks:
@@ -64,8 +66,11 @@ def _disk_targets(rt: Runtime, vm: VirtualMachine, domain: ObservedDomain | None
         disk = rt.cache.get("Disk", attachment.disk, Disk)
         if not isinstance(status, DiskStatus) or status.path is None or disk is None or disk.spec.lun is not None:
             continue
-        if status.path in by_path:
-            targets[attachment.disk] = by_path[status.path]
+        # how the domain reaches the image: a file, or a network disk (nfs with access qemu)
+        sd = rt.cache.get("StorageDomain", disk.spec.storageDomain or "", StorageDomain)
+        source = backend_for(sd).disk_source(sd, status.path) if sd is not None else FileSource(status.path)
+        if source in by_source:
+            targets[attachment.disk] = by_source[source]
             formats[attachment.disk] = disk.spec.effective_format or "qcow2"
     return targets, formats
 

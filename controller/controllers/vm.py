@@ -20,6 +20,7 @@ from controller.controllers.common import on_host_readiness, own_cluster, refuse
 from controller.controllers.migration_state import describe_outcome, note_request
 from controller.controllers.vm_actions import HANDLERS
 from controller.controllers.vm_inputs import record_placement, vm_inputs
+from controller.controllers.vm_sync import vm_in_sync
 from controller.runtime.context import Runtime
 from controller.runtime.executor import ExecutionResult
 from controller.runtime.registry import Controller, Preview, Watch
@@ -32,6 +33,7 @@ from reconcilers.plan import Action, Plan
 from reconcilers.vm.actions import DefineDomain, DestroyDomain, ShutdownDomain, StartDomain, UndefineDomain
 from reconcilers.vm.live import PENDING_DEADLINE_S, pending_key
 from reconcilers.vm.plan import VmDecision, plan_vm
+from specs.disk import Disk
 from specs.host import Host
 from specs.migration import Migration
 from specs.vm import NicStatus, VirtualMachine, VirtualMachineStatus
@@ -41,17 +43,25 @@ log = logging.getLogger("virtplane.vm")
 FINALIZER = "virtplane.io/domain"
 
 
-async def _refresh(rt: Runtime, name: str, hosts: set[HostName]) -> dict[HostName, ObservedDomain]:
-    """Observe the domain afresh on the hosts that matter, updating the host caches."""
+async def _refresh(
+    rt: Runtime, name: str, hosts: set[HostName], *, force: bool = False
+) -> dict[HostName, ObservedDomain]:
+    """Where the domain is, from the host caches; observed afresh only where the cache cannot be trusted:
+    an event said it changed (dirty), the host was not listed on this connection yet, or ``force``."""
     for h in hosts:
         runtime = rt.hosts.hosts.get(h)
         if runtime is None or not runtime.ready:
             continue
+        cache = runtime.domains
+        if not (force or cache.dirty(name) or not runtime.last_listed
+                or cache.listed_generation != runtime.conn.generation):
+            continue
+        since = cache.stamp()
         observed = await runtime.conn.observe_domain(DomainName(name))
         if observed is None:
-            runtime.domains.pop(name, None)
+            cache.drop(name, since=since)
         else:
-            runtime.domains[name] = observed
+            cache.put(observed, since=since)
     return rt.hosts.locate(name)
 
 
@@ -71,7 +81,10 @@ async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
     for moving in (finished, job):
         if moving is not None:
             relevant |= {moving.source, moving.target}
-    domains: Mapping[HostName, ObservedDomain] = await _refresh(rt, name, relevant)
+    # Fresh job statistics while a migration runs; a guest's acknowledgement of a pending request (memory
+    # balloon, unplug) may come without an event.
+    watch_closely = finished is not None or job is not None or bool(rt.pending.keys(name))
+    domains: Mapping[HostName, ObservedDomain] = await _refresh(rt, name, relevant, force=watch_closely)
     _prune_pending(rt, name, vm, domains)
     if finished is not None and vm is not None:
         reason, message, warning = describe_outcome(finished)
@@ -121,7 +134,9 @@ async def _execute(
     _note_pending(rt, name, decision, result)
     if vm is not None and result.done:
         await rt.emit(vm, "PlanExecuted", result.describe_done(), source="vm-controller")
-    domains = await _refresh(rt, name, relevant)
+    # Define and start record what libvirt answered in the host cache; anything else is observed afresh.
+    recorded = result.ok and all(isinstance(a, DefineDomain | StartDomain) for a in result.done)
+    domains = await _refresh(rt, name, relevant, force=not recorded)
     if any(isinstance(a, StartDomain | ShutdownDomain | DestroyDomain | UndefineDomain) for a in result.done):
         for host in relevant:  # their VM counts changed: report them soon (coalesced by the queue)
             rt.queue.add_after(("Host", host), 2.0)
@@ -345,6 +360,15 @@ def _vms_using_disk(rt: Runtime, disk: str, before: Any, after: Any) -> Iterable
             if any(a.disk == disk for a in vm.spec.disks)]
 
 
+def _vms_using_storage(rt: Runtime, sd: str, before: Any, after: Any) -> Iterable[str]:
+    """When the hosts reaching a storage domain change, the VMs with disks on it (placement filter)."""
+    if getattr(before, "readyHosts", None) == getattr(after, "readyHosts", None):
+        return ()
+    disks = {d.metadata.name for d in rt.cache.all("Disk", Disk) if d.spec.storageDomain == sd}
+    return [vm.metadata.name for vm in rt.cache.all("VirtualMachine", VirtualMachine)
+            if any(a.disk in disks for a in vm.spec.disks)]
+
+
 def _vms_using_network(rt: Runtime, network: str, before: Any, after: Any) -> Iterable[str]:
     return [vm.metadata.name for vm in rt.cache.all("VirtualMachine", VirtualMachine)
             if any(n.network == network for n in vm.spec.nics)]
@@ -405,6 +429,7 @@ CONTROLLER = Controller(
     watches=(
         Watch("Disk", "status", _vms_using_disk),
         Watch("Network", "status", _vms_using_network),
+        Watch("StorageDomain", "status", _vms_using_storage),
         Watch("Host", "spec", _vms_on_or_waiting_for_host),
         Watch("Host", "ready", on_host_readiness("VirtualMachine")),
         Watch("Host", "status", _vms_of_host_phase),
@@ -414,4 +439,5 @@ CONTROLLER = Controller(
     handlers=HANDLERS,
     on_domain_event=_vm_of_domain_event,
     start=_start,
+    in_sync=vm_in_sync,
 )

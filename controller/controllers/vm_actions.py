@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import anyio
 
 from controller.adapters.libvirt.codec import render_disk_device, render_nic_device
 from controller.adapters.libvirt.connection import HostConnection
+from controller.adapters.libvirt.observe import after_define, after_start
 from controller.runtime.context import Runtime
+from controller.runtime.domains import HostDomains
 from controller.runtime.registry import Handler
-from reconcilers.domain import DomainName
+from reconcilers.domain import DomainName, HostName
 from reconcilers.migration.actions import AbortMigration, MigrateDomain, StartPostCopy
 from reconcilers.vm.actions import (
     AttachDisk,
@@ -44,12 +48,37 @@ async def shutdown_then_destroy(conn: HostConnection, domain: DomainName, timeou
     await conn.destroy_domain(domain)
 
 
+@contextlib.contextmanager
+def _expecting(rt: Runtime, host: HostName, domain: str, event: str) -> Iterator[HostDomains]:
+    """Our action will cause ``event``: swallow it when it comes (its outcome is recorded by the handler,
+    so it must not queue the VM again). Forgotten if the action fails."""
+    domains = rt.hosts.hosts[host].domains
+    domains.expect(domain, event, rt.hosts.now())
+    try:
+        yield domains
+    except BaseException:
+        domains.unexpect(domain, event)
+        raise
+
+
 async def _define(a: DefineDomain, rt: Runtime) -> None:
-    await rt.hosts.connection(a.host).define_domain(a.config)
+    conn = rt.hosts.connection(a.host)
+    with _expecting(rt, a.host, a.config.name, "defined") as domains:
+        since = domains.stamp()
+        stored = await conn.define_domain(a.config)
+    domains.put(after_define(a.host, stored, domains.get(a.config.name)), since=since)
 
 
 async def _start(a: StartDomain, rt: Runtime) -> None:
-    await rt.hosts.connection(a.host).start_domain(a.domain)
+    conn = rt.hosts.connection(a.host)
+    with _expecting(rt, a.host, a.domain, "started") as domains:
+        since = domains.stamp()
+        live = await conn.start_domain(a.domain)
+    previous = domains.get(a.domain)
+    if live is None or previous is None:
+        domains.mark_dirty(a.domain)  # observed afresh by the re-plan
+    else:
+        domains.put(after_start(previous, live), since=since)
 
 
 async def _shutdown(a: ShutdownDomain, rt: Runtime) -> None:

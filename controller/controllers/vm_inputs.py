@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from controller.controllers.migration_state import migration_context
 from controller.runtime.allocations import Usage
 from controller.runtime.context import Runtime
-from reconcilers.disk.plan import volume_name
+from reconcilers.disk.plan import chap_usage, volume_name
 from reconcilers.domain import BlockSource, DiskSource, FileSource, HostName, NetworkSource, ObservedDomain
 from reconcilers.migration.plan import MigrationContext
-from reconcilers.scheduler import ClusterPolicy, HostView
+from reconcilers.scheduler import ClusterPolicy, HostView, HostViews
 from reconcilers.storage.backends import backend_for
 from reconcilers.vm.domain import ResolvedDisk, ResolvedNetwork
 from reconcilers.vm.plan import VmInputs
@@ -22,7 +22,7 @@ from specs.cluster import Cluster
 from specs.disk import Disk, DiskStatus
 from specs.host import Host, HostStatus
 from specs.network import Network, NetworkStatus
-from specs.storage import StorageDomain
+from specs.storage import StorageDomain, StorageDomainStatus
 from specs.vm import VirtualMachine, VirtualMachineStatus
 
 
@@ -31,10 +31,10 @@ def _lun_source(disk: Disk) -> DiskSource:
     assert lun is not None
     if lun.blockPath is not None:
         return BlockSource(lun.blockPath)
-    assert lun.iscsi is not None
-    portal = lun.iscsi.portal
-    host, _, port = portal.rpartition(":") if ":" in portal else (portal, "", "3260")
-    return NetworkSource("iscsi", host.strip("[]"), f"{lun.iscsi.iqn}/{lun.iscsi.lun}", int(port or 3260))
+    iscsi = lun.iscsi
+    assert iscsi is not None
+    usage = chap_usage(iscsi.chapSecret) if iscsi.chapSecret is not None else None
+    return NetworkSource("iscsi", iscsi.host, f"{iscsi.iqn}/{iscsi.lun}", iscsi.port, iscsi.chapUsername, usage)
 
 
 def resolve_disks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedDisk]:
@@ -43,11 +43,12 @@ def resolve_disks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedDisk]:
         disk = rt.cache.get("Disk", attachment.disk, Disk)
         if disk is None:
             continue
-        if disk.spec.lun is not None:
-            found[attachment.disk] = ResolvedDisk(attachment.disk, _lun_source(disk), "raw", disk.spec.shareable,
-                                                  True, None)
-            continue
         status = rt.cache.status["Disk"].get(attachment.disk)
+        if disk.spec.lun is not None:  # an iSCSI LUN is ready once probed and its CHAP secret is on the hosts
+            lun_ready = isinstance(status, DiskStatus) and status.phase == "Ready"
+            found[attachment.disk] = ResolvedDisk(attachment.disk, _lun_source(disk), "raw", disk.spec.shareable,
+                                                  lun_ready, None)
+            continue
         path = status.path if isinstance(status, DiskStatus) else None
         ready = isinstance(status, DiskStatus) and status.phase == "Ready" and path is not None
         sd = rt.cache.get("StorageDomain", disk.spec.storageDomain or "", StorageDomain)
@@ -71,7 +72,8 @@ def resolve_networks(rt: Runtime, vm: VirtualMachine) -> dict[str, ResolvedNetwo
         if t == "user":
             found[nic.network] = ResolvedNetwork(nic.network, "user", None, True)
         elif t == "bridge":
-            found[nic.network] = ResolvedNetwork(nic.network, "bridge", net.spec.bridge, True)
+            found[nic.network] = ResolvedNetwork(nic.network, "bridge", net.spec.bridge, True,
+                                                 net.spec.virtualport, net.spec.vlan)
         else:
             ready = isinstance(status, NetworkStatus) and status.phase in ("Ready", "Degraded")
             found[nic.network] = ResolvedNetwork(nic.network, "network", f"vp-{nic.network}", ready)
@@ -86,35 +88,91 @@ def cluster_policy(rt: Runtime, cluster: str) -> ClusterPolicy:
     return ClusterPolicy(policy=s.policy, cpu_overcommit=s.cpuOvercommit, memory_overcommit=s.memoryOvercommit)
 
 
+class ClusterHostViews(HostViews):
+    """The Hosts of one cluster as the scheduler sees them, built from the caches on demand: a plan for a VM
+    that stays where it runs looks up one host (its own); only placing or moving one builds them all."""
+
+    def __init__(self, rt: Runtime, cluster: str, exclude_vm: str, override: Host | None = None) -> None:
+        super().__init__()
+        self._rt, self._cluster, self._exclude, self._override = rt, cluster, exclude_vm, override
+        self._built: tuple[HostView, ...] | None = None
+        self._reach: tuple[dict[str, frozenset[str]], dict[str, dict[str, str]]] | None = None
+
+    def _storage(self) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, str]]]:
+        if self._reach is None:
+            self._reach = storage_reach(self._rt, self._cluster)
+        return self._reach
+
+    def _host(self, name: str) -> Host | None:
+        if self._override is not None and self._override.metadata.name == name:
+            return self._override
+        host = self._rt.cache.get("Host", name, Host)
+        return host if host is not None and host.spec.cluster == self._cluster else None
+
+    def names(self) -> frozenset[HostName]:
+        return frozenset(HostName(h.metadata.name) for h in self._rt.cache.all("Host", Host)
+                         if h.spec.cluster == self._cluster)
+
+    def get(self, name: HostName) -> HostView | None:
+        host = self._host(name)
+        return _view(self._rt, host, self._exclude, *self._storage()) if host is not None else None
+
+    def all(self) -> tuple[HostView, ...]:
+        if self._built is None:
+            hosts = (self._host(h.metadata.name) for h in self._rt.cache.all("Host", Host))
+            reach, notes = self._storage()
+            self._built = tuple(_view(self._rt, h, self._exclude, reach, notes) for h in hosts if h is not None)
+        return self._built
+
+
+def _view(rt: Runtime, host: Host, exclude_vm: str, reach: Mapping[str, frozenset[str]],
+          notes: Mapping[str, Mapping[str, str]]) -> HostView:
+    """Allocation from what is placed there (not from libvirt), leaving out the VM itself. Capacity is
+    what libvirt reports minus the host's spec.reserved; the storage domains it reaches from their status."""
+    name = host.metadata.name
+    runtime = rt.hosts.hosts.get(HostName(name))
+    observed = runtime.observed if runtime else None
+    cpus, memory, count, groups = rt.allocations.host(name, excluding=exclude_vm)
+    return HostView(
+        name=HostName(name),
+        cluster=host.spec.cluster,
+        ready=bool(runtime and runtime.ready),
+        maintenance=host.spec.maintenance,
+        labels=dict(host.metadata.labels),
+        cpus=max(0, (observed.cpus or 0) - host.spec.reserved.cpus) if observed else 0,
+        memory_bytes=max(0, (observed.memory_bytes or 0) - host.spec.reserved.memory_bytes) if observed else 0,
+        allocated_cpus=cpus,
+        allocated_memory_bytes=memory,
+        vm_count=count,
+        groups=groups,
+        storage_domains=reach.get(name, frozenset()),
+        storage_notes=dict(notes.get(name, {})),
+    )
+
+
 def host_views(rt: Runtime, cluster: str, exclude_vm: str, override: Host | None = None) -> tuple[HostView, ...]:
-    """Hosts with allocation from what is placed there (not from libvirt), leaving out the VM itself.
-    Capacity is what libvirt reports minus the host's spec.reserved. ``override``: plan with this version of
-    one Host instead of the stored one (diff)."""
-    views = []
-    for stored in rt.cache.all("Host", Host):
-        host = override if override is not None and override.metadata.name == stored.metadata.name else stored
-        if host.spec.cluster != cluster:
+    """Every host of the cluster as the scheduler sees it (``override``: plan with this version of one Host
+    instead of the stored one — diff)."""
+    return ClusterHostViews(rt, cluster, exclude_vm, override).all()
+
+
+def storage_reach(rt: Runtime, cluster: str) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, str]]]:
+    """Per host: the storage domains of ``cluster`` it reaches (from their status), and why not the others."""
+    reach: dict[str, set[str]] = {}
+    notes: dict[str, dict[str, str]] = {}
+    for sd in rt.cache.all("StorageDomain", StorageDomain):
+        if sd.spec.cluster != cluster:
             continue
-        name = host.metadata.name
-        runtime = rt.hosts.hosts.get(HostName(name))
-        observed = runtime.observed if runtime else None
-        cpus, memory, count, groups = rt.allocations.host(name, excluding=exclude_vm)
-        views.append(
-            HostView(
-                name=HostName(name),
-                cluster=host.spec.cluster,
-                ready=bool(runtime and runtime.ready),
-                maintenance=host.spec.maintenance,
-                labels=dict(host.metadata.labels),
-                cpus=max(0, (observed.cpus or 0) - host.spec.reserved.cpus) if observed else 0,
-                memory_bytes=max(0, (observed.memory_bytes or 0) - host.spec.reserved.memory_bytes) if observed else 0,
-                allocated_cpus=cpus,
-                allocated_memory_bytes=memory,
-                vm_count=count,
-                groups=groups,
-            )
-        )
-    return tuple(views)
+        name = sd.metadata.name
+        status = rt.cache.status["StorageDomain"].get(name)
+        if not isinstance(status, StorageDomainStatus):
+            continue
+        for host in status.readyHosts:
+            reach.setdefault(host, set()).add(name)
+        for state in status.hosts:
+            if not state.reachable:
+                notes.setdefault(state.host, {})[name] = f"{state.reason}: {state.message}"
+    return {h: frozenset(v) for h, v in reach.items()}, notes
 
 
 def record_placement(rt: Runtime, vm: VirtualMachine, host: str | None) -> None:
@@ -152,7 +210,7 @@ def vm_inputs(
         status=vm_status,
         disks=disks,
         networks=resolve_networks(rt, vm) if vm else {},
-        hosts=host_views(rt, cluster, name, host_override) if vm else (),
+        hosts=ClusterHostViews(rt, cluster, name, host_override) if vm else HostViews(),
         policy=cluster_policy(rt, cluster),
         domains=dict(domains) if domains is not None else rt.hosts.locate(name),
         unreachable=unreachable,

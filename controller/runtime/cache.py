@@ -51,7 +51,10 @@ class Cache:
         """Apply every change to the cache, then call ``on_change``. Runs forever."""
         known = {(k, n): int(r.metadata.resourceVersion or 0)
                  for k, items in self.specs.items() for n, r in items.items()}
-        async for event in self.store.watch_objects(self.revision + 1, kinds=self.kinds, known=known):
+        def ours(part: str, kind: str, name: str, revision: int) -> bool:  # our own status write: not decoded
+            return part == "status" and revision <= self.status_rev.get((kind, name), 0)
+
+        async for event in self.store.watch_objects(self.revision + 1, kinds=self.kinds, known=known, skip=ours):
             self.revision = max(self.revision, event.mod_revision)
             if event.kind not in self.specs:
                 continue

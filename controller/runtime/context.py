@@ -23,6 +23,7 @@ from controller.adapters.secrets import DEFAULT_SECRETS_DIR
 from controller.common.metrics import Registry as MetricsRegistry
 from controller.runtime.allocations import Allocations
 from controller.runtime.cache import Cache
+from controller.runtime.events import EventSink
 from controller.runtime.executor import Executor
 from controller.runtime.ha import HaRestarts, PolicyClock, PowerRequests
 from controller.runtime.hosts import HostRegistry
@@ -80,6 +81,10 @@ class Runtime:
     # Host paths specs may name (`virtplane server --allowed-*-dir`, --lab-dir, --host-keys-dir); the API
     # refuses others at apply, and the controllers again before acting (objects stored before the policy).
     policy: HostPathPolicy = field(default_factory=HostPathPolicy)
+    # `virtplane server --glusterd-socket`: the CLI socket of a glusterd of the trusted pool (GlusterVolumes)
+    glusterd_socket: Path | None = None
+    # events are written in batches by this sink's task while the manager runs (directly otherwise).
+    events: EventSink | None = None
 
     async def ensure_finalizer(self, obj: R, finalizer: str) -> R:
         """``obj`` with ``finalizer`` added in the store (unless it is there or the object is being deleted)."""
@@ -141,14 +146,19 @@ class Runtime:
             source=source,
         )
         self.counters["events"] += 1
-        try:
-            await self.store.emit_event(event)
-        except StoreError as e:  # an event must never break a reconcile
-            log.warning("could not store event %s for %s/%s: %s", reason, obj.kind, obj.metadata.name, e)
+        if self.events is None or not self.events.put(event):  # else written with others by the sink's task
+            await self._store_event(event)
         log.info(
             "%s %s/%s: %s [correlation %s, user %s]", reason, obj.kind, obj.metadata.name, message,
             obj.metadata.correlationId, obj.metadata.updatedBy or "-",
         )
+
+    async def _store_event(self, event: Event) -> None:
+        try:
+            await self.store.emit_event(event)
+        except StoreError as e:  # an event must never break a reconcile
+            o = event.involvedObject
+            log.warning("could not store event %s for %s/%s: %s", event.reason, o.kind, o.name, e)
 
 
 def _comparable(status: StatusBase) -> dict[str, Any]:

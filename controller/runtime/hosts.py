@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from controller.adapters.libvirt.connection import HostConnection
 from controller.common.errors import TransientError
+from controller.runtime.domains import HostDomains
 from reconcilers.domain import (
     DomainType,
     HostName,
@@ -38,11 +39,11 @@ class HostRuntime:
     uri: str
     conn: HostConnection
     observed: ObservedHost | None = None
-    domains: dict[str, ObservedDomain] = field(default_factory=dict)
+    domains: HostDomains = field(default_factory=HostDomains)  # kept current by events (runtime.domains)
     pools: dict[str, PoolConfig] = field(default_factory=dict)  # ensured since connecting
     networks: dict[str, NetworkConfig] = field(default_factory=dict)
     domain_type: DomainType = "kvm"
-    last_listed: float = 0.0
+    last_listed: float = 0.0  # monotonic time of the last listing (0: never listed since connecting)
     events_subscribed: bool = False
     watching_since: datetime | None = None  # first observation by this controller
     last_answer: datetime | None = None  # the last time the host answered this controller

@@ -26,6 +26,7 @@ from controller.common.metrics import LabelValues, sample
 from controller.common.metrics import Registry as MetricsRegistry
 from controller.runtime.cache import Cache
 from controller.runtime.context import Key, Runtime
+from controller.runtime.events import EventSink
 from controller.runtime.executor import Executor
 from controller.runtime.hosts import HostRegistry
 from controller.runtime.leader import Elector
@@ -51,6 +52,7 @@ class ManagerOptions:
     secrets_dir: Path = DEFAULT_SECRETS_DIR  # where spec fields that name a secret find its file
     lab_dir: Path | None = None  # `virtplane lab` hosts the lab power agent may switch
     policy: HostPathPolicy = field(default_factory=HostPathPolicy)  # host paths specs may name
+    glusterd_socket: Path | None = None  # where GlusterVolumes are created and changed
 
 
 class Manager:
@@ -65,11 +67,17 @@ class Manager:
         self.elector = Elector(store, options.identity, ttl=options.lease_ttl)
         self.rt = Runtime(store, self.cache, self.hosts, self.queue, metrics or MetricsRegistry(),
                           executor=Executor(registry.handlers), identity=options.identity,
-                          secrets_dir=options.secrets_dir, lab_dir=options.lab_dir, policy=options.policy)
+                          secrets_dir=options.secrets_dir, lab_dir=options.lab_dir, policy=options.policy,
+                          glusterd_socket=options.glusterd_socket)
         self.rt.notify = self._dispatch
+        self.events = EventSink(store)
+        self.rt.events = self.events
         self.rt.on_domain_event = self._on_domain_event
         self.rt.metrics.add_collector(self._metrics)
         self.reconciles: Counter[str] = Counter()  # reconciles run by this replica, by kind
+        self._inflight: Counter[str | None] = Counter()  # reconciles running, by scope
+        self.elector.busy = lambda scope: self._inflight[scope] > 0
+        self.resyncs_skipped = 0  # objects the periodic resync found in sync and did not queue
 
     # -- leadership -------------------------------------------------------------------------------
 
@@ -120,9 +128,11 @@ class Manager:
     async def _handle(self, key: Key) -> Result | None:
         kind, name = key
         controller = self.registry.get(kind)
-        if controller is None or not self.leads(kind, name):
+        scope = self.scope_of(kind, name)
+        if controller is None or (scope is not None and not self.elector.leads(scope)):
             return None  # another replica leads this object's scope
         self.reconciles[kind] += 1
+        self._inflight[scope] += 1  # the elector hands a scope over only between reconciles
         try:
             return await controller.reconcile(self.rt, name)
         except ConflictError:
@@ -131,16 +141,34 @@ class Manager:
             return None
         except StoreUnavailable as e:
             raise TransientError(str(e), retry_after=1.0) from e
+        finally:
+            self._inflight[scope] -= 1
 
     async def _resync(self) -> None:
         while True:
             await anyio.sleep(self.options.resync_seconds)
-            self.resync_all()
+            self.resync_all(changed_only=True)
 
-    def resync_all(self) -> None:
+    def _on_gain(self, scope: str) -> None:
+        self.resync_all()  # everything, not only what looks out of sync: another replica acted meanwhile
+
+    def _on_resume(self, scope: str) -> None:
+        self.resync_all(changed_only=True)  # our lease held throughout: only the keys skipped meanwhile
+
+    def resync_all(self, *, changed_only: bool = False) -> int:
+        """Queue every object (at start, on gaining a scope), or with ``changed_only`` only those whose
+        controller cannot tell from the caches that they are in sync (the periodic resync). Returns how
+        many were queued."""
+        queued = 0
         for kind in self.registry.kinds:
+            in_sync = self.registry.controllers[kind].in_sync if changed_only else None
             for name in list(self.cache.specs[kind]):
+                if in_sync is not None and in_sync(self.rt, name):
+                    self.resyncs_skipped += 1
+                    continue
                 self.queue.add((kind, name))
+                queued += 1
+        return queued
 
     # -- diff -------------------------------------------------------------------------------------
 
@@ -190,11 +218,13 @@ class Manager:
             if controller.start is not None:
                 controller.start(self.rt)
         self._want_scopes(self.scope_of(kind, name) for kind in self.registry.kinds for name in self.cache.specs[kind])
-        self.elector.on_gain = lambda scope: self.resync_all()
+        self.elector.on_gain = self._on_gain
+        self.elector.on_resume = self._on_resume
         self.resync_all()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.elector.run)
+                tg.start_soon(self.events.run)
                 tg.start_soon(self.cache.watch, self._on_change)
                 tg.start_soon(self._resync)
                 tg.start_soon(run_workers, self.queue, self.options.workers, self._handle)

@@ -97,6 +97,8 @@ class Controller:
     handlers: Mapping[type[Action], Handler] = field(default_factory=dict)
     on_domain_event: DomainEventMapper | None = None
     start: Callable[[Runtime], None] | None = None
+    # The periodic resync skips an object for which this says True (nothing to do, judged from the caches).
+    in_sync: Callable[[Runtime, str], bool] | None = None
 
 
 class RegistryError(ValueError):

@@ -177,6 +177,11 @@ class WorkQueue(Generic[K]):
     def num_requeues(self, key: K) -> int:
         return self._failures.get(key, 0)
 
+    def scheduled(self, key: K) -> bool:
+        """Whether ``key`` will be handed out again without anyone adding it: queued, being processed
+        (a change meanwhile re-queues it), or waiting for its time."""
+        return key in self._dirty or key in self._processing or key in self._delayed_at
+
     # ------------------------------------------------------------------ consumers
 
     async def get(self) -> K | None:

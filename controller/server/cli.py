@@ -95,6 +95,11 @@ def server(
     audit_max_records: Annotated[
         int, typer.Option("--audit-max-records", help="Audit records kept (oldest deleted beyond).")
     ] = 100_000,
+    glusterd_socket: Annotated[
+        Path | None,
+        typer.Option("--glusterd-socket", help="CLI socket of a glusterd of the trusted pool: GlusterVolumes are "
+                     "created and changed through it (glusterd refuses changes over --remote-host)."),
+    ] = None,
 ) -> None:
     """Run the API server (and the controllers) on embedded or external etcd."""
     from controller.server.main import ServerOptions, serve
@@ -113,7 +118,7 @@ def server(
             directory_config=directory, session_ttl=session_ttl, tls_cert=tls_cert, tls_key=tls_key,
             tls_self_signed=tls_self_signed, audit_max_records=audit_max_records,
         )
-        background = _background_tasks(data_dir, secrets_dir, lab_dir, policy) if controllers else ()
+        background = _background_tasks(data_dir, secrets_dir, lab_dir, policy, glusterd_socket) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
@@ -151,11 +156,12 @@ def _policy(
 
 
 def _background_tasks(
-    data_dir: Path, secrets_dir: Path, lab_dir: Path | None, policy: HostPathPolicy
+    data_dir: Path, secrets_dir: Path, lab_dir: Path | None, policy: HostPathPolicy,
+    glusterd_socket: Path | None = None,
 ) -> tuple[BackgroundTask, ...]:
     identity = f"{socket.gethostname()}-{os.getpid()}"
     options = ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir, lab_dir=lab_dir,
-                             policy=policy)
+                             policy=policy, glusterd_socket=glusterd_socket)
     return (controllers_task(options),)
 
 

@@ -81,6 +81,8 @@ class EmbeddedEtcd:
         binary: str = ETCD_BINARY,
         start_timeout: float = 30.0,
         listen: Literal["unix", "tcp"] = "unix",
+        name: str = "virtplane",
+        initial_cluster: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.host = host
@@ -94,6 +96,8 @@ class EmbeddedEtcd:
         self.auto_compaction_retention = auto_compaction_retention
         self.binary = binary
         self.start_timeout = start_timeout
+        self.name = name
+        self.initial_cluster = initial_cluster  # "name=peer-url,..." of every member; None: a cluster of one
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- public face ---------------------------------------------------------------------------
@@ -119,6 +123,13 @@ class EmbeddedEtcd:
         return self.data_dir / "etcd.pid"
 
     @property
+    def peer_url(self) -> str:
+        """The peer URL this member advertises (a cluster of several members listens on TCP)."""
+        if self.listen == "unix":
+            return f"unix://{PEER_SOCKET}"
+        return f"http://{self.host}:{self.peer_port}"
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "etcd.log"
 
@@ -134,9 +145,6 @@ class EmbeddedEtcd:
         """Spawn etcd and return once ``/health`` answers true; raise EtcdServerError otherwise."""
         if self.running:
             return
-        if not os.access(self.binary, os.X_OK):
-            raise EtcdServerError(f"etcd binary {self.binary} not found or not executable "
-                                  "(install Debian's etcd-server)")
         self.spawn()
         try:
             self.wait_healthy()
@@ -145,8 +153,14 @@ class EmbeddedEtcd:
             raise
 
     def spawn(self) -> None:
-        """Start the process (no waiting): call it from the thread that lives as long as the server, since
-        the parent-death signal follows the thread that forked. Stops a stale etcd of this data dir first."""
+        """Start the process without waiting (a cluster member is healthy only once a quorum runs): call
+        it from the thread that lives as long as the server, since the parent-death signal follows the
+        thread that forked. Stops a stale etcd of this data dir first."""
+        if self.running:
+            return
+        if not os.access(self.binary, os.X_OK):
+            raise EtcdServerError(f"etcd binary {self.binary} not found or not executable "
+                                  "(install Debian's etcd-server)")
         self._private_dir(self.data_dir)
         self.stop_stale()
         cwd = None
@@ -264,18 +278,20 @@ class EmbeddedEtcd:
             client, peer = self.endpoint, f"http://{self.host}:{self.peer_port}"
         cmd = [
             self.binary,
-            "--name", "virtplane",
+            "--name", self.name,
             "--data-dir", str(self.data_dir / "etcd"),
             "--listen-client-urls", client,
             "--advertise-client-urls", client,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"virtplane={peer}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
             "--initial-cluster-state", "new",
             "--max-txn-ops", str(self.max_txn_ops),
             "--max-request-bytes", str(self.max_request_bytes),
             "--quota-backend-bytes", str(self.quota_backend_bytes),
         ]
+        if self.initial_cluster is not None:
+            cmd += ["--initial-cluster-token", "virtplane"]
         if self.auto_compaction_retention is not None:
             cmd += ["--auto-compaction-mode", "periodic",
                     "--auto-compaction-retention", self.auto_compaction_retention]
@@ -350,3 +366,53 @@ def _die_with_parent(parent: int) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback, each with its own data directory and ports, for tests and
+    benches of a replicated store (a real deployment runs its own cluster and passes every endpoint to
+    ``virtplane server --etcd``). Members are stopped and killed by PID."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], size: int = 3, **options: object) -> None:
+        base = Path(data_dir)
+        options.setdefault("listen", "tcp")  # members reach each other by peer URL: loopback TCP here
+        self.members = [EmbeddedEtcd(base / f"member-{i}", name=f"m{i}", **options)  # type: ignore[arg-type]
+                        for i in range(size)]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for m in self.members:
+            m.initial_cluster = initial
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    @property
+    def max_txn_ops(self) -> int:
+        return self.members[0].max_txn_ops
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.members[0].max_request_bytes
+
+    def start(self) -> None:
+        try:
+            for m in self.members:
+                m.spawn()
+            for m in self.members:
+                m.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def __enter__(self) -> EtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

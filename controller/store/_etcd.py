@@ -30,6 +30,8 @@ _UNAVAILABLE = {
     grpc.StatusCode.CANCELLED,
 }
 
+READ_RETRY_S = 5.0  # a read waits this long for a raft election or a member's failover before failing
+
 _CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
@@ -140,11 +142,20 @@ class EtcdKV:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method: Any, request: Any) -> Any:
-        try:
-            return await method(request, timeout=self.timeout)
-        except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError) as exc:
-            raise classify(exc, self.target) from exc
+    async def _call(self, method: Any, request: Any, *, retry_for: float = 0.0) -> Any:
+        """One RPC. ``retry_for``: an idempotent read is retried for that long while etcd is unavailable
+        (a member died, a raft election: "leader changed"), so callers do not see a failover."""
+        delay, waited = 0.05, 0.0
+        while True:
+            try:
+                return await method(request, timeout=self.timeout)
+            except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError) as exc:
+                err = classify(exc, self.target)
+                if not isinstance(err, StoreUnavailable) or waited >= retry_for:
+                    raise err from exc
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.5)
 
     async def range(
         self,
@@ -164,7 +175,7 @@ class EtcdKV:
         if descend:
             request.sort_order = rpc.RangeRequest.DESCEND
             request.sort_target = rpc.RangeRequest.KEY
-        return await self._call(self._kv.Range, request)
+        return await self._call(self._kv.Range, request, retry_for=READ_RETRY_S)
 
     async def range_prefix(
         self, prefix: bytes, *, revision: int = 0, page: int = 5000
@@ -260,6 +271,11 @@ def compare_mod(key: bytes, mod_revision: int) -> Any:
 
 def compare_exists(key: bytes) -> Any:
     return rpc.Compare(key=key, target=rpc.Compare.VERSION, result=rpc.Compare.GREATER, version=0)
+
+
+def compare_lease(key: bytes, lease: int) -> Any:
+    """``lease(key) == lease`` (the key is held under that lease)."""
+    return rpc.Compare(key=key, target=rpc.Compare.LEASE, result=rpc.Compare.EQUAL, lease=lease)
 
 
 def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:

@@ -2,14 +2,17 @@
 
 ``/virtplane/leases/clusters/<scope>`` holds the identity of the replica leading that scope, attached to the
 replica's lease: when the replica dies its lease expires and the key goes with it.
+``/virtplane/leases/replicas/<identity>`` says a replica is alive (same lease), so replicas can share the
+scopes out between them.
 """
 
 from __future__ import annotations
 
 from controller.store import codec
-from controller.store._etcd import EtcdKV, compare_mod, op_put
+from controller.store._etcd import EtcdKV, compare_lease, compare_mod, op_delete, op_put
 
 PREFIX = codec.ROOT + "leases/clusters/"
+REPLICAS = codec.ROOT + "leases/replicas/"
 
 
 class Leases:
@@ -38,3 +41,23 @@ class Leases:
         if not got.kvs:
             return None
         return bytes(got.kvs[0].value).decode(), int(got.kvs[0].lease)
+
+    async def holders(self) -> dict[str, tuple[str, int]]:
+        """Every held scope: {scope: (identity, lease id)}, in one read."""
+        kvs, _ = await self.kv.range_prefix(PREFIX.encode())
+        return {bytes(kv.key).decode()[len(PREFIX):]: (bytes(kv.value).decode(), int(kv.lease)) for kv in kvs}
+
+    async def release(self, scope: str, lease_id: int) -> bool:
+        """Give ``scope`` up if it is still held under ``lease_id``. True when released."""
+        key = (PREFIX + scope).encode()
+        resp = await self.kv.txn([compare_lease(key, lease_id)], [op_delete(key)])
+        return bool(resp.succeeded)
+
+    async def announce(self, identity: str, lease_id: int) -> None:
+        """Say this replica is alive for as long as ``lease_id`` lives."""
+        await self.kv.txn([], [op_put((REPLICAS + identity).encode(), b"", lease_id)])
+
+    async def replicas(self) -> set[str]:
+        """The identities of the replicas alive now."""
+        kvs, _ = await self.kv.range_prefix(REPLICAS.encode())
+        return {bytes(kv.key).decode()[len(REPLICAS):] for kv in kvs}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,13 +60,17 @@ class _Compacted(Exception):
     pass
 
 
+Skip = Callable[[codec.Part, str, str, int], bool]  # (part, kind, name, mod_revision) -> no need to decode
+
+
 def _event(
-    type_: Literal["PUT", "DELETE"], key: str, value: bytes, revision: int, synthetic: bool
+    type_: Literal["PUT", "DELETE"], key: str, value: bytes, revision: int, synthetic: bool,
+    skip: Skip | None = None,
 ) -> WatchEvent:
     parsed = codec.parse_key(key)
     part, kind, name = parsed if parsed is not None else ("spec", "", key)
     decoded: BaseModel | None = None
-    if type_ == "PUT":
+    if type_ == "PUT" and (skip is None or not skip(part, kind, name, revision)):
         try:
             decoded = codec.decode_part(part, kind, value, revision)
         except (ValueError, ValidationError) as exc:
@@ -103,14 +107,17 @@ async def watch_prefixes(
     start_revision: int,
     *,
     known: Mapping[str, int] | None = None,
+    skip: Skip | None = None,
 ) -> AsyncGenerator[WatchEvent, None]:
+    """``skip``: PUTs it says True for are delivered undecoded (``value`` None) — the consumer's own writes,
+    which it already holds."""
     cursor = _Cursor(prefixes, start_revision, known)
     encoded = [p.encode() for p in cursor.prefixes]
     key, end = min(encoded), max(prefix_end(p) for p in encoded)
     delay = BACKOFF_INITIAL
     while True:
         try:
-            async with contextlib.aclosing(_stream(kv, cursor, key, end)) as stream:
+            async with contextlib.aclosing(_stream(kv, cursor, key, end, skip)) as stream:
                 async for event in stream:
                     delay = BACKOFF_INITIAL
                     yield event
@@ -133,7 +140,9 @@ async def watch_prefixes(
             delay = min(delay * 2, BACKOFF_MAX)
 
 
-async def _stream(kv: EtcdKV, cursor: _Cursor, key: bytes, end: bytes) -> AsyncGenerator[WatchEvent, None]:
+async def _stream(
+    kv: EtcdKV, cursor: _Cursor, key: bytes, end: bytes, skip: Skip | None = None
+) -> AsyncGenerator[WatchEvent, None]:
     """One watch stream from cursor.revision + 1 until it fails."""
     floor = cursor.revision  # etcd starts at floor + 1; anything at or below would be a repeat
     call = kv.open_watch()
@@ -159,7 +168,7 @@ async def _stream(kv: EtcdKV, cursor: _Cursor, key: bytes, end: bytes) -> AsyncG
                 if ev.kv.mod_revision <= floor or not cursor.covers(name):
                     continue
                 kind: Literal["PUT", "DELETE"] = "DELETE" if ev.type == rpc.Event.DELETE else "PUT"
-                event = _event(kind, name, ev.kv.value, ev.kv.mod_revision, False)
+                event = _event(kind, name, ev.kv.value, ev.kv.mod_revision, False, skip)
                 cursor.record(event)
                 yield event
     except grpc.aio.AioRpcError as exc:

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconcilers.domain import PoolName, VolumeConfig, VolumeName
+from reconcilers.domain import DomainName, HostName, NfsExport, PoolName, VolumeConfig, VolumeName
 from reconcilers.plan import HostAction, Impact
 from reconcilers.snapshot.actions import SnapshotName
+
+
+@dataclass(frozen=True)
+class LiveDisk:
+    """A running guest that has the image open: grown there with ``blockresize``, never behind QEMU's back."""
+
+    host: HostName
+    domain: DomainName
+    target: str  # guest device, e.g. "vdb"
+
+
+def _where(pool: PoolName, name: str, nfs: NfsExport | None) -> str:
+    return nfs.url(name) if nfs is not None else f"{pool}/{name}"
 
 
 @dataclass(frozen=True)
@@ -15,8 +28,11 @@ class CreateVolume(HostAction):
     volume: VolumeConfig
     source_path: str | None = None  # full copy / import from this file
     source_format: str | None = None
+    nfs: NfsExport | None = None  # created by the server over libnfs (no pool)
 
     def target(self) -> str:
+        if self.nfs is not None:
+            return f"{self.nfs.url(self.volume.name)} (over NFS, from the server)"
         return f"{self.pool}/{self.volume.name} on {self.host}"
 
 
@@ -25,20 +41,29 @@ class ResizeVolume(HostAction):
     pool: PoolName
     volume: VolumeName
     capacity_bytes: int
-    IMPACT = Impact.LIVE
+    format: str = "qcow2"
+    nfs: NfsExport | None = None
+    live: tuple[LiveDisk, ...] = ()  # running guests holding it: blockresize there
+
+    @property
+    def impact(self) -> Impact:
+        return Impact.LIVE if self.live else Impact.NONE
 
     def target(self) -> str:
-        return f"{self.pool}/{self.volume} to {self.capacity_bytes} bytes"
+        where = _where(self.pool, self.volume, self.nfs)
+        how = ", ".join(f"blockresize {d.domain} {d.target} on {d.host}" for d in self.live)
+        return f"{where} to {self.capacity_bytes} bytes" + (f" ({how})" if how else " (offline)")
 
 
 @dataclass(frozen=True)
 class DeleteVolume(HostAction):
     pool: PoolName
     volume: VolumeName
+    nfs: NfsExport | None = None
     IMPACT = Impact.DESTRUCTIVE
 
     def target(self) -> str:
-        return f"{self.pool}/{self.volume} on {self.host}"
+        return _where(self.pool, self.volume, self.nfs) + ("" if self.nfs is not None else f" on {self.host}")
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,17 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, ResizeVolume
-from reconcilers.domain import HostName, ImageFormat, ObservedVolume, VolumeConfig, VolumeName
+from reconcilers.disk.actions import CopySnapshotDisk, CreateVolume, DeleteVolume, LiveDisk, ResizeVolume
+from reconcilers.domain import HostName, ImageFormat, NfsExport, ObservedVolume, VolumeConfig, VolumeName
 from reconcilers.plan import Action, Plan
 from reconcilers.snapshot.actions import SnapshotName
 from reconcilers.storage.backends import pool_name
 from specs.disk import Disk
+
+
+def chap_usage(secret: str) -> str:
+    """The usage name of the libvirt secret holding CHAP password ``secret`` on every host."""
+    return f"virtplane-chap-{secret}"
 
 
 def volume_name(disk: Disk) -> VolumeName:
@@ -64,14 +69,18 @@ def source_info(disk: Disk, base: str, other: Mapping[str, DiskSourceInfo],
 
 
 def plan_disk(disk: Disk, host: HostName, path: str, observed: ObservedVolume | None,
-              source: DiskSourceInfo | None) -> Plan:
-    """Create, grow, or (when deleted with reclaimPolicy Delete) remove the image of one Disk."""
+              source: DiskSourceInfo | None, *, nfs: NfsExport | None = None,
+              live: tuple[LiveDisk, ...] = ()) -> Plan:
+    """Create, grow, or (when deleted with reclaimPolicy Delete) remove the image of one Disk.
+
+    ``nfs``: the domain's images are reached by the server over libnfs (no pool); ``live``: running guests
+    that have the image open (a grown size reaches them with ``blockresize``)."""
     sd = disk.spec.storageDomain
     assert sd is not None
     pool, name = pool_name(sd), volume_name(disk)
     if disk.metadata.deletionTimestamp is not None:
         if observed is not None and (disk.spec.reclaimPolicy or "Delete") == "Delete":
-            return Plan.of(DeleteVolume(host, pool, name, reason="Disk deleted (reclaimPolicy Delete)"))
+            return Plan.of(DeleteVolume(host, pool, name, nfs, reason="Disk deleted (reclaimPolicy Delete)"))
         return Plan()
     size = disk.spec.size_bytes
     fmt = disk.spec.effective_format or "qcow2"
@@ -86,16 +95,18 @@ def plan_disk(disk: Disk, host: HostName, path: str, observed: ObservedVolume | 
         elif source is not None and clone is not None and clone.mode == "overlay":
             capacity = max(size or 0, source.capacity_bytes or 0)
             vol = VolumeConfig(name, capacity, "qcow2", source.path, _fmt(source.format))
-            actions.append(CreateVolume(host, pool, vol, reason=f"overlay clone of {source.path}"))
+            actions.append(CreateVolume(host, pool, vol, nfs=nfs, reason=f"overlay clone of {source.path}"))
         elif source is not None:
             capacity = max(size or 0, source.capacity_bytes or 0)
             actions.append(CreateVolume(host, pool, VolumeConfig(name, capacity, fmt), source_path=source.path,
-                                        source_format=source.format, reason=f"copy of {source.path}"))
+                                        source_format=source.format, nfs=nfs, reason=f"copy of {source.path}"))
         else:
-            actions.append(CreateVolume(host, pool, VolumeConfig(name, size or 0, fmt), reason="new empty disk"))
+            actions.append(CreateVolume(host, pool, VolumeConfig(name, size or 0, fmt), nfs=nfs,
+                                        reason="new empty disk"))
         return Plan(tuple(actions))
     if size is not None and size > observed.capacity_bytes:
-        return Plan.of(ResizeVolume(host, pool, name, size, reason=f"grow to {disk.spec.size}"))
+        why = f"grow to {disk.spec.size}" + (" (live: the guest sees the new size)" if live else "")
+        return Plan.of(ResizeVolume(host, pool, name, size, fmt, nfs, live, reason=why))
     return Plan()
 
 

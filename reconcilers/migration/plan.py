@@ -24,7 +24,15 @@ from typing import Literal
 from reconcilers.domain import DomainName, HostName, ObservedJob
 from reconcilers.migration.actions import AbortMigration, MigrateDomain, MigrationSettings, StartPostCopy
 from reconcilers.plan import Action
-from reconcilers.scheduler import PLACEMENT_RULES, ClusterPolicy, HostView, Request, place, reject_reason
+from reconcilers.scheduler import (
+    PLACEMENT_RULES,
+    ClusterPolicy,
+    HostView,
+    Request,
+    host_view,
+    place,
+    reject_reason,
+)
 from specs.cluster import MigrationPolicy
 from specs.meta import Condition
 
@@ -145,9 +153,8 @@ def plan_move(
     """What to do about moving a VM that runs on ``source``; None when it stays and nothing asked."""
     if ctx.in_flight is not None:
         return plan_in_flight(ctx, domain)
-    views = {h.name: h for h in hosts}
     request = ctx.request
-    why = move_reason(views.get(source), req, policy)
+    why = move_reason(host_view(hosts, source), req, policy)
     if request is None and why is None:
         return None
     if request is not None:

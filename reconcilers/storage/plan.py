@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from reconcilers.domain import HostName, PoolConfig
+from reconcilers.domain import DirPoolConfig, HostName, ObservedPool
 from reconcilers.plan import Plan
 from reconcilers.storage.actions import EnsurePool
 from reconcilers.storage.backends import backend_for
@@ -31,12 +31,20 @@ def storage_hosts(sd: StorageDomain, hosts: Sequence[Host]) -> list[Host]:
 
 
 def plan_storage(sd: StorageDomain, ready_hosts: Sequence[HostName],
-                 pools: Mapping[HostName, PoolConfig | None]) -> Plan:
-    """An EnsurePool for each ready host whose pool is missing or differs from what the backend wants."""
+                 pools: Mapping[HostName, ObservedPool | None]) -> Plan:
+    """An EnsurePool for each ready host whose pool is missing, inactive (not mounted) or differs from what
+    the backend wants."""
     want = backend_for(sd).pool(sd)
     if want is None:
         return Plan()
-    return Plan(tuple(
-        EnsurePool(h, want, reason="pool missing" if pools.get(h) is None else "pool differs")
-        for h in ready_hosts if pools.get(h) != want
-    ))
+    actions = []
+    for h in ready_hosts:
+        seen = pools.get(h)
+        if seen is None:
+            actions.append(EnsurePool(h, want, reason="pool missing"))
+        elif seen.config != want:
+            actions.append(EnsurePool(h, want, reason="pool differs"))
+        elif not seen.active:
+            why = "pool inactive" if isinstance(want, DirPoolConfig) else "pool inactive (not mounted)"
+            actions.append(EnsurePool(h, want, reason=why))
+    return Plan(tuple(actions))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from reconcilers.domain import (
     CorrelationId,
@@ -51,6 +52,8 @@ class ResolvedNetwork:
     source_kind: NicSourceKind
     source_name: str | None
     ready: bool
+    virtualport: Literal["openvswitch"] | None = None
+    vlan: int | None = None
 
 
 def machine_type(text: str | None) -> MachineType:
@@ -138,7 +141,8 @@ def desired_domain(
         mac = (nic.mac or status_macs.get(nic.name) or (seen.mac if seen else None)
                or generated_mac(vm.metadata.uid or vm.metadata.name, nic.name))
         nics.append(NicDevice(name=nic.name, source_kind=net.source_kind, source_name=net.source_name,
-                              mac=MacAddress(mac.lower()), model=nic.model))
+                              mac=MacAddress(mac.lower()), model=nic.model, virtualport=net.virtualport,
+                              vlan=net.vlan))
     machine = machine_type(spec.machine)
     boot = spec.boot
     # The VM's uid is a UUID: use it for the domain too, unless libvirt already has another one.

@@ -13,7 +13,7 @@ Rules, in order:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from reconcilers.conditions import cond as _cond
@@ -28,7 +28,7 @@ from reconcilers.domain import (
 )
 from reconcilers.migration.plan import MigrationContext, MoveDecision, plan_move, plan_unowned
 from reconcilers.plan import Action, Plan
-from reconcilers.scheduler import ClusterPolicy, HostView, Request, place
+from reconcilers.scheduler import ClusterPolicy, HostView, Request, host_names, place
 from reconcilers.vm.actions import (
     DefineDomain,
     ShutdownDomain,
@@ -50,7 +50,7 @@ class VmInputs:
     status: VirtualMachineStatus | None
     disks: Mapping[str, ResolvedDisk]
     networks: Mapping[str, ResolvedNetwork]
-    hosts: tuple[HostView, ...]
+    hosts: Sequence[HostView]  # a HostViews may build them only when needed
     policy: ClusterPolicy
     domains: Mapping[HostName, ObservedDomain]  # a domain of this name, per reachable host
     unreachable: frozenset[HostName] = frozenset()
@@ -137,7 +137,7 @@ def _choose_host(inputs: VmInputs, vm: VirtualMachine) -> tuple[HostName | None,
     host was fenced goes where the HA restart placed it."""
     ours = {h: d for h, d in inputs.domains.items() if _ours(vm, d)}
     status_host = HostName(inputs.status.host) if inputs.status and inputs.status.host else None
-    known = {h.name for h in inputs.hosts} | inputs.unreachable
+    known = host_names(inputs.hosts) | inputs.unreachable
     running = sorted(h for h, d in ours.items() if d.active)
     if running:
         host = status_host if status_host in running else running[0]

@@ -17,7 +17,8 @@ import json
 import subprocess
 import textwrap
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -240,3 +241,20 @@ def lab_accel(image: Any) -> str:
     from tests.lab.conftest import GUEST_CACHE
 
     return str(probe_accel(image, GUEST_CACHE).accel)
+
+
+@asynccontextmanager
+async def running_manager(store: Any, data_dir: Path, identity: str = "inproc-e2e") -> AsyncIterator[Any]:
+    """A Manager (every controller) running in this process on ``store``, cancelled on exit."""
+    import anyio
+
+    from controller.controllers.registry import default_registry
+    from controller.runtime.manager import Manager, ManagerOptions
+
+    manager = Manager(store, default_registry(), ManagerOptions(data_dir=data_dir, identity=identity, workers=8))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.run)
+        try:
+            yield manager
+        finally:
+            tg.cancel_scope.cancel()

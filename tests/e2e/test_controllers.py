@@ -15,8 +15,7 @@ import json
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,7 @@ import anyio
 import libvirt
 import pytest
 
-from controller.controllers.registry import default_registry
-from controller.runtime.manager import Manager, ManagerOptions
+from controller.runtime.manager import Manager
 from controller.server.etcd import EmbeddedEtcd
 from controller.store import Store
 from tests.e2e.conftest import REPO, ServerProcess, Vp, etcdctl_run, start_server
@@ -36,6 +34,7 @@ from tests.e2e.helpers import (
     host_doc,
     is_ready,
     manifest,
+    running_manager,
     vm_doc,
     wait_for,
     write,
@@ -343,12 +342,14 @@ def test_diff_shows_the_plan_of_every_kind(cli: Cli, tmp_path: Path) -> None:
     wait_for("disk Ready", lambda: (cli.obj("disk", f"{c}-data") or {}).get("status", {}).get("phase") == "Ready",
              READY_S)
 
-    # A Disk grown, a pool scaled up: diff names the resize (live) and the replicas it will create.
+    # A Disk grown, a pool scaled up: diff names the resize (offline: no guest has the floating disk open)
+    # and the replicas it will create. A disk in use by a running guest grows live: tests/lab/test_shared_storage.
     bigger = {**data, "spec": {**data["spec"], "size": "2Gi"}}
     grown = cli("diff", "-f", str(write(tmp_path / "d2.yaml", manifest(*infra, *pool_docs(c, 3), net, bigger))))
     assert grown.returncode == 1, grown.stderr
     resize = plan_of(grown.stdout, f"disk/{c}-data")
-    assert len(resize) == 1 and resize[0].startswith("ResizeVolume") and "[live]" in resize[0], grown.stdout
+    assert len(resize) == 1 and resize[0].startswith("ResizeVolume") and "[none]" in resize[0], grown.stdout
+    assert "(offline)" in resize[0], resize
     assert str(2 << 30) in resize[0], resize
     scale = plan_of(grown.stdout, f"virtualmachinepool/{c}-runners")
     assert len(scale) == 1 and scale[0].startswith("ApplyObjects"), grown.stdout
@@ -446,17 +447,6 @@ def test_examples_converge(cli: Cli, tmp_path: Path) -> None:
 
 
 # -- libvirt's own view: the Manager in-process, checked through libvirt's API ----------------------
-
-@asynccontextmanager
-async def running_manager(store: Store, data_dir: Path) -> AsyncIterator[Manager]:
-    manager = Manager(store, default_registry(), ManagerOptions(data_dir=data_dir, identity="inproc-e2e", workers=8))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(manager.run)
-        try:
-            yield manager
-        finally:
-            tg.cancel_scope.cancel()
-
 
 async def running_manager_alive(manager: Manager) -> bool:
     return manager.rt is not None

@@ -39,6 +39,7 @@ def test_export_is_pure_and_complete() -> None:
                 "Cluster",
                 "Host",
                 "StorageDomain",
+                "GlusterVolume",
                 "Network",
                 "Disk",
                 "VirtualMachine",
@@ -54,7 +55,7 @@ def test_export_is_pure_and_complete() -> None:
     for name, schema in first.items():
         assert json.loads(render(schema)) == schema, name
         assert schema["$schema"].startswith("https://json-schema.org/")
-    assert len(first["all.json"]["oneOf"]) == 11
+    assert len(first["all.json"]["oneOf"]) == 12
     memory = first["VirtualMachine.json"]["$defs"]["MemorySpec"]["properties"]["size"]
     assert memory["description"] and memory["anyOf"][1]["pattern"]
 

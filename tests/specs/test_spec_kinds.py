@@ -57,6 +57,7 @@ def test_registry_shape() -> None:
         "Cluster",
         "Host",
         "StorageDomain",
+        "GlusterVolume",
         "Network",
         "Disk",
         "VirtualMachine",

@@ -213,6 +213,9 @@ def test_base_documents_are_valid(kind: str) -> None:
         # Network
         ("Network", {"spec__bridge": DELETE}, "spec.bridge", "type bridge needs bridge"),
         ("Network", {"spec__vlan": 4095}, "spec.vlan", "less than or equal to 4094"),
+        ("Network", {"spec__vlan": 10}, "spec.vlan", "vlan on a Linux bridge is not supported"),
+        ("Network", {"spec__type": "nat", "spec__virtualport": "openvswitch"}, "spec.virtualport",
+         "virtualport applies to type bridge only"),
         ("Network", {"spec__vlan": 0}, "spec.vlan", "greater than or equal to 1"),
         ("Network", {"spec__mtu": 67}, "spec.mtu", "greater than or equal to 68"),
         ("Network", {"spec__mtu": 70000}, "spec.mtu", "less than or equal to 65535"),

@@ -37,23 +37,30 @@ from controller.adapters.libvirt.errors import ConflictError, ConnectionLost, Re
 from controller.adapters.libvirt.eventloop import ensure_event_loop
 from controller.adapters.libvirt.observe import (
     DomainEvent,
+    DomainListing,
+    DomainSummary,
+    FetchPredicate,
     job_from_stats,
     lifecycle_event,
     observe_domain_blocking,
+    reason_name,
+    state_name,
     version_string,
 )
 from reconcilers.domain import (
-    DirPoolConfig,
     DomainConfig,
     DomainName,
     HostName,
+    NetfsPoolConfig,
     NetworkConfig,
     NetworkName,
     ObservedDomain,
     ObservedHost,
     ObservedJob,
     ObservedNetwork,
+    ObservedPool,
     ObservedVolume,
+    PoolConfig,
     PoolName,
     VolumeConfig,
     VolumeName,
@@ -121,6 +128,8 @@ class HostConnection:
         self._event_ids: list[int] = []
         self._jobs_supported = True
         self._on_lost: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
+        self.generation = 0  # bumped on every (re)open: events may have been missed in between
+        self._identity: tuple[int, str | None, str, str, str] | None = None  # (generation, uuid, names...)
 
     @classmethod
     def for_test_host(
@@ -200,6 +209,7 @@ class HostConnection:
                 log.warning("host %s: cannot open %s: %s", self.name, self.uri, exc)
                 raise ConnectionLost(redacted(exc), retry_after=delay, host=self.name, op="open") from exc
             self._conn, self._broken, self._failures, self._next_attempt = conn, False, 0, 0.0
+            self.generation += 1
             if self._subscribers:
                 self._register_events(conn)
             return conn
@@ -271,31 +281,33 @@ class HostConnection:
         info = conn.getInfo()
         self._count("getFreeMemory")
         free = conn.getFreeMemory()
-        if self.is_test and free == 0:
-            # A custom test-driver node file has no NUMA cells, so libvirt reports 0 free: simulate a host
-            # whose free memory is what its running domains leave.
-            self._count("listAllDomains")
-            used_kib = sum(d.info()[2] for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
-            free = max(0, int(info[1]) * 1024 * 1024 - used_kib * 1024)
-        self._count("getCapabilities")
-        caps = conn.getCapabilities()
-        self._count("getHostname")
-        hostname = conn.getHostname()
-        self._count("getLibVersion")
-        lib_version = conn.getLibVersion()
-        self._count("getVersion")
-        hv_version = conn.getVersion()
+        # A custom test-driver node file has no NUMA cells, so libvirt reports 0 free: unknown, not full.
+        # (Nothing plans with free memory — allocations come from placed VMs — so it is not simulated by
+        # asking every domain, which would be per-domain polling at every heartbeat.)
+        free_bytes = None if self.is_test and free == 0 else int(free)
+        if self._identity is None or self._identity[0] != self.generation:
+            # What does not change while connected: asked once per connection.
+            self._count("getCapabilities")
+            host_uuid = codec.parse_host_uuid(conn.getCapabilities())
+            self._count("getHostname")
+            hostname = conn.getHostname()
+            self._count("getLibVersion")
+            lib_version = version_string(conn.getLibVersion())
+            self._count("getVersion")
+            hv_version = version_string(conn.getVersion())
+            self._identity = (self.generation, host_uuid, hostname, lib_version, hv_version)
+        _generation, host_uuid, hostname, lib_version, hv_version = self._identity
         return ObservedHost(
             name=self.name,
             uri=self.uri,
             ready=True,
             hostname=hostname,
-            libvirt_version=version_string(lib_version),
-            hypervisor_version=version_string(hv_version),
+            libvirt_version=lib_version,
+            hypervisor_version=hv_version,
             cpus=int(info[2]),
             memory_bytes=int(info[1]) * 1024 * 1024,
-            free_memory_bytes=int(free),
-            host_uuid=codec.parse_host_uuid(caps),
+            free_memory_bytes=free_bytes,
+            host_uuid=host_uuid,
         )
 
     async def list_domains(self) -> list[ObservedDomain]:
@@ -322,6 +334,37 @@ class HostConnection:
                 if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:  # undefined since the listing: skip it
                     raise
         return out
+
+    async def list_domain_states(self, fetch: FetchPredicate) -> DomainListing:
+        """Every domain's state in two calls (``getAllDomainStats`` of the state group, the transient ones);
+        the XML of only those for which ``fetch(name, state, reason, persistent)`` says so. ``fetch`` runs in
+        the worker thread: give it a snapshot, not live structures."""
+        return await self._run("list_domain_states", partial(self._list_states_blocking, fetch=fetch))
+
+    def _list_states_blocking(self, conn: Conn, fetch: FetchPredicate) -> DomainListing:
+        self._count("getAllDomainStats")
+        stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
+        self._count("listAllDomains")
+        transient = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)}
+        states: dict[DomainName, DomainSummary] = {}
+        observed: dict[DomainName, ObservedDomain] = {}
+        for dom, values in stats:
+            name = DomainName(dom.name())
+            st = state_name(values["state.state"])
+            summary = DomainSummary(st, reason_name(st, values["state.reason"]), dom.UUIDString() not in transient)
+            states[name] = summary
+            if not fetch(name, summary):
+                continue
+            try:
+                observed[name] = observe_domain_blocking(
+                    self.name, dom, values["state.state"], values["state.reason"], summary.persistent,
+                    self._count, self._job,
+                )  # fmt: skip
+            except libvirt.libvirtError as exc:
+                if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:  # undefined since the listing: skip it
+                    raise
+                states.pop(name)
+        return DomainListing(states, observed)
 
     async def observe_domain(self, name: DomainName | str) -> ObservedDomain | None:
         return await self._run("observe_domain", lambda conn: self._observe_one_blocking(conn, name))
@@ -369,8 +412,21 @@ class HostConnection:
 
         return codec.parse_domain(await self._run("define", define))[0]
 
-    async def start_domain(self, name: DomainName | str) -> None:
-        await self._domain_call("start", name, lambda d: d.create())
+    async def start_domain(self, name: DomainName | str) -> DomainConfig | None:
+        """Start the domain; returns its live definition as QEMU runs it (None if it cannot be parsed)."""
+
+        def start(conn: Conn) -> str:
+            dom = self._domain(conn, name)
+            self._count("start")
+            dom.create()
+            self._count("XMLDesc")
+            return str(dom.XMLDesc(0))
+
+        xml = await self._run("start", start)
+        try:
+            return codec.parse_domain(xml)[0]
+        except codec.CodecError:
+            return None
 
     async def shutdown_domain(self, name: DomainName | str) -> None:
         """Ask the guest to power off (ACPI); observe the state later, don't wait here."""
@@ -411,6 +467,11 @@ class HostConnection:
             set_memory = partial(_set_memory, memory_kib=memory_kib, flags=flags)
             await self._domain_call("setMemory", name, set_memory)
 
+    async def block_resize(self, name: DomainName | str, target: str, capacity_bytes: int) -> None:
+        """Grow a disk of a running domain (QEMU resizes the image and the guest sees the new size)."""
+        flags = libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
+        await self._domain_call("blockResize", name, lambda d: d.blockResize(target, capacity_bytes, flags))
+
     async def _domain_call(self, op: str, name: str, fn: Callable[[libvirt.virDomain], Any]) -> None:
         def call(conn: Conn) -> None:
             dom = self._domain(conn, name)
@@ -421,19 +482,26 @@ class HostConnection:
 
     # ================================================================ storage and networks
 
-    async def ensure_pool(self, pool: DirPoolConfig) -> DirPoolConfig:
-        """Define, build, start and autostart a dir pool if needed; a same-named pool elsewhere conflicts."""
-        xml = await self._run(
+    async def ensure_pool(self, pool: PoolConfig) -> ObservedPool:
+        """Define, build, start (mount) and autostart a pool if needed; an active same-named pool with other
+        settings conflicts (it is not unmounted under running guests)."""
+        xml, active = await self._run(
             "ensure_pool", partial(resources.ensure_pool_blocking, pool=pool, count=self._count)
         )
-        observed = codec.parse_pool(xml)
-        if observed.path != pool.path:
+        observed = codec.parse_pool_state(xml, active)
+        if observed.config != pool:
             raise ConflictError(
-                f"pool {pool.name} exists with path {observed.path}, not {pool.path}",
+                f"pool {pool.name} is active with other settings ({_pool_text(observed.config)}), not "
+                f"{_pool_text(pool)}; stop its guests and `virsh pool-destroy {pool.name}` to change it",
                 host=self.name,
                 op="ensure_pool",
             )
         return observed
+
+    async def observe_pool(self, name: PoolName | str) -> ObservedPool | None:
+        """The pool with capacity and free space (refreshed), or None when it is not defined."""
+        found = await self._run("observe_pool", partial(resources.observe_pool_blocking, name=name, count=self._count))
+        return codec.parse_pool_state(*found) if found is not None else None
 
     async def create_volume(self, pool: PoolName | str, volume: VolumeConfig) -> ObservedVolume:
         """Create the volume unless one of that name exists; returns it as observed."""
@@ -472,6 +540,12 @@ class HostConnection:
     async def list_volumes(self, pool: PoolName | str) -> list[ObservedVolume]:
         list_all = partial(resources.list_volumes_blocking, pool=pool, count=self._count)
         return [codec.parse_volume(xml) for xml in await self._run("list_volumes", list_all)]
+
+    async def ensure_iscsi_secret(self, usage: str, description: str, value: bytes) -> str:
+        """The private iSCSI secret ``usage`` defined here with ``value``; returns its UUID."""
+        ensure = partial(resources.ensure_iscsi_secret_blocking, usage=usage, description=description, value=value,
+                         count=self._count)
+        return await self._run("ensure_secret", ensure)
 
     async def ensure_network(self, network: NetworkConfig) -> ObservedNetwork:
         """Define, start and autostart a network if needed; returns it as observed (compare configs there)."""
@@ -519,3 +593,9 @@ class HostConnection:
             except RuntimeError:  # that loop is closed: forget the subscriber
                 with self._count_lock:
                     self._subscribers.remove((loop, callback))
+
+
+def _pool_text(pool: PoolConfig) -> str:
+    if isinstance(pool, NetfsPoolConfig):
+        return f"{pool.format} {pool.source_host}:{pool.source_dir} at {pool.path}"
+    return f"dir {pool.path}"

@@ -7,13 +7,21 @@ Blocking helpers here take a ``virConnect`` / ``virDomain`` and are meant to run
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import libvirt
 
 from controller.adapters.libvirt.codec import CodecError, parse_domain, parse_owner
-from reconcilers.domain import DomainName, DomainState, DomainUUID, HostName, ObservedDomain, ObservedJob
+from reconcilers.domain import (
+    DomainConfig,
+    DomainName,
+    DomainState,
+    DomainUUID,
+    HostName,
+    ObservedDomain,
+    ObservedJob,
+)
 
 _STATES: dict[int, DomainState] = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate",
@@ -78,6 +86,26 @@ class DomainEvent:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class DomainSummary:
+    """What one bulk state listing says of a domain, without its XML."""
+
+    state: DomainState
+    reason: str
+    persistent: bool
+
+
+FetchPredicate = Callable[[DomainName, DomainSummary], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class DomainListing:
+    """One pass over a host: every domain's summary, and the full observation of those asked for."""
+
+    states: dict[DomainName, DomainSummary]
+    observed: dict[DomainName, ObservedDomain]
+
+
 def state_name(state: int) -> DomainState:
     return _STATES.get(state, "nostate")
 
@@ -115,6 +143,28 @@ def job_from_stats(stats: dict[str, Any]) -> ObservedJob | None:
         time_elapsed_ms=opt(libvirt.VIR_DOMAIN_JOB_TIME_ELAPSED),
         downtime_ms=opt(libvirt.VIR_DOMAIN_JOB_DOWNTIME),
     )
+
+
+def after_define(host: HostName, config: DomainConfig, previous: ObservedDomain | None) -> ObservedDomain:
+    """What libvirt reports of a domain just defined as ``config`` (as libvirt stored it): a new one is
+    shut off (reason unknown); a redefined one keeps its state and live definition."""
+    if previous is not None:
+        return replace(previous, uuid=config.uuid or previous.uuid, persistent=True, config=config,
+                       owner=config.owner, parse_error=None)
+    assert config.uuid is not None, "libvirt gives every defined domain a UUID"
+    shutoff: DomainState = "shutoff"
+    return ObservedDomain(
+        host=host, name=DomainName(config.name), uuid=config.uuid, state=shutoff,
+        reason=reason_name(shutoff, libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN), persistent=True, config=config,
+        live=None, owner=config.owner,
+    )  # fmt: skip
+
+
+def after_start(previous: ObservedDomain, live: DomainConfig) -> ObservedDomain:
+    """What libvirt reports of a domain whose ``create()`` just returned with ``live`` as its live XML."""
+    running: DomainState = "running"
+    return replace(previous, state=running, reason=reason_name(running, libvirt.VIR_DOMAIN_RUNNING_BOOTED),
+                   live=live, job=None)
 
 
 def observe_domain_blocking(

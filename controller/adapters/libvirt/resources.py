@@ -12,7 +12,7 @@ from typing import TypeAlias
 import libvirt
 
 from controller.adapters.libvirt import codec
-from reconcilers.domain import DirPoolConfig, NetworkConfig, VolumeConfig
+from reconcilers.domain import NetworkConfig, PoolConfig, VolumeConfig
 
 Conn: TypeAlias = libvirt.virConnect
 Count = Callable[[str], None]
@@ -22,23 +22,53 @@ def _missing(exc: libvirt.libvirtError, code: int) -> bool:
     return int(exc.get_error_code()) == code
 
 
-def ensure_pool_blocking(conn: Conn, pool: DirPoolConfig, count: Count) -> str:
-    """Define + build (mkdir) + start + autostart the dir pool if needed; return its XML."""
+def ensure_pool_blocking(conn: Conn, pool: PoolConfig, count: Count) -> tuple[str, bool]:
+    """Define + build (mkdir) + start (mount, for netfs) + autostart the pool if needed; return (XML,
+    active). An inactive pool defined with other settings is redefined; an active one is left alone (the
+    caller sees the difference in the XML). A failing start (mount) raises."""
+    desired = codec.render_pool(pool)
     try:
         count("storagePoolLookupByName")
         p = conn.storagePoolLookupByName(pool.name)
     except libvirt.libvirtError as exc:
         if not _missing(exc, libvirt.VIR_ERR_NO_STORAGE_POOL):
             raise
-        count("storagePoolDefineXML")
-        p = conn.storagePoolDefineXML(codec.render_pool(pool), 0)
-        count("storagePoolBuild")
-        p.build(0)
+        p = _define_pool(conn, desired, count)
+    else:
+        if not p.isActive() and codec.parse_pool(str(p.XMLDesc(0))) != pool:
+            count("storagePoolUndefine")
+            p.undefine()
+            p = _define_pool(conn, desired, count)
     if not p.isActive():
         count("storagePoolCreate")
         p.create(0)
         p.setAutostart(1)
-    return str(p.XMLDesc(0))
+    return str(p.XMLDesc(0)), bool(p.isActive())
+
+
+def _define_pool(conn: Conn, xml: str, count: Count) -> libvirt.virStoragePool:
+    count("storagePoolDefineXML")
+    p = conn.storagePoolDefineXML(xml, 0)
+    count("storagePoolBuild")
+    p.build(0)
+    return p
+
+
+def observe_pool_blocking(conn: Conn, name: str, count: Count) -> tuple[str, bool] | None:
+    """The pool's XML (capacity and free space refreshed when active) and whether it is active; None when
+    no such pool is defined."""
+    try:
+        count("storagePoolLookupByName")
+        p = conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if _missing(exc, libvirt.VIR_ERR_NO_STORAGE_POOL):
+            return None
+        raise
+    active = bool(p.isActive())
+    if active:
+        count("storagePoolRefresh")
+        p.refresh(0)
+    return str(p.XMLDesc(0)), active
 
 
 def create_volume_blocking(conn: Conn, pool: str, volume: VolumeConfig, count: Count) -> str:
@@ -145,3 +175,19 @@ def delete_network_blocking(conn: Conn, name: str, count: Count) -> bool:
         count("networkUndefine")
         net.undefine()
     return True
+
+
+def ensure_iscsi_secret_blocking(conn: Conn, usage: str, description: str, value: bytes, count: Count) -> str:
+    """Define the private iSCSI secret ``usage`` if needed and set its value; return its UUID. libvirt hands
+    the value to QEMU encrypted; a private secret's value cannot be read back through the API."""
+    try:
+        count("secretLookupByUsage")
+        secret = conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_ISCSI, usage)
+    except libvirt.libvirtError as exc:
+        if not _missing(exc, libvirt.VIR_ERR_NO_SECRET):
+            raise
+        count("secretDefineXML")
+        secret = conn.secretDefineXML(codec.render_iscsi_secret(usage, description), 0)
+    count("secretSetValue")
+    secret.setValue(value, 0)
+    return str(secret.UUIDString())

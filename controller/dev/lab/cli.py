@@ -14,7 +14,14 @@ from controller.dev.lab import directory_cli
 from controller.dev.lab.bmc import BmcUser, LabBmc
 from controller.dev.lab.guest import GuestImageError, build_guest_image, probe_accel
 from controller.dev.lab.hosts import DEFAULT_LAB_DIR, Lab, LabError, LabHost
-from controller.dev.lab.storage import LabStorage, StorageError, parse_storage_kinds, storage_manifests
+from controller.dev.lab.storage import (
+    IscsiServer,
+    LabStorage,
+    StorageError,
+    parse_storage_kinds,
+    storage_manifests,
+)
+from controller.dev.lab.storage.manifests import ISCSI_DISK, install_chap_secret
 from controller.dev.lab.storage.manifests import status_lines as storage_status_lines
 
 API_VERSION = "virtplane.io/v1"
@@ -128,6 +135,11 @@ def up(
             raise _fail(err) from err
         for line in storage_status_lines(servers)[1:]:
             typer.echo(f"# {line}", err=True)
+        for server in servers:
+            if isinstance(server, IscsiServer):
+                secrets = install_chap_secret(server, directory / "storage" / "secrets").parent
+                typer.echo(f"# CHAP password of {ISCSI_DISK} in {secrets}: run the server with --secrets-dir "
+                           f"{secrets}", err=True)
         docs += storage_manifests(servers, cluster)
     sys.stdout.write(render_manifests(docs))
 

@@ -24,6 +24,7 @@ from controller.adapters.libvirt.codec import (
     parse_volume,
     render_disk_device,
     render_domain,
+    render_iscsi_secret,
     render_network,
     render_nic_device,
     render_pool,
@@ -43,6 +44,7 @@ from reconcilers.domain import (
     KernelBoot,
     MacAddress,
     MachineType,
+    NetfsPoolConfig,
     NetworkConfig,
     NetworkName,
     NetworkSource,
@@ -319,14 +321,17 @@ def _full_config() -> DomainConfig:
         kernel_boot=KernelBoot("/boot/vmlinuz", "/boot/initrd.img", "console=ttyS0"),
         disks=(
             DiskDevice("vda", FileSource("/srv/posix/web-1-root.qcow2"), boot_order=1, serial="root"),
-            DiskDevice("vdb", NetworkSource("nfs", "127.0.0.1", "export/web-1-data.qcow2")),
+            DiskDevice("vdb", NetworkSource("nfs", "127.0.0.1", "/export/web-1-data.qcow2")),
             DiskDevice("vdc", NetworkSource("gluster", "gl1", "vol0/web.raw", 24007), format="raw"),
             DiskDevice("vdd", BlockSource("/dev/sdb"), format="raw", shareable=True, readonly=True),
+            DiskDevice("vde", NetworkSource("iscsi", "10.0.0.20", "iqn.2024-01.com.example:t1/1", 3260, "vplab",
+                                            "virtplane-chap-t1"), format="raw"),
         ),
         nics=(
             NicDevice("frontend", "network", "default", MacAddress("52:54:00:12:34:56")),
             NicDevice("storage", "bridge", "br0", model="e1000e"),
             NicDevice("lab", "user"),
+            NicDevice("tenant", "bridge", "ovs-tenants", virtualport="openvswitch", vlan=210),
         ),
         serial=SerialConsole("/var/log/virtplane/web-1.log"),
         spare_root_ports=4,
@@ -344,6 +349,15 @@ GOLDEN_CASES = {
     "disk-network.xml": lambda: render_disk_device(_full_config().disks[1]),
     "nic-bridge.xml": lambda: render_nic_device(_full_config().nics[1]),
     "pool-dir.xml": lambda: render_pool(DirPoolConfig(PoolName("posix1"), "/srv/posix")),
+    "pool-netfs-gluster.xml": lambda: render_pool(
+        NetfsPoolConfig(PoolName("vp-gl"), "/var/lib/virtplane/mnt/gl", "gl1", "/vm0", "glusterfs")
+    ),
+    "pool-netfs-nfs.xml": lambda: render_pool(
+        NetfsPoolConfig(PoolName("vp-nas"), "/srv/vms", "nas1", "/export/vms", "nfs", "4", ("noatime", "soft"))
+    ),
+    "disk-iscsi-chap.xml": lambda: render_disk_device(_full_config().disks[4]),
+    "nic-ovs-vlan.xml": lambda: render_nic_device(_full_config().nics[3]),
+    "secret-iscsi.xml": lambda: render_iscsi_secret("virtplane-chap-t1", "virtplane: CHAP password t1"),
     "volume-overlay.xml": lambda: render_volume(
         VolumeConfig(
             VolumeName("web.qcow2"), 20 * 2**30, backing_path="/srv/base.qcow2", backing_format="qcow2"

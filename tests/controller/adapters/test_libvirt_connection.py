@@ -56,7 +56,7 @@ async def test_test_host_has_the_capacity_of_its_node_file(tmp_path: Path) -> No
     assert observed.ready and observed.error is None
     assert (observed.cpus, observed.memory_bytes) == (24, 64 * 2**30)
     assert observed.libvirt_version == "9.0.0"
-    assert observed.free_memory_bytes is not None and observed.free_memory_bytes > 0
+    assert observed.free_memory_bytes is None  # a node file without NUMA cells: libvirt cannot say
 
 
 async def test_define_start_observe_stop_undefine(tmp_path: Path) -> None:
@@ -180,9 +180,14 @@ async def test_pool_volume_network_are_ensured_idempotently(tmp_path: Path) -> N
     host = HostConnection.for_test_host("h1", tmp_path, cpus=8, memory_kib=16 * 2**20)
     pool = DirPoolConfig(PoolName("posix"), str(tmp_path / "images"))
     async with host:
-        assert await host.ensure_pool(pool) == pool
-        assert await host.ensure_pool(pool) == pool
-        with pytest.raises(ConflictError):
+        first = await host.ensure_pool(pool)
+        assert (first.config, first.active) == (pool, True)
+        assert first.capacity_bytes > 0 and 0 < first.available_bytes <= first.capacity_bytes
+        assert await host.ensure_pool(pool) == first
+        observed = await host.observe_pool("posix")
+        assert observed is not None and observed.config == pool and observed.active
+        assert await host.observe_pool("nope") is None
+        with pytest.raises(ConflictError, match="active with other settings"):
             await host.ensure_pool(DirPoolConfig(PoolName("posix"), "/elsewhere"))
         vol = VolumeConfig(VolumeName("d.qcow2"), 2**30)
         created = await host.create_volume("posix", vol)

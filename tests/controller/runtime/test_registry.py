@@ -79,4 +79,4 @@ def test_watchers_are_found_by_kind_and_part() -> None:
     on_disk_status = {kind for kind, _ in registry.watchers("Disk", "status")}
     assert on_disk_status == {"VirtualMachine", "Disk"}  # VMs using it; clones waiting for it
     assert {kind for kind, _ in registry.watchers("Host", "ready")} == {"Cluster", "StorageDomain", "Network",
-                                                                         "VirtualMachine", "Snapshot"}
+                                                                         "VirtualMachine", "Snapshot", "Disk"}

@@ -198,3 +198,14 @@ async def test_workers_requeue_by_outcome() -> None:
         await q.shutdown()
     m = q.metrics()
     assert m.processing == 0 and m.processed == sum(calls.values())
+
+
+async def test_scheduled_covers_queued_processing_and_delayed_keys() -> None:
+    q = _queue()
+    q.add("a")
+    q.add_after("b", 5.0)
+    assert q.scheduled("a") and q.scheduled("b") and not q.scheduled("c")
+    assert await q.get() == "a"
+    assert q.scheduled("a")  # being processed
+    q.done("a")
+    assert not q.scheduled("a")

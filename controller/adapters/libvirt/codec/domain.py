@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from functools import lru_cache
+from typing import Literal
 
 from controller.adapters.libvirt.codec._xml import (
     DISK_BUSES,
@@ -133,6 +134,9 @@ def _disk_element(disk: DiskDevice) -> ET.Element:
         source = sub(el, "source", protocol=src.protocol, name=src.name)
         host_attrs = {"name": src.host} | ({"port": str(src.port)} if src.port is not None else {})
         sub(source, "host", **host_attrs)
+        if src.auth_username is not None:
+            auth = sub(source, "auth", username=src.auth_username)
+            sub(auth, "secret", type="iscsi", usage=src.auth_secret_usage or "")
     sub(el, "target", dev=disk.target, bus=disk.bus)
     if disk.readonly:
         sub(el, "readonly")
@@ -153,6 +157,10 @@ def _nic_element(nic: NicDevice) -> ET.Element:
         sub(el, "source", network=nic.source_name or "")
     elif nic.source_kind == "bridge":
         sub(el, "source", bridge=nic.source_name or "")
+    if nic.virtualport is not None:
+        sub(el, "virtualport", type=nic.virtualport)
+    if nic.vlan is not None:
+        sub(sub(el, "vlan"), "tag", id=str(nic.vlan))
     sub(el, "model", type=nic.model)
     sub(el, "alias", name=USER_ALIAS_PREFIX + nic.name)
     return el
@@ -285,6 +293,8 @@ def _parse_disk(el: ET.Element) -> DiskDevice:
             host=host.get("name", ""),
             name=source.get("name", ""),
             port=int(port) if port else None,
+            auth_username=auth.get("username") if (auth := source.find("auth")) is not None else None,
+            auth_secret_usage=_secret_usage(auth),
         )
     else:
         raise CodecError(f"disk type {kind!r} is not supported")
@@ -300,6 +310,15 @@ def _parse_disk(el: ET.Element) -> DiskDevice:
         shareable=el.find("shareable") is not None,
         serial=text(el.find("serial")),
     )
+
+
+def _secret_usage(auth: ET.Element | None) -> str | None:
+    secret = auth.find("secret") if auth is not None else None
+    if secret is None:
+        return None
+    if not secret.get("usage"):
+        raise CodecError("disk <auth> names its secret by uuid; only usage names are supported")
+    return secret.get("usage")
 
 
 def _parse_nic(el: ET.Element, index: int) -> NicDevice:
@@ -318,7 +337,26 @@ def _parse_nic(el: ET.Element, index: int) -> NicDevice:
         source_name=source_name,
         mac=MacAddress(mac.get("address", "")) if mac is not None else None,
         model=literal(model.get("type") if model is not None else None, NIC_MODELS, "NIC model"),
+        virtualport=_virtualport(el.find("virtualport")),
+        vlan=_vlan_tag(el.find("vlan")),
     )
+
+
+def _virtualport(el: ET.Element | None) -> Literal["openvswitch"] | None:
+    if el is None:
+        return None
+    if el.get("type") != "openvswitch":
+        raise CodecError(f"interface virtualport type {el.get('type')!r} is not supported (expected openvswitch)")
+    return "openvswitch"
+
+
+def _vlan_tag(el: ET.Element | None) -> int | None:
+    tags = el.findall("tag") if el is not None else []
+    if not tags:
+        return None
+    if len(tags) > 1 or (el is not None and el.get("trunk") == "yes"):
+        raise CodecError("VLAN trunks (several <tag>) are not supported")
+    return int(tags[0].get("id", "0"))
 
 
 def _parse_serial(el: ET.Element | None) -> SerialConsole | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import get_args
 
 from controller.adapters.libvirt.codec._xml import (
     FORWARD_MODES,
@@ -18,9 +19,13 @@ from controller.adapters.libvirt.codec._xml import (
 from reconcilers.domain import (
     DirPoolConfig,
     Ipv4Config,
+    NetfsFormat,
+    NetfsPoolConfig,
     NetworkConfig,
     NetworkName,
+    ObservedPool,
     ObservedVolume,
+    PoolConfig,
     PoolName,
     VolumeConfig,
     VolumeName,
@@ -29,18 +34,66 @@ from reconcilers.domain import (
 # ================================================================= storage pools and volumes
 
 
-def render_pool(pool: DirPoolConfig) -> str:
+FS_NS = "http://libvirt.org/schemas/storagepool/fs/1.0"
+NETFS_FORMATS: tuple[NetfsFormat, ...] = get_args(NetfsFormat)
+
+
+def render_pool(pool: PoolConfig) -> str:
+    if isinstance(pool, NetfsPoolConfig):
+        return _render_netfs_pool(pool)
     el = ET.Element("pool", {"type": "dir"})
     sub(el, "name", pool.name)
     sub(sub(el, "target"), "path", pool.path)
     return to_string(el)
 
 
-def parse_pool(xml: str) -> DirPoolConfig:
+def _render_netfs_pool(pool: NetfsPoolConfig) -> str:
+    el = ET.Element("pool", {"type": "netfs"})
+    if pool.mount_options:
+        el.set("xmlns:fs", FS_NS)
+    sub(el, "name", pool.name)
+    source = sub(el, "source")
+    sub(source, "host", name=pool.source_host)
+    sub(source, "dir", path=pool.source_dir)
+    sub(source, "format", type=pool.format)
+    if pool.nfs_version is not None:
+        sub(source, "protocol", ver=pool.nfs_version)
+    sub(sub(el, "target"), "path", pool.path)
+    if pool.mount_options:
+        opts = sub(el, "fs:mount_opts")
+        for option in pool.mount_options:
+            sub(opts, "fs:option", name=option)
+    return to_string(el)
+
+
+def parse_pool(xml: str) -> PoolConfig:
     el = root(xml, "pool")
-    if el.get("type") != "dir":
-        raise CodecError(f"pool type {el.get('type')!r} is not supported (expected dir)")
-    return DirPoolConfig(name=PoolName(req_text(el, "name")), path=req_text(el, "target/path"))
+    name, path = PoolName(req_text(el, "name")), req_text(el, "target/path")
+    kind = el.get("type")
+    if kind == "dir":
+        return DirPoolConfig(name=name, path=path)
+    if kind != "netfs":
+        raise CodecError(f"pool type {kind!r} is not supported (expected dir or netfs)")
+    host, src_dir, fmt = el.find("source/host"), el.find("source/dir"), el.find("source/format")
+    if host is None or src_dir is None:
+        raise CodecError("netfs pool without <source><host> and <dir>")
+    protocol = el.find("source/protocol")
+    options = tuple(o.get("name", "") for o in el.iterfind(f"{{{FS_NS}}}mount_opts/{{{FS_NS}}}option"))
+    return NetfsPoolConfig(
+        name=name, path=path, source_host=host.get("name", ""), source_dir=src_dir.get("path", ""),
+        format=literal(fmt.get("type") if fmt is not None else "nfs", NETFS_FORMATS, "netfs format"),
+        nfs_version=protocol.get("ver") if protocol is not None else None, mount_options=options,
+    )
+
+
+def parse_pool_state(xml: str, active: bool) -> ObservedPool:
+    """The pool's config with its capacity and free space (``<capacity>``, ``<available>``)."""
+    el = root(xml, "pool")
+    return ObservedPool(
+        config=parse_pool(xml), active=active,
+        capacity_bytes=scaled_bytes(el.find("capacity"), "bytes") or 0,
+        available_bytes=scaled_bytes(el.find("available"), "bytes") or 0,
+    )
 
 
 def render_volume(volume: VolumeConfig) -> str:
@@ -68,6 +121,14 @@ def parse_volume(xml: str) -> ObservedVolume:
         backing_path=text(el.find("backingStore/path")),
         backing_format=backing_fmt.get("type") if backing_fmt is not None else None,
     )
+
+
+def render_iscsi_secret(usage: str, description: str) -> str:
+    """A persistent, private libvirt secret for CHAP (``<usage type='iscsi'><target>usage</target>``)."""
+    el = ET.Element("secret", {"ephemeral": "no", "private": "yes"})
+    sub(el, "description", description)
+    sub(sub(el, "usage", type="iscsi"), "target", usage)
+    return to_string(el)
 
 
 # ================================================================= networks

@@ -1,12 +1,14 @@
 """StorageDomain and Disk resources describing the lab's storage servers, for `virtplane apply`.
 
-They validate against today's specs. What the specs cannot say yet travels in annotations (see the
-constants): the CHAP user name of an iSCSI LUN (``IscsiLun`` has ``chapSecret`` but no user name) and
-where the CHAP password file is (a reference, never the password).
+The iSCSI LUN's CHAP password is referenced by name (``chapSecret: lab-iscsi-chap``): ``install_chap_secret``
+copies it into ``<lab dir>/storage/secrets`` (0700 directory, 0600 file), the directory to give
+``virtplane server --secrets-dir``. It is never printed.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from controller.dev.lab.storage.model import GlusterServer, IscsiServer, NfsServer, StorageServer
@@ -16,8 +18,19 @@ NFS_DOMAIN = "lab-nfs"
 GLUSTER_DOMAIN = "lab-gluster"
 ISCSI_DISK = "lab-iscsi-lun1"
 CHAP_SECRET = "lab-iscsi-chap"  # the server-side secret name the Disk refers to
-CHAP_USER_ANNOTATION = "virtplane.io/chap-username"
-CHAP_SECRET_FILE_ANNOTATION = "virtplane.io/chap-secret-file"
+CHAP_SECRET_FILE_ANNOTATION = "virtplane.io/chap-secret-file"  # where the lab keeps the password (a hint)
+
+
+def install_chap_secret(server: IscsiServer, secrets_dir: Path) -> Path:
+    """Copy the lab target's CHAP password to ``secrets_dir/lab-iscsi-chap`` (mode 0600); return the file."""
+    secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secrets_dir.chmod(0o700)
+    dest = secrets_dir / CHAP_SECRET
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(server.secret_file.read_text().strip() + "\n")
+    dest.chmod(0o600)
+    return dest
 
 
 def storage_manifests(servers: list[StorageServer], cluster: str) -> list[dict[str, Any]]:
@@ -29,7 +42,8 @@ def _manifest(server: StorageServer, cluster: str) -> dict[str, Any]:
         nfs = {"server": server.address, "export": str(server.export), "version": "3", "access": "qemu"}
         return _domain(NFS_DOMAIN, {"cluster": cluster, "type": "nfs", "nfs": nfs, "shared": True})
     if isinstance(server, GlusterServer):
-        gluster = {"servers": [server.host], "volume": server.volume, "access": "mount"}
+        gluster = {"servers": [server.host], "volume": server.volume, "access": "mount",
+                   "mountPath": str(server.mount_path)}
         return _domain(GLUSTER_DOMAIN, {"cluster": cluster, "type": "gluster", "gluster": gluster, "shared": True})
     return _lun_disk(server)
 
@@ -44,14 +58,12 @@ def _lun_disk(server: IscsiServer) -> dict[str, Any]:
         "kind": "Disk",
         "metadata": {
             "name": ISCSI_DISK,
-            "annotations": {
-                CHAP_USER_ANNOTATION: server.chap_user,
-                CHAP_SECRET_FILE_ANNOTATION: str(server.secret_file),
-            },
+            "annotations": {CHAP_SECRET_FILE_ANNOTATION: str(server.secret_file)},
         },
         "spec": {
             "lun": {
-                "iscsi": {"portal": server.portal, "iqn": server.iqn, "lun": server.lun, "chapSecret": CHAP_SECRET}
+                "iscsi": {"portal": server.portal, "iqn": server.iqn, "lun": server.lun,
+                          "chapUsername": server.chap_user, "chapSecret": CHAP_SECRET}
             },
             "reclaimPolicy": "Retain",
         },

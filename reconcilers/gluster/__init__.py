@@ -1,0 +1,1 @@
+"""GlusterVolume planning: create, start, set options, add bricks, delete (when no domain uses it)."""
