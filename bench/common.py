@@ -80,9 +80,9 @@ class Server:
         return json.loads(Path(self.env["VIRTPLANE_CONFIG"]).read_text())["token"]
 
 
-def start_server(data_dir: Path, etcd: EmbeddedEtcd | None, *extra: str) -> Server:
+def start_server(data_dir: Path, etcd: EmbeddedEtcd | None, *extra: str, virtplane: str = VIRTPLANE) -> Server:
     """A `virtplane server` process; on ``etcd`` (external) or, with None, on its own embedded etcd
-    (then ``Server.etcd_endpoint`` is read from its log)."""
+    (then ``Server.etcd_endpoint`` is read from its log). ``virtplane``: another build's binary (a baseline)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def start_server(data_dir: Path, etcd: EmbeddedEtcd | None, *extra: str) -> Serv
     env.pop("VIRTPLANE_SERVER", None)
     env.pop("VIRTPLANE_TOKEN", None)
     args = [
-        VIRTPLANE,
+        virtplane,
         "server",
         "--listen",
         f"127.0.0.1:{port}",
@@ -245,7 +245,10 @@ def lab_with_server(prefix: str, hosts: int = 2, *server_args: str, lock_manager
     try:
         lab.up(hosts)
         etcd.start()
-        server = start_lab_server(work / "server", *(a.replace("{lab}", str(lab.dir)) for a in server_args), etcd=etcd)
+        args = [a.replace("{lab}", str(lab.dir)) for a in server_args]
+        if "--lab-dir" not in args:  # the lab's sockets, images and storage are allowed host paths
+            args += ["--lab-dir", str(lab.dir)]
+        server = start_lab_server(work / "server", *args, etcd=etcd)
         config = json.loads((work / "server" / "config.json").read_text())
         api = Client(config["server"], config.get("token"))
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import reprlib
 import types
 import typing
 from collections.abc import Sequence
@@ -75,9 +76,19 @@ def error_message(error: ErrorDetails, root: type[BaseModel] | None = None) -> s
     return message
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr`` of at most ``limit`` characters that never walks more than a few items of a container:
+    a YAML alias bomb's value is huge when expanded, and a message must not expand it."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return short_repr(value)
 
 
 def allowed_fields(root: type[BaseModel], loc: Sequence[int | str]) -> list[str]:

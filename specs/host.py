@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated, Literal
+from urllib.parse import parse_qsl
 
 from pydantic import AfterValidator, Field, model_validator
 
-from specs.common import HostAddress
+from specs.common import HostAddress, check_absolute_path
 from specs.errors import field_error
 from specs.meta import Name, Resource, StatusBase, StrictModel
 from specs.quantity import Quantity, parse_quantity
@@ -18,25 +19,95 @@ _URI = re.compile(
     r"(?P<authority>[^/?#\s]*)(?P<path>/[^?#\s]*)(\?(?P<query>[^#\s]*))?$"
 )
 URI_EXAMPLES = "qemu+ssh://root@host1/system, qemu+tls://host1/system, qemu:///system, test:///default"
+# user@host:port of a remote URI: no option-looking names ("-oProxyCommand=..."), nothing a shell would read.
+_AUTHORITY = re.compile(
+    r"^((?P<user>[A-Za-z0-9_][A-Za-z0-9._-]{0,63})@)?"
+    r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\])(:(?P<port>[0-9]{1,5}))?$"
+)
+# Query parameters a spec may give, per transport. Everything else is refused: ``command`` and ``netcat``
+# name programs libvirt runs (as the server's user: root), ``proxy``/``name``/``sshauth`` change what the
+# client runs or where it goes. Paths (socket, keyfile, pkipath, known_hosts) are confined further by the
+# server's configuration (specs.confinement).
+_QUERY: dict[str | None, frozenset[str]] = {
+    None: frozenset(),
+    "unix": frozenset({"socket", "mode"}),
+    "ssh": frozenset({"keyfile", "known_hosts", "no_verify", "no_tty", "mode", "socket"}),
+    "libssh": frozenset({"keyfile", "known_hosts", "known_hosts_verify", "mode", "socket"}),
+    "libssh2": frozenset({"keyfile", "known_hosts", "known_hosts_verify", "mode", "socket"}),
+    "tls": frozenset({"pkipath", "no_verify", "tls_priority"}),
+    "tcp": frozenset(),
+}
+URI_PATH_PARAMS = ("socket", "keyfile", "pkipath", "known_hosts")
+_QUERY_VALUE = re.compile(r"^[A-Za-z0-9._,:/+=@-]{1,1024}$")
+_TEST_QUERY = frozenset({"cpus", "memory"})
+
+
+def uri_query(value: str) -> list[tuple[str, str]]:
+    """The decoded query parameters of a libvirt URI, in order (repeats kept)."""
+    match = _URI.match(value)
+    return parse_qsl(match["query"] or "", keep_blank_values=True) if match else []
 
 
 def check_libvirt_uri(value: str) -> str:
-    """A libvirt connection URI this project can drive (test, qemu and its remote transports)."""
+    """A libvirt connection URI this project can drive (test, qemu and its remote transports), with only
+    the query parameters that cannot make the server run a program or read a file it chose."""
     match = _URI.match(value)
     if match is None:
         raise ValueError(f"expected a libvirt URI like {URI_EXAMPLES}, got {value!r}")
     scheme, path, authority = match["scheme"], match["path"], match["authority"]
-    if scheme.startswith("qemu") and path not in ("/system", "/session"):
+    if scheme == "test":
+        _check_test_uri(value, authority, path)
+        return value
+    if path not in ("/system", "/session"):
         raise ValueError(f"a qemu URI ends in /system or /session, got {value!r} (e.g. {URI_EXAMPLES})")
-    if match["transport"] in ("ssh", "libssh", "libssh2", "tls", "tcp") and not authority:
+    transport = match["transport"]
+    if transport in ("ssh", "libssh", "libssh2", "tls", "tcp") and not authority:
         raise ValueError(
             f"a remote {scheme} URI needs a host name, e.g. {scheme}://host1/system; got {value!r}"
         )
-    if match["transport"] == "unix" and authority:
+    if transport in ("unix", None) and authority:
         raise ValueError(
-            f"a qemu+unix URI is local: write qemu+unix:///system?socket=/path/libvirt-sock, got {value!r}"
+            f"a {scheme} URI is local: write qemu+unix:///system?socket=/path/libvirt-sock, got {value!r}"
         )
+    if authority and not _AUTHORITY.match(authority):
+        raise ValueError(f"expected [user@]host[:port] in the URI, like root@host1:22, got {authority!r}")
+    _check_query(value, transport)
     return value
+
+
+def _check_test_uri(value: str, authority: str, path: str) -> None:
+    # Any other test:/// path is a file libvirt parses (as root): test:///etc/shadow would read it.
+    if authority or path != "/default":
+        raise ValueError(
+            f"the only test URI is test:///default (libvirt's simulator, optionally ?cpus=N&memory=GiB), "
+            f"got {value!r}"
+        )
+    seen: set[str] = set()
+    for key, item in uri_query(value):
+        if key not in _TEST_QUERY or key in seen:
+            raise ValueError(f"test:///default takes only cpus=N and memory=GiB, once each; got {key!r} in {value!r}")
+        if not item.isdigit() or not 0 < int(item) <= 1 << 20:
+            raise ValueError(f"test:///default?{key}= expects a positive whole number, got {item!r}")
+        seen.add(key)
+
+
+def _check_query(value: str, transport: str | None) -> None:
+    allowed = _QUERY[transport]
+    seen: set[str] = set()
+    for key, item in uri_query(value):
+        if key not in allowed:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise ValueError(
+                f"URI parameter {key!r} is not allowed for {'qemu+' + transport if transport else 'qemu'} "
+                f"URIs (allowed: {names}); parameters that run programs (command, netcat) never are"
+            )
+        if key in seen:
+            raise ValueError(f"URI parameter {key!r} is given twice in {value!r}")
+        seen.add(key)
+        if not _QUERY_VALUE.match(item):
+            raise ValueError(f"URI parameter {key}={item!r}: expected letters, digits and ._,:/+=@- only")
+        if key in URI_PATH_PARAMS:
+            check_absolute_path(item)
 
 
 LibvirtUri = Annotated[str, AfterValidator(check_libvirt_uri)]

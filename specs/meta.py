@@ -102,7 +102,8 @@ class ObjectMeta(StrictModel):
         default=None, ge=1, description="Set by the server: increases by one on every spec change."
     )
     resourceVersion: str | None = Field(
-        default=None, description="etcd mod_revision of the spec key; a precondition when given."
+        default=None, pattern=r"^[0-9]{1,19}$",
+        description="etcd mod_revision of the spec key (a whole number); a precondition when given.",
     )
     creationTimestamp: datetime | None = Field(default=None, description="Set by the server: creation time.")
     deletionTimestamp: datetime | None = Field(

@@ -18,10 +18,13 @@ Every write carries a correlation id (``X-Correlation-Id``, generated when absen
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from controller import store as store_mod
 from controller.api import audit as audit_mod
 from controller.api import rbac
-from controller.api.auth import Authenticator, Authorizer, Identity, Verb
+from controller.api.auth import Authenticator, Authorizer, Identity, Verb, authorize
 from controller.api.identity import IdentityRoutes
 from controller.api.openapi import openapi_document
 from controller.common.metrics import Registry
@@ -51,10 +54,15 @@ from controller.common.wire import (
     strip_server_fields,
     validation_problems,
 )
+from specs.confinement import HostPathPolicy, path_problems
 from specs.event import Event
 from specs.kinds import KINDS, KindInfo, UnknownKind, parse_resource, resolve_kind
 from specs.meta import Resource
 from specs.selector import LabelSelector
+from specs.storage import StorageDomain
+
+# Request bodies above this get 413; apply splits what it stores into bounded transactions itself.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 # The controllers' diff planners: (kind, name) -> {"plan": [action, ...], "note"?: text} per change.
 PlanHook = Callable[[list[Any]], Awaitable[dict[tuple[str, str], dict[str, Any]]]]
@@ -81,6 +89,10 @@ class ApiContext:
     # Finalizers the running controllers put on new objects of a kind (set when they start), so that
     # creating an object costs one write rather than a create and a later finalizer update.
     default_finalizers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Host paths a spec may name (kernels, images, block devices, URI sockets and keys): specs.confinement.
+    policy: HostPathPolicy = field(default_factory=HostPathPolicy)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413 (read no further)
+    metrics_public: bool = False  # /metrics without a token (--metrics-public)
     # Directory login (POST /api/v1/login); None: login is refused, tokens only. See controller/api/identity.py.
     directory: Any = None  # controller.adapters.directory.DirectoryClient
     session_ttl: int = 8 * 3600
@@ -105,12 +117,15 @@ def _parse_objects(raw: list[Any]) -> list[Resource]:
         if not isinstance(item, dict):
             problems.append({"index": index, "field": "", "message": "expected an object"})
             continue
+        if "metadata" in item and not isinstance(item["metadata"], dict):
+            problems.append({"index": index, "field": "metadata", "message": "expected an object (name, labels, ...)"})
+            continue
         try:
             objects.append(parse_resource(strip_server_fields(item) | _precondition(item)))
         except UnknownKind as e:
             problems.append({"index": index, "field": "kind", "message": str(e)})
         except ValidationError as e:
-            name = (item.get("metadata") or {}).get("name")
+            name = _meta(item).get("name")
             for p in validation_problems(e):
                 problems.append({"index": index, "kind": item.get("kind"), "name": name, **p})
     if problems:
@@ -118,8 +133,31 @@ def _parse_objects(raw: list[Any]) -> list[Resource]:
     return objects
 
 
+def _meta(item: dict[str, Any]) -> dict[str, Any]:
+    meta = item.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _revision_param(request: Request, name: str = "resourceVersion") -> int | None:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or len(text) > 19:
+        raise ApiError(400, "BadRequest", f"?{name}= expects a whole number (an etcd revision), got {text[:40]!r}")
+    return int(text)
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not low <= int(text[:8]) <= high:
+        raise ApiError(400, "BadRequest", f"?{name}= expects a whole number from {low} to {high}, got {text[:40]!r}")
+    return int(text)
+
+
 def _precondition(item: dict[str, Any]) -> dict[str, Any]:
-    rv = (item.get("metadata") or {}).get("resourceVersion")
+    rv = _meta(item).get("resourceVersion")
     if rv is None:
         return {}
     meta = dict(strip_server_fields(item)["metadata"])
@@ -127,11 +165,79 @@ def _precondition(item: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": meta}
 
 
+BIG_BODY = 1024 * 1024  # request bodies above this (or of unknown length) ...
+BIG_BODIES_AT_ONCE = 2  # ... are handled this many at a time
+MAX_PAGE = 10_000  # ?limit= at most this
+STREAM_PAGE = 500  # objects read, decoded and sent at a time when a whole list is streamed
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a page starts (a name, inclusive) or ends (before a name), and the list's revision."""
+
+    start: str = ""
+    before: str | None = None
+    revision: int = 0
+
+
+def _encode_continue(where: Position, revision: int) -> str:
+    fields: dict[str, Any] = {"rv": revision}
+    if where.before is not None:
+        fields["before"] = where.before
+    else:
+        fields["start"] = where.start
+    return base64.urlsafe_b64encode(json.dumps(fields).encode()).decode().rstrip("=")
+
+
+def _decode_continue(token: str | None) -> Position:
+    """A token from ``metadata.continue`` or ``metadata.previous``; an empty one is the first page."""
+    if not token:
+        return Position()
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        revision = data["rv"]
+        if not isinstance(revision, int) or revision < 1:
+            raise ValueError(token)
+        if "before" in data:
+            if not isinstance(data["before"], str) or not data["before"]:
+                raise ValueError(token)
+            return Position(before=data["before"], revision=revision)
+        if not isinstance(data["start"], str):
+            raise ValueError(token)
+        return Position(start=data["start"], revision=revision)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ApiError(400, "BadRequest", "continue: not a token this server gave (list again without it)") from e
+
+
+def _wire_items(page: Any, selector: LabelSelector | None) -> list[dict[str, Any]]:
+    return [resource_to_wire(r, st) for r, st in page.items
+            if selector is None or selector.matches(r.metadata.labels)]
+
+
+def _encode_items(page: Any, selector: LabelSelector | None, first: bool) -> bytes:
+    parts = [json.dumps(item) for item in _wire_items(page, selector)]
+    if not parts:
+        return b""
+    return (("" if first else ",") + ",".join(parts)).encode()
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
 async def _json(request: Request) -> Any:
     try:
-        return await request.json()
+        raw = await request.body()
+    except BodyTooLarge as e:
+        raise ApiError(413, "TooLarge", f"{e} (the server's limit); split the input", limit=e.limit) from e
+    try:
+        return await anyio.to_thread.run_sync(json.loads, raw)  # a big body is not parsed on the loop
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, "BadRequest", f"request body is not JSON: {e}") from e
+        raise ApiError(400, "BadRequest", f"request body is not JSON: {str(e)[:200]}") from e
+    except RecursionError as e:
+        raise ApiError(400, "BadRequest", "request body is nested too deeply") from e
 
 
 def _change_to_wire(
@@ -149,32 +255,6 @@ def _change_to_wire(
     return body
 
 
-MAX_PAGE = 1000
-
-
-def _paging(request: Request) -> tuple[int, str | None, str | None] | None:
-    """``?limit=N`` (1-1000) with ``continue=NAME`` (after it) or ``before=NAME``; None: no paging asked."""
-    text = request.query_params.get("limit")
-    if text is None:
-        return None
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
-        raise ApiError(400, "BadRequest", f"limit: expected a whole number from 1 to {MAX_PAGE}, got {text!r}")
-    return int(text), request.query_params.get("continue") or None, request.query_params.get("before") or None
-
-
-def _list_response(info: KindInfo, revision: int, items: list[Resource], statuses: Mapping[str, Any],
-                   total: int | None = None, more: tuple[bool, bool] = (False, False)) -> JSONResponse:
-    """A list; a page of one also says ``total`` and, when there are more, where the next and previous
-    pages start (``continue``: the last name of this page; ``previous``: its first)."""
-    metadata: dict[str, Any] = {"resourceVersion": str(revision)}
-    if total is not None:
-        metadata["total"] = total
-        if items and more[1]:
-            metadata["continue"] = items[-1].metadata.name
-        if items and more[0]:
-            metadata["previous"] = items[0].metadata.name
-    return JSONResponse({"apiVersion": "virtplane.io/v1", "kind": f"{info.kind}List", "metadata": metadata,
-                         "items": [resource_to_wire(r, statuses.get(r.metadata.name)) for r in items]})
 
 
 @dataclass(frozen=True)
@@ -201,22 +281,24 @@ class Api:
     # --- plumbing -------------------------------------------------------------------------------
 
     async def _authenticate(self, request: Request) -> Identity:
-        who = await self.ctx.authn.authenticate(request.headers.get("authorization"))
+        """The caller: the identity the guard resolved from the headers before the body was read (or,
+        outside the guard, resolved now); 401 without one."""
+        who: Identity | None = getattr(request.state, "identity", None)
         if who is None:
-            raise ApiError(
-                401, "Unauthorized",
-                "missing, invalid or expired bearer token (`virtplane login`, or the token `virtplane server` wrote)",
-            )
+            who = await self.ctx.authn.authenticate(request.headers.get("authorization"))
+        if who is None:
+            raise ApiError(401, "Unauthorized", UNAUTHORIZED)
         request.state.identity = who
         return who
 
-    async def _authorize(self, request: Request, verb: Verb, kind: str | None, cluster: str | None = None) -> Identity:
+    async def _authorize(
+        self, request: Request, verb: Verb, kind: str | None, cluster: str | None = None, name: str | None = None
+    ) -> Identity:
         who = await self._authenticate(request)
-        if not self.ctx.authz.allowed(who, verb, kind, cluster):
-            where = f" in cluster {cluster}" if cluster else ""
-            raise ApiError(403, "Forbidden", f"{who.name} may not {verb} {kind or 'this'}{where}")
+        if not authorize(self.ctx.authz, who, verb, kind, name, cluster):
+            what = f"{kind or 'this'}{f'/{name}' if name else ''}{f' in cluster {cluster}' if cluster else ''}"
+            raise ApiError(403, "Forbidden", f"{who.name} may not {verb} {what}")
         return who
-
     async def _authorize_changes(self, request: Request, who: Identity, changes: list[Any],
                                  objects: list[Resource]) -> None:
         """403 naming every object of a write that ``who`` may not make; nothing is written then."""
@@ -250,6 +332,8 @@ class Api:
                 response = JSONResponse(error_body(413, "TooLarge", str(e), kind=e.kind, name=e.name), 413)
             except store_mod.NotFoundError as e:
                 response = JSONResponse(error_body(404, "NotFound", str(e)), 404)
+            except store_mod.UndecodableError as e:
+                response = JSONResponse(error_body(422, "Undecodable", str(e), kind=e.kind, name=e.name), 422)
             except store_mod.PartialApplyError as e:
                 response = JSONResponse(
                     error_body(
@@ -273,6 +357,31 @@ class Api:
 
         return endpoint
 
+    async def _check_paths(self, objects: list[Resource]) -> None:
+        """422 for any host path the server's policy does not allow (specs.confinement)."""
+        if not any(o.kind in ("Host", "Disk", "VirtualMachine", "StorageDomain") for o in objects):
+            return
+        domains: dict[str, StorageDomain] = {}
+        if any(o.kind in ("Disk", "VirtualMachine") for o in objects):
+            stored, _ = await self.ctx.store.list("StorageDomain")
+            domains = {o.metadata.name: o for o in stored if isinstance(o, StorageDomain)}
+            domains |= {o.metadata.name: o for o in objects if isinstance(o, StorageDomain)}
+        problems = [
+            {"index": index, "kind": obj.kind, "name": obj.metadata.name, "field": field_path, "message": message}
+            for index, obj in enumerate(objects)
+            for field_path, message in path_problems(obj, self.ctx.policy, domains)
+        ]
+        if problems:
+            raise ApiError(422, "Invalid", f"{len(problems)} host path(s) not allowed", problems=problems)
+
+    async def _readable(self, kind: str, name: str) -> Resource | None:
+        """The stored object, or None if there is none or it does not decode (planted or from an older
+        version: its cluster is unknown, so only a global permission covers it)."""
+        try:
+            return await self.ctx.store.get(kind, name)
+        except store_mod.UndecodableError:
+            return None
+
     def _with_finalizers(self, obj: Resource) -> Resource:
         """Finalizers for a new object (the store keeps the stored ones on update)."""
         wanted = self.ctx.default_finalizers.get(obj.kind)
@@ -283,6 +392,9 @@ class Api:
     # --- objects --------------------------------------------------------------------------------
 
     async def list_objects(self, request: Request) -> Response:
+        """One page with ``?limit=N`` (``metadata.continue`` names the next: pass it back as ``?continue=``),
+        or, without a limit, the whole list streamed page by page: memory stays bounded by a page either
+        way, and every page is read at the first page's revision."""
         info = _kind_from_path(request)
         who = await self._authenticate(request)
         clusters = self.ctx.authz.clusters_allowed(who, "list", info.kind)
@@ -294,28 +406,95 @@ class Api:
                 selector = LabelSelector.parse(request.query_params["labelSelector"])
             except ValueError as e:
                 raise ApiError(400, "BadRequest", f"labelSelector: {e}") from e
-        paging = _paging(request)
-        if paging is not None and clusters is None:  # one page read from etcd, whatever the kind's size
-            page = await self.ctx.store.list_page(info.kind, limit=paging[0], after=paging[1], before=paging[2],
-                                                  selector=selector)
-            return _list_response(info, page.revision, page.items, page.statuses, page.total,
-                                  (page.more_before, page.more_after))
-        items, revision = await self.ctx.store.list(info.kind, selector)
-        if clusters is not None:  # per-cluster bindings only: the objects of those clusters
-            lookup = rbac.batch_lookup((), self.ctx.store)
-            items = [o for o in items if await rbac.object_cluster(o, lookup) in clusters]
-        statuses = await self.ctx.store.list_status(info.kind)
-        if paging is None:
-            return _list_response(info, revision, items, statuses)
-        shown, more_before, more_after = store_mod.slice_by_name(items, *paging)
-        return _list_response(info, revision, shown, statuses, len(items), (more_before, more_after))
+        limit = _int_param(request, "limit", 0, 1, MAX_PAGE)
+        where = _decode_continue(request.query_params.get("continue"))
+        head = {"apiVersion": "virtplane.io/v1", "kind": f"{info.kind}List"}
+        if limit:
+            page, items = await self._collect(info.kind, where, limit, selector, clusters)
+            meta: dict[str, Any] = {"resourceVersion": str(page.revision)}
+            if selector is None and clusters is None:
+                meta["total"] = await self.ctx.store.count(info.kind, page.revision)
+            if page.next_start is not None:
+                meta["continue"] = _encode_continue(Position(start=page.next_start), page.revision)
+            if page.previous_before is not None:
+                meta["previous"] = _encode_continue(Position(before=page.previous_before), page.revision)
+            return JSONResponse({**head, "metadata": meta, "items": items})
+        page = await self._page(info.kind, where, STREAM_PAGE)
+        page = await self._only_clusters(page, clusters)
+        first = json.dumps({**head, "metadata": {"resourceVersion": str(page.revision)}})
+        return StreamingResponse(self._stream_list(info.kind, page, selector, first[:-1], clusters),
+                                 media_type="application/json")
+
+    async def _collect(
+        self, kind: str, where: Position, limit: int, selector: LabelSelector | None,
+        clusters: frozenset[str] | None,
+    ) -> tuple[store_mod.Page, list[dict[str, Any]]]:
+        """One page of ``limit`` objects that the selector and the caller's clusters keep: read from the
+        store in pages of ``limit`` until enough are found (fewer only at the end of the list)."""
+        page = await self._only_clusters(await self._page(kind, where, limit), clusters)
+        if selector is None and clusters is None:
+            return page, await anyio.to_thread.run_sync(_wire_items, page, None)
+        kept = [it for it in page.items if selector is None or selector.matches(it[0].metadata.labels)]
+        back = where.before is not None
+        edge = page.previous_before if back else page.next_start
+        while len(kept) < limit and edge is not None:
+            more = await self._page(kind, Position(before=edge) if back else Position(start=edge), limit,
+                                    page.revision)
+            more = await self._only_clusters(more, clusters)
+            found = [it for it in more.items if selector is None or selector.matches(it[0].metadata.labels)]
+            kept = found + kept if back else kept + found
+            edge = more.previous_before if back else more.next_start
+        if back:
+            cut = kept[-limit:]
+            previous = cut[0][0].metadata.name if (len(kept) > limit or edge is not None) and cut else None
+            following = where.before
+        else:
+            cut = kept[:limit]
+            previous = page.previous_before
+            following = (cut[-1][0].metadata.name + "\0" if len(kept) > limit else edge) if cut else edge
+        result = store_mod.Page(cut, page.revision, following, previous)
+        return result, await anyio.to_thread.run_sync(_wire_items, result, None)
+
+    async def _page(self, kind: str, where: Position, limit: int, revision: int | None = None) -> store_mod.Page:
+        try:
+            return await self.ctx.store.list_page(kind, start=where.start, before=where.before, limit=limit,
+                                                  revision=where.revision if revision is None else revision)
+        except store_mod.RevisionCompacted as e:
+            raise ApiError(410, "Expired", "the list's revision was compacted meanwhile; list again from the "
+                           "start (without continue)") from e
+
+    async def _only_clusters(self, page: store_mod.Page, clusters: frozenset[str] | None) -> store_mod.Page:
+        """The page's objects in ``clusters`` (per-cluster bindings only; None: all of them)."""
+        if clusters is None:
+            return page
+        lookup = rbac.batch_lookup((), self.ctx.store)
+        kept = [(o, st) for o, st in page.items if await rbac.object_cluster(o, lookup) in clusters]
+        return dataclasses.replace(page, items=kept)
+
+    async def _stream_list(
+        self, kind: str, page: store_mod.Page, selector: LabelSelector | None, head: str,
+        clusters: frozenset[str] | None,
+    ) -> AsyncIterator[bytes]:
+        yield (head + ', "items": [').encode()
+        first = True
+        while True:
+            chunk = await anyio.to_thread.run_sync(_encode_items, page, selector, first)
+            if chunk:
+                first = False
+                yield chunk
+            if page.next_start is None:
+                break
+            page = await self.ctx.store.list_page(kind, start=page.next_start, limit=STREAM_PAGE,
+                                                  revision=page.revision)
+            page = await self._only_clusters(page, clusters)
+        yield b"]}"
 
     async def _get_allowed(self, request: Request, info: KindInfo, name: str) -> Resource:
         """The object, if the caller may get it in its cluster (401, 403 or 404 otherwise)."""
         who = await self._authenticate(request)
         obj = await self.ctx.store.get(info.kind, name)
         cluster = await rbac.object_cluster(obj, rbac.batch_lookup((), self.ctx.store)) if obj else None
-        if not self.ctx.authz.allowed(who, "get", info.kind, cluster):
+        if not authorize(self.ctx.authz, who, "get", info.kind, name, cluster):
             raise ApiError(403, "Forbidden", f"{who.name} may not get {info.kind}/{name}")
         if obj is None:
             raise ApiError(404, "NotFound", f"{info.kind} {name!r} not found")
@@ -404,7 +583,9 @@ class Api:
         body.setdefault("kind", info.kind)
         body.setdefault("apiVersion", "virtplane.io/v1")
         name = request.path_params["name"]
-        if (body.get("metadata") or {}).get("name", name) != name or body["kind"] != info.kind:
+        if not isinstance(body.get("metadata", {}), dict):
+            raise ApiError(400, "BadRequest", "metadata: expected an object")
+        if _meta(body).get("name", name) != name or body["kind"] != info.kind:
             raise ApiError(400, "BadRequest", f"body must be {info.kind} {name!r} to match the URL")
         body.setdefault("metadata", {})["name"] = name
         return await self._write_one(request, body, create_only=False)
@@ -417,11 +598,15 @@ class Api:
             raise ApiError(400, "BadRequest", "expected one object")
         body.setdefault("kind", info.kind)
         body.setdefault("apiVersion", "virtplane.io/v1")
+        if body["kind"] != info.kind:
+            raise ApiError(400, "BadRequest", f"body is kind {body['kind']!r}; POST it to its own URL, not "
+                           f"/api/v1/{info.plural}")
         return await self._write_one(request, body, create_only=True)
 
     async def _write_one(self, request: Request, body: dict[str, Any], *, create_only: bool) -> Response:
         who: Identity = request.state.identity
         (obj,) = _parse_objects([body])
+        await self._check_paths([obj])
         existing = await self.ctx.store.get(obj.kind, obj.metadata.name)
         if create_only and existing is not None:
             raise ApiError(409, "AlreadyExists", f"{obj.kind} {obj.metadata.name!r} already exists")
@@ -438,14 +623,14 @@ class Api:
         info = _kind_from_path(request)
         who = await self._authenticate(request)
         name = request.path_params["name"]
-        existing = await self.ctx.store.get(info.kind, name)
+        existing = await self._readable(info.kind, name)
         if existing is not None:
             await self._authorize_changes(request, who, [_OneChange(info.kind, name, "deleted", existing, None)], [])
-        elif not self.ctx.authz.allowed(who, "delete", info.kind):
+        elif not authorize(self.ctx.authz, who, "delete", info.kind, name):
             raise ApiError(403, "Forbidden", f"{who.name} may not delete {info.kind}/{name}")
         cid = _correlation_id(request)
         removed = await self.ctx.store.delete(
-            info.kind, name, correlation_id=cid, resource_version=request.query_params.get("resourceVersion"),
+            info.kind, name, correlation_id=cid, resource_version=_revision_param(request),
             user=who.name,
         )
         if removed is None:
@@ -459,9 +644,13 @@ class Api:
             raise ApiError(400, "BadRequest", 'expected {"objects": [...]}')
         dry_run = request.query_params.get("dryRun", "").lower() in ("1", "true", "all") or bool(body.get("dryRun"))
         request.state.audit_skip = dry_run  # a dry run writes nothing: not audited
-        objects = _parse_objects(body["objects"])
+        objects = await anyio.to_thread.run_sync(_parse_objects, body["objects"])  # CPU: off the loop
+        await self._check_paths(objects)
         prune = bool(body.get("prune"))
         source = body.get("source")
+        if source is not None and (not isinstance(source, str) or not _SOURCE.match(source)):
+            raise ApiError(400, "BadRequest", f"source: expected a name like 'examples' (letters, digits, ._-), "
+                           f"got {str(source)[:60]!r}")
         if prune and not source:
             raise ApiError(400, "BadRequest", "prune needs a source (apply --prune --source NAME)")
         cid = _correlation_id(request)
@@ -500,12 +689,16 @@ class Api:
     # --- streams --------------------------------------------------------------------------------
 
     async def watch(self, request: Request) -> Response:
-        kinds = [resolve_kind(k).kind for k in request.query_params.get("kinds", "").split(",") if k] or list(KINDS)
+        try:
+            kinds = [resolve_kind(k).kind for k in request.query_params.get("kinds", "").split(",") if k]
+        except UnknownKind as e:
+            raise ApiError(400, "BadRequest", f"kinds: {e}") from e
+        kinds = kinds or list(KINDS)
         for kind in kinds:
             await self._authorize(request, "watch", kind)
         parts = [p for p in request.query_params.get("parts", "spec,status").split(",") if p in ("spec", "status")]
-        start = request.query_params.get("resourceVersion")
-        start_revision = int(start) if start else await self.ctx.store.revision() + 1
+        start = _revision_param(request)
+        start_revision = start if start is not None else await self.ctx.store.revision() + 1
         return StreamingResponse(self._stream(kinds, parts, start_revision), media_type="application/x-ndjson")
 
     async def _stream(self, kinds: list[str], parts: list[str], start_revision: int) -> AsyncIterator[bytes]:
@@ -537,13 +730,13 @@ class Api:
             except UnknownKind as e:
                 raise ApiError(400, "BadRequest", str(e)) from e
             # The events of one object: a binding in that object's cluster is enough (`describe`).
-            obj = await self.ctx.store.get(*involved)
+            obj = await self._readable(*involved)
             cluster = await rbac.object_cluster(obj, rbac.batch_lookup((), self.ctx.store)) if obj else None
-        if not self.ctx.authz.allowed(who, "list", "Event", cluster):
+        if not authorize(self.ctx.authz, who, "list", "Event", None, cluster):
             where = f" of {involved[0]}/{involved[1]}" if involved else ""
             raise ApiError(403, "Forbidden", f"{who.name} may not list Events{where}")
         cid = request.query_params.get("correlationId")
-        limit = int(request.query_params.get("limit", "500"))
+        limit = _int_param(request, "limit", 500, 1, 10_000)
         events = await self.ctx.store.list_events(involved=involved, correlation_id=cid, limit=limit)
         if request.query_params.get("watch", "").lower() not in ("1", "true"):
             return JSONResponse({"items": [e.model_dump(mode="json", exclude_none=True) for e in events]})
@@ -584,6 +777,98 @@ class Api:
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
+
+
+_SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+UNAUTHORIZED = "missing, invalid or expired bearer token (`virtplane login`, or the token `virtplane server` wrote)"
+# Routes that need no credential (the guard still caps their bodies): a login is how one gets a token.
+UNAUTHENTICATED = frozenset({"/api/v1/login"})
+
+
+class _Guard:
+    """Authentication from the headers alone, before any handler reads the body (401; the static token,
+    a login session or a service-account token, resolved by ``ctx.authn`` -- the latter two are one etcd
+    read), and the body cap: a Content-Length above it is 413 at once; a body that grows past it while
+    being read stops the read (``BodyTooLarge`` -> 413 in the handler)."""
+
+    def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
+        self.app, self.ctx = app, ctx
+        self._big: anyio.Semaphore | None = None  # made on first use, on the server's loop
+
+    def _big_bodies(self) -> anyio.Semaphore:
+        if self._big is None:
+            self._big = anyio.Semaphore(BIG_BODIES_AT_ONCE)
+        return self._big
+
+    def _protected(self, path: str) -> bool:
+        return path.startswith("/api/") or (path == "/metrics" and not self.ctx.metrics_public)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        who = None
+        if scope["path"] not in UNAUTHENTICATED:
+            try:
+                who = await self.ctx.authn.authenticate(headers.get(b"authorization", b"").decode("latin-1") or None)
+            except store_mod.StoreUnavailable as e:  # sessions and tokens live in etcd
+                await _reject(scope, receive, send, 503, "StoreUnavailable", str(e), {})
+                return
+            if who is None:
+                response = await _reject(scope, receive, send, 401, "Unauthorized", UNAUTHORIZED,
+                                         {"www-authenticate": "Bearer"})
+                if self.ctx.audit and scope["method"] in ("POST", "PUT", "DELETE"):
+                    await audit_mod.record(self.ctx.store, Request(scope), response, _route_of(scope))
+                return
+        limit = self.ctx.max_body_bytes
+        length = headers.get(b"content-length", b"").decode("latin-1")
+        if length.isdigit() and int(length) > limit:
+            await _reject(scope, receive, send, 413, "TooLarge", f"request body larger than {limit} bytes "
+                          "(the server's limit); split the input", {}, limit=limit)
+            return
+        if who is not None:
+            scope.setdefault("state", {})["identity"] = who
+        if scope["method"] in ("POST", "PUT") and not (length.isdigit() and int(length) <= BIG_BODY):
+            # Large (or unannounced) bodies take turns: eight 16 MiB applies at once would each hold the
+            # body, its parse and its objects in memory together.
+            async with self._big_bodies():
+                await self._call(scope, receive, send, limit)
+            return
+        await self._call(scope, receive, send, limit)
+
+    async def _call(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        seen = 0
+
+        async def capped_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, capped_receive, send)
+
+
+async def _reject(
+    scope: Scope, receive: Receive, send: Send, code: int, reason: str, message: str, headers: dict[str, str],
+    **details: Any,
+) -> Response:
+    response = JSONResponse(error_body(code, reason, message, **details), status_code=code, headers=headers)
+    await response(scope, receive, send)
+    return response
+
+
+def _route_of(scope: Scope) -> str:
+    """The route name of a write refused by the guard, for its audit record."""
+    path, method = str(scope["path"]), str(scope["method"])
+    if path.startswith("/api/v1/") and path[len("/api/v1/"):] in ("apply", "logout"):
+        return path[len("/api/v1/"):]
+    if path.startswith("/api/v1/tokens"):
+        return "token-create" if method == "POST" else "token-revoke"
+    return {"POST": "create", "PUT": "put", "DELETE": "delete"}[method]
 
 
 class _CorrelationEcho:
@@ -632,6 +917,6 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/api/v1/{plural}/{name}", r("delete", api.delete_object), methods=["DELETE"]),
         Route("/api/v1/{plural}/{name}/status", r("status", api.get_status), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(_CorrelationEcho)])
+    app = Starlette(routes=routes, middleware=[Middleware(_CorrelationEcho), Middleware(_Guard, ctx=ctx)])
     app.state.api = api  # for the web console (controller.ui), which calls these handlers in-process
     return app

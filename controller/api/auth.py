@@ -5,6 +5,14 @@ this?). The server wires ``controller.api.sessions.SessionAuthenticator`` (stati
 service-account tokens) and ``controller.api.rbac.RbacAuthorizer`` (roles bound to users, groups and
 service accounts, per cluster); ``StaticTokenAuthenticator`` and ``AllowAdmins`` alone are the simplest
 pair (one admin token, nothing else).
+
+Order, for every request under ``/api/v1`` but the login (and ``/metrics`` unless the server runs
+``--metrics-public``): authenticate from the headers alone (401 before a byte of the body is read; a
+session or API token costs one etcd read), cap the body (413), parse it, then ask :func:`authorize` for
+each object written with the kind, name and cluster *from the body* (never only from the URL: a
+``kind: Host`` posted to ``/api/v1/clusters`` is a Host; the cluster is found through the object's
+references, ``controller.api.rbac.object_cluster``). A multi-object apply with any forbidden object is
+refused whole (403 naming each).
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ class Authenticator(Protocol):
 
 
 class Authorizer(Protocol):
-    def allowed(self, who: Identity, verb: Verb, kind: str | None, cluster: str | None = None) -> bool: ...
+    def allowed(
+        self, who: Identity, verb: Verb, kind: str | None, cluster: str | None = None, name: str | None = None
+    ) -> bool: ...
 
     def allows_everything(self, who: Identity) -> bool: ...
 
@@ -58,10 +68,23 @@ class StaticTokenAuthenticator:
         return self.match(authorization)
 
 
-class AllowAdmins:
-    """Everything for members of ``virtplane:admins``; nothing for anyone else."""
+def authorize(
+    authz: Authorizer, principal: Identity, verb: Verb, kind: str | None, name: str | None = None,
+    cluster: str | None = None,
+) -> bool:
+    """The one authorization decision: may ``principal`` do ``verb`` on ``kind``/``name`` in ``cluster``?
+    ``name`` is None for collection requests (list, watch), ``cluster`` None for objects outside any
+    cluster (global) or when unknown. The body is the server's Authorizer: the RBAC index
+    (``controller.api.rbac``), whose rules are per kind, verb and cluster."""
+    return authz.allowed(principal, verb, kind, cluster, name=name)
 
-    def allowed(self, who: Identity, verb: Verb, kind: str | None, cluster: str | None = None) -> bool:
+
+class AllowAdmins:
+    """The simplest Authorizer: members of ``virtplane:admins`` may do everything, nobody else anything."""
+
+    def allowed(
+        self, who: Identity, verb: Verb, kind: str | None, cluster: str | None = None, name: str | None = None
+    ) -> bool:
         return "virtplane:admins" in who.groups
 
     def allows_everything(self, who: Identity) -> bool:

@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from controller.adapters.directory import AuthenticationFailed, DirectoryUnavailable
+from controller.api.auth import authorize
 from controller.api.sessions import bearer
 from controller.store import AuditRecord, SessionRecord, TokenRecord
 from specs.kinds import UnknownKind, resolve_kind
@@ -131,7 +132,7 @@ class IdentityRoutes:
                 kind = resolve_kind(kind_text).kind
             except UnknownKind as e:
                 raise ApiError(400, "BadRequest", str(e)) from e
-        allowed = self.ctx.authz.allowed(who, verb, kind, cluster)
+        allowed = authorize(self.ctx.authz, who, verb, kind, None, cluster)
         return JSONResponse({"allowed": allowed, "user": who.name, "groups": sorted(who.groups),
                              "verb": verb, "kind": kind, "cluster": cluster})
 

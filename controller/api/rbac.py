@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller.api.auth import Authorizer, Identity
+from controller.api.auth import Authorizer, Identity, authorize
 from controller.store import Store
 from specs.kinds import KINDS
 from specs.meta import Resource
@@ -160,8 +160,11 @@ class RbacIndex:
         rules = self.roles.get(role)
         return (rules, False) if rules is not None else None
 
-    def allowed(self, who: Identity, verb: str, kind: str | None, cluster: str | None = None) -> bool:
-        """May ``who`` do ``verb`` on ``kind`` in ``cluster`` (None: no cluster, or across all of them)?"""
+    def allowed(
+        self, who: Identity, verb: str, kind: str | None, cluster: str | None = None, name: str | None = None
+    ) -> bool:
+        """May ``who`` do ``verb`` on ``kind`` in ``cluster`` (None: no cluster, or across all of them)?
+        Rules are per kind, not per object: ``name`` does not narrow them."""
         if ADMINS_GROUP in who.groups:
             return True
         kind = kind or "*"
@@ -200,8 +203,10 @@ class RbacAuthorizer:
     def __init__(self, index: RbacIndex) -> None:
         self.index = index
 
-    def allowed(self, who: Identity, verb: str, kind: str | None, cluster: str | None = None) -> bool:
-        return self.index.allowed(who, verb, kind, cluster)
+    def allowed(
+        self, who: Identity, verb: str, kind: str | None, cluster: str | None = None, name: str | None = None
+    ) -> bool:
+        return self.index.allowed(who, verb, kind, cluster, name)
 
     def allows_everything(self, who: Identity) -> bool:
         return self.index.allows_everything(who)
@@ -297,7 +302,7 @@ async def forbidden_changes(
             if obj is not None:
                 clusters.add(await object_cluster(obj, lookup))
         for cluster in sorted(clusters, key=lambda c: c or ""):
-            if not authz.allowed(who, verb, change.kind, cluster):  # type: ignore[arg-type]
+            if not authorize(authz, who, verb, change.kind, change.name, cluster):  # type: ignore[arg-type]
                 denied.append(Denied(change.kind, change.name, verb, cluster))
                 break
     return denied

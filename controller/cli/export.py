@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from ruamel.yaml import YAML
 
-from controller.cli.common import client, kind_info, reporting
+from controller.cli.common import EXIT_INVALID, client, fail, kind_info, reporting
 from controller.cli.output import err
 from controller.common.wire import spec_to_wire
 from controller.gitops.export import update_document
@@ -39,7 +41,7 @@ def export(
     disks) are not exported; with --source, neither are objects applied from another source."""
     infos = [kind_info(k) for k in kinds] if kinds else [i for i in KINDS.values() if i.gitops]
     existing: dict[tuple[str, str], Path] = {}
-    if directory.exists():
+    if directory.exists() and any(directory.rglob("*.y*ml")):  # an empty directory is a fine target
         with reporting():
             for obj in load_paths([str(directory)]):
                 existing[(obj.resource.kind, obj.resource.metadata.name)] = Path(obj.location.path)
@@ -55,6 +57,12 @@ def export(
                 key = (info.kind, item["metadata"]["name"])
                 path = existing.get(key) or directory / info.plural / f"{key[1]}.yaml"
                 wanted.setdefault(path, []).append(resource)
+    refused = [f"{path}: {why}" for path in wanted if (why := unsafe_target(directory, path))]
+    if refused:
+        for line in refused:
+            err.print(f"[red]{line}[/]")
+        fail(f"{len(refused)} target(s) refused (export writes only regular files inside {directory}, never "
+             "through a symlink); nothing was written", EXIT_INVALID)
     yaml = _yaml()
     written = 0
     for path, resources in wanted.items():
@@ -72,7 +80,7 @@ def export(
         yaml.dump_all(docs, buf)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != buf.getvalue():
-            path.write_text(buf.getvalue())
+            _replace(path, buf.getvalue())
             written += 1
             typer.echo(f"wrote {path}")
     err.print(f"[dim]{sum(len(b) for b in wanted.values())} object(s) exported; {written} file(s) changed[/]")
@@ -82,6 +90,43 @@ def _compact(resource: Resource) -> dict[str, Any]:
     body = spec_to_wire(resource)
     assert body is not None
     return body
+
+
+def unsafe_target(directory: Path, path: Path) -> str | None:
+    """Why ``path`` may not be written by an export into ``directory`` (None: it may): it must lie inside
+    the directory, and neither it nor any directory between must be a symlink."""
+    base = directory.absolute()
+    target = path.absolute()
+    try:
+        relative = target.relative_to(base)
+    except ValueError:
+        return f"outside {directory}"
+    if ".." in relative.parts:
+        return f"outside {directory}"
+    current = base
+    for part in relative.parts:
+        current = current / part
+        if current.is_symlink():
+            return f"{current} is a symlink; refusing to write through it"
+        if not current.exists():
+            break
+    if target.exists() and not target.is_file():
+        return "not a regular file"
+    return None
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to a new file beside ``path`` and rename it over ``path``: a symlink appearing at
+    ``path`` meanwhile is replaced, never followed."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _user_part(item: dict[str, Any]) -> dict[str, Any]:

@@ -71,6 +71,9 @@ _BY_CODE: dict[int, type[ApiError]] = {
 }
 
 
+LIST_PAGE = 1000  # objects per list request
+
+
 class Client:
     """``ca``: a PEM file the server's certificate must chain to (https); None: the system's trust store."""
 
@@ -121,12 +124,33 @@ class Client:
     def list(self, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
         return self.list_at(kind, selector)[0]
 
-    def list_at(self, kind: str, selector: str | None = None) -> tuple[builtins.list[dict[str, Any]], int]:
+    def list_at(
+        self, kind: str, selector: str | None = None, *, page_size: int = LIST_PAGE
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
         """The objects and the store revision they were read at: ``watch(resource_version=revision + 1)``
-        then misses nothing and repeats nothing."""
-        params = {"labelSelector": selector} if selector else None
-        body = self._request("GET", f"/api/v1/{kind}", params=params).json()
-        return body["items"], int(body["metadata"]["resourceVersion"])
+        then misses nothing and repeats nothing. Read in pages of ``page_size`` (``limit`` + ``continue``),
+        every page at the first one's revision."""
+        items: builtins.list[dict[str, Any]] = []
+        revision = 0
+        for page_items, page_revision in self.pages(kind, selector, page_size=page_size):
+            items.extend(page_items)
+            revision = page_revision
+        return items, revision
+
+    def pages(
+        self, kind: str, selector: str | None = None, *, page_size: int = LIST_PAGE
+    ) -> Iterator[tuple[builtins.list[dict[str, Any]], int]]:
+        """Each page of a list as (items, revision), following ``continue`` until the last."""
+        params: dict[str, str] = {"limit": str(page_size)}
+        if selector:
+            params["labelSelector"] = selector
+        while True:
+            body = self._request("GET", f"/api/v1/{kind}", params=params).json()
+            yield body["items"], int(body["metadata"]["resourceVersion"])
+            token = body["metadata"].get("continue")
+            if not token:
+                return
+            params["continue"] = token
 
     def get(self, kind: str, name: str) -> dict[str, Any]:
         body: dict[str, Any] = self._request("GET", f"/api/v1/{kind}/{name}").json()

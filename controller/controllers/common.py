@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from controller.common.errors import SpecInvalid
 from controller.runtime.cache import Cache
 from controller.runtime.context import Runtime
 from controller.runtime.registry import GLOBAL, Mapper
 from reconcilers.domain import HostName
+from specs.confinement import path_problems
 from specs.host import Host
 from specs.meta import Resource
+from specs.storage import StorageDomain
 
 
 def ready_hosts(rt: Runtime, hosts: Sequence[Host]) -> list[HostName]:
@@ -47,3 +50,15 @@ def on_host_readiness(kind: str) -> Mapper:
 def own_cluster(cache: Cache, obj: Resource) -> str:
     """Scope of a kind with ``spec.cluster``."""
     return str(getattr(obj.spec, "cluster", None) or GLOBAL)
+
+
+async def refuse_disallowed_paths(rt: Runtime, obj: Resource, source: str) -> None:
+    """SpecInvalid (after a Warning event) when ``obj`` names a host path the server's policy does not
+    allow: the API refuses such specs at apply; this catches one stored before (or planted in etcd)."""
+    domains = {sd.metadata.name: sd for sd in rt.cache.all("StorageDomain", StorageDomain)}
+    problems = path_problems(obj, rt.policy, domains)
+    if not problems:
+        return
+    message = "; ".join(f"{field}: {text}" for field, text in problems)
+    await rt.emit(obj, "HostPathRefused", message, warning=True, source=source)
+    raise SpecInvalid(f"{obj.kind}/{obj.metadata.name} not acted on: {message}")

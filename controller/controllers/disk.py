@@ -14,6 +14,7 @@ from controller.adapters.iscsi import LunProblem, LunTarget, probe_lun
 from controller.adapters.libvirt import snapshots as lv
 from controller.adapters.secrets import SecretError, SecretRef, redact
 from controller.common.errors import ReconcileError, TransientError
+from controller.controllers.common import refuse_disallowed_paths
 from controller.runtime.cache import Cache
 from controller.runtime.context import Runtime
 from controller.runtime.registry import GLOBAL, Controller, Handler, Preview, Watch
@@ -62,6 +63,8 @@ async def reconcile_disk(rt: Runtime, name: str) -> Result | None:
         return None
     attached = _attached(rt, name)
     deleting = disk.metadata.deletionTimestamp is not None
+    if not deleting:
+        await refuse_disallowed_paths(rt, disk, "disk-controller")
     if disk.spec.lun is not None:
         return await _reconcile_lun(rt, disk, attached, deleting)
     disk = await rt.ensure_finalizer(disk, FINALIZER)

@@ -9,7 +9,7 @@ from typing import Any
 
 from controller.adapters.gluster import GlusterCli
 from controller.common.errors import ReconcileError
-from controller.controllers.common import own_cluster
+from controller.controllers.common import own_cluster, refuse_disallowed_paths
 from controller.runtime.context import Runtime
 from controller.runtime.registry import Controller, Handler, Preview, Watch
 from controller.runtime.workqueue import Result
@@ -60,6 +60,7 @@ async def reconcile_gluster_volume(rt: Runtime, name: str) -> Result | None:
         return None
     deleting = vol.metadata.deletionTimestamp is not None
     if not deleting:
+        await refuse_disallowed_paths(rt, vol, "gluster-controller")
         vol = await rt.ensure_finalizer(vol, FINALIZER)
     cli = cli_for(rt, vol)
     try:

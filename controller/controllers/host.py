@@ -17,7 +17,7 @@ import anyio
 
 from controller.adapters.libvirt.observe import DomainEvent
 from controller.common.errors import ReconcileError
-from controller.controllers.common import own_cluster
+from controller.controllers.common import own_cluster, refuse_disallowed_paths
 from controller.controllers.ha import announce_blocked, restart_ha_vms
 from controller.controllers.power_actions import HANDLERS
 from controller.controllers.vm import preview_moves
@@ -32,6 +32,7 @@ from reconcilers.host.health import HealthDecision, HealthInputs, plan_health
 from reconcilers.host.plan import host_status
 from reconcilers.plan import Plan
 from specs.cluster import Cluster, HaPolicy
+from specs.confinement import path_problems
 from specs.host import Host, HostStatus, PowerOperation
 from specs.meta import Condition
 
@@ -93,6 +94,9 @@ async def reconcile_host(rt: Runtime, name: str) -> Result | None:
         await rt.hosts.remove(name)
         rt.power.done(name)
         return None
+    if path_problems(host, rt.policy, {}):
+        await rt.hosts.remove(name)  # never connect to a socket or with a key the operator did not allow
+        await refuse_disallowed_paths(rt, host, "host-controller")
     runtime = rt.hosts.ensure(name, host.spec.uri)
     if not runtime.conn.is_test:
         # A host whose KVM cannot run guests (the lab's kvm_pvm) says so: virtplane.io/accelerator: tcg.

@@ -19,7 +19,7 @@ from typing import Any
 
 from controller.adapters import nfs
 from controller.common.errors import ReconcileError
-from controller.controllers.common import on_host_readiness, own_cluster, ready_hosts
+from controller.controllers.common import on_host_readiness, own_cluster, ready_hosts, refuse_disallowed_paths
 from controller.runtime.context import Runtime
 from controller.runtime.registry import Controller, Handler, Preview, Watch
 from controller.runtime.workqueue import Result
@@ -52,6 +52,7 @@ async def reconcile_storage(rt: Runtime, name: str) -> Result | None:
     sd = rt.cache.get("StorageDomain", name, StorageDomain)
     if sd is None:
         return None
+    await refuse_disallowed_paths(rt, sd, "storage-controller")
     prev = rt.cache.status["StorageDomain"].get(name)
     backend = backend_for(sd)
     unsupported = backend.unsupported(sd)

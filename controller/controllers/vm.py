@@ -16,7 +16,7 @@ from typing import Any
 from controller.adapters.libvirt.migration import MigrationJob
 from controller.adapters.libvirt.observe import DomainEvent
 from controller.common.errors import TransientError
-from controller.controllers.common import on_host_readiness, own_cluster
+from controller.controllers.common import on_host_readiness, own_cluster, refuse_disallowed_paths
 from controller.controllers.migration_state import describe_outcome, note_request
 from controller.controllers.vm_actions import HANDLERS
 from controller.controllers.vm_inputs import record_placement, vm_inputs
@@ -68,6 +68,8 @@ async def _refresh(
 
 async def reconcile_vm(rt: Runtime, name: str) -> Result | None:
     vm = rt.cache.get("VirtualMachine", name, VirtualMachine)
+    if vm is not None and vm.metadata.deletionTimestamp is None:
+        await refuse_disallowed_paths(rt, vm, "vm-controller")
     if vm is not None:
         vm = await rt.ensure_finalizer(vm, FINALIZER)
     previous = rt.cache.status["VirtualMachine"].get(name)

@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"   server log: {log_path}", flush=True)
     with log_path.open("ab") as log:
         server = subprocess.Popen(
-            [VIRTPLANE, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
+            [VIRTPLANE, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
+             # the lab's sockets and guest kernel are under lab/ (specs may name only allowed host paths)
+             "--lab-dir", str(data_dir / "lab")],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -29,7 +29,7 @@ import yaml
 from pydantic import ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from specs.errors import error_message, error_path, format_path
+from specs.errors import error_message, error_path, format_path, short_repr
 from specs.kinds import KINDS, UnknownKind, resolve_kind
 from specs.meta import ObjectMeta, Resource
 from specs.versions import CONVERSIONS
@@ -143,6 +143,9 @@ def _walk(root: Path) -> Iterator[Path]:
 
 _NO_KEY: Any = object()
 _MERGE: Any = object()
+# A document may expand (aliases counted at their full size) to at most this many nodes: a YAML alias bomb
+# (a few hundred bytes that reference references) is refused while parsing, not after minutes of validation.
+MAX_DOCUMENT_NODES = 100_000
 _STR_TAG = "tag:yaml.org,2002:str"
 _COLLECTION_TAGS = frozenset({None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
@@ -211,9 +214,13 @@ def _read_document(parser: Any, scalars: _Scalars, index: int, start_line: int) 
     cache_get = scalars.cache.get
     scalar_event, mapping_start, mapping_end = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.MappingEndEvent
     sequence_start, sequence_end = yaml.SequenceStartEvent, yaml.SequenceEndEvent
-    # Each stack frame is the state of the enclosing container: (container, pending key, key event, merges).
-    stack: list[tuple[Any, Any, Any, list[Any] | None]] = []
+    # Each stack frame is the state of the enclosing container:
+    # (container, pending key, key event, merges, its expanded size so far, its anchor).
+    stack: list[tuple[Any, Any, Any, list[Any] | None, int, str | None]] = []
     anchors: dict[str, Any] = {}
+    sizes: dict[str, int] = {}  # expanded node count of each finished anchored value
+    size = 0
+    anchor: str | None = None
     duplicates: list[tuple[int, int, str]] = []
     current: Any = None
     key: Any = _NO_KEY
@@ -235,6 +242,8 @@ def _read_document(parser: Any, scalars: _Scalars, index: int, start_line: int) 
                 value = scalars.tagged(event.tag, event.value, event.start_mark)
             if event.anchor is not None:
                 anchors[event.anchor] = value
+                sizes[event.anchor] = 1
+            value_size = 1
         elif kind is mapping_start or kind is sequence_start:
             if event.tag not in _COLLECTION_TAGS:
                 raise yaml.constructor.ConstructorError(
@@ -245,9 +254,9 @@ def _read_document(parser: Any, scalars: _Scalars, index: int, start_line: int) 
                 )
             if current is None:
                 root_mark = event.start_mark
-            stack.append((current, key, key_event, merges))
+            stack.append((current, key, key_event, merges, size, anchor))
             current = {} if kind is mapping_start else []
-            key, key_event, merges = _NO_KEY, None, None
+            key, key_event, merges, size, anchor = _NO_KEY, None, None, 1, event.anchor
             if event.anchor is not None:
                 anchors[event.anchor] = current
             continue
@@ -257,19 +266,34 @@ def _read_document(parser: Any, scalars: _Scalars, index: int, start_line: int) 
                 for merged in merges:
                     for merged_key, merged_value in merged.items():
                         value.setdefault(merged_key, merged_value)
-            current, key, key_event, merges = stack.pop()
+            value_size = size
+            if anchor is not None:
+                sizes[anchor] = size
+            current, key, key_event, merges, size, anchor = stack.pop()
         elif kind is yaml.AliasEvent:
             if event.anchor not in anchors:
                 raise yaml.composer.ComposerError(
                     None, None, f"found undefined alias {event.anchor!r}", event.start_mark
                 )
+            if event.anchor not in sizes:
+                raise yaml.composer.ComposerError(
+                    None, None, f"alias {event.anchor!r} refers to a value that contains it (a cycle)",
+                    event.start_mark,
+                )
             value = anchors[event.anchor]
+            value_size = sizes[event.anchor]
         elif kind is yaml.DocumentEndEvent:
             line, column = (root_mark.line + 1, root_mark.column + 1) if root_mark else (start_line + 1, 1)
             return _Document(index, root, start_line, event.end_mark.line, (line, column), duplicates)
         else:  # pragma: no cover - libyaml emits nothing else inside a document
             continue
         # Place ``value`` into the enclosing container.
+        size += value_size
+        if size > MAX_DOCUMENT_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"the document expands to more than {MAX_DOCUMENT_NODES} values through aliases "
+                "(&anchor / *alias); refused (a YAML alias bomb?)", event.start_mark,
+            )
         if current is None:
             root = value
             if root_mark is None:
@@ -298,10 +322,10 @@ def _read_document(parser: Any, scalars: _Scalars, index: int, start_line: int) 
             key = _NO_KEY
 
 
-def _stack_path(stack: list[tuple[Any, Any, Any, Any]]) -> list[int | str]:
+def _stack_path(stack: list[tuple[Any, ...]]) -> list[int | str]:
     """Path from the document root to ``current`` (the container being filled)."""
     path: list[int | str] = []
-    for container, pending, _, _ in stack[1:]:
+    for container, pending, *_ in stack[1:]:
         path.append(len(container) if type(container) is list else str(pending))
     return path
 
@@ -426,7 +450,7 @@ class _Collector:
         data = document.data
         start = SourceLocation(path, *document.root)
         if not isinstance(data, dict):
-            what = "a list" if isinstance(data, list) else f"{type(data).__name__} {data!r}"[:60]
+            what = "a list" if isinstance(data, list) else f"{type(data).__name__} {short_repr(data)}"
             self.add(start, "", f"expected a mapping with apiVersion, kind, metadata and spec, got {what}")
             return
         kind = data.get("kind")
@@ -462,13 +486,13 @@ class _Collector:
             return
         where = self._locate(path, document, ("kind",))
         if not isinstance(kind, str):
-            self.add(where, "kind", f"expected a kind name (one of: {expected}), got {kind!r}")
+            self.add(where, "kind", f"expected a kind name (one of: {expected}), got {short_repr(kind)}")
             return
         try:
             hint = f" (did you mean {resolve_kind(kind).kind}?)"
         except UnknownKind as exc:
             hint = f" (did you mean {exc.suggestion}?)" if exc.suggestion else ""
-        self.add(where, "kind", f"unknown kind {kind!r}{hint}; expected one of: {expected}")
+        self.add(where, "kind", f"unknown kind {short_repr(kind)}{hint}; expected one of: {expected}")
 
     def _remember(self, path: str, document: _Document, resource: Resource, start: SourceLocation) -> None:
         key = (resource.kind, resource.metadata.name)

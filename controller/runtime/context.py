@@ -31,6 +31,7 @@ from controller.runtime.pending import PendingRequests
 from controller.runtime.registry import Part
 from controller.runtime.workqueue import WorkQueue
 from controller.store import ConflictError, NotFoundError, Store, StoreError
+from specs.confinement import HostPathPolicy
 from specs.event import Event, InvolvedObject
 from specs.meta import Condition, Resource, StatusBase
 
@@ -77,6 +78,9 @@ class Runtime:
     policy_clock: PolicyClock = field(default_factory=PolicyClock)
     # where `virtplane lab` hosts live, for the lab power agent (`virtplane server --lab-dir`).
     lab_dir: Path | None = None
+    # Host paths specs may name (`virtplane server --allowed-*-dir`, --lab-dir, --host-keys-dir); the API
+    # refuses others at apply, and the controllers again before acting (objects stored before the policy).
+    policy: HostPathPolicy = field(default_factory=HostPathPolicy)
     # `virtplane server --glusterd-socket`: the CLI socket of a glusterd of the trusted pool (GlusterVolumes)
     glusterd_socket: Path | None = None
     # events are written in batches by this sink's task while the manager runs (directly otherwise).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from controller.runtime.leader import Elector
 from controller.runtime.registry import GLOBAL, Part, Registry
 from controller.runtime.workqueue import Result, WorkQueue, run_workers
 from controller.store import Change, ConflictError, NotFoundError, Store, StoreUnavailable
+from specs.confinement import HostPathPolicy
 from specs.kinds import KINDS
 
 log = logging.getLogger("virtplane.manager")
@@ -50,6 +51,7 @@ class ManagerOptions:
     lease_ttl: int = 10
     secrets_dir: Path = DEFAULT_SECRETS_DIR  # where spec fields that name a secret find its file
     lab_dir: Path | None = None  # `virtplane lab` hosts the lab power agent may switch
+    policy: HostPathPolicy = field(default_factory=HostPathPolicy)  # host paths specs may name
     glusterd_socket: Path | None = None  # where GlusterVolumes are created and changed
     import_dirs: tuple[str, ...] = ()  # `--import-dir`: where Disk imports may read images (beside storage)
 
@@ -66,9 +68,9 @@ class Manager:
         self.elector = Elector(store, options.identity, ttl=options.lease_ttl)
         self.rt = Runtime(store, self.cache, self.hosts, self.queue, metrics or MetricsRegistry(),
                           executor=Executor(registry.handlers), identity=options.identity,
-                          secrets_dir=options.secrets_dir, lab_dir=options.lab_dir,
-                          glusterd_socket=options.glusterd_socket,
-                          import_dirs=options.import_dirs, upload_dir=options.data_dir / "uploads")
+                           secrets_dir=options.secrets_dir, lab_dir=options.lab_dir, policy=options.policy,
+                           glusterd_socket=options.glusterd_socket,
+                           import_dirs=options.import_dirs, upload_dir=options.data_dir / "uploads")
         self.rt.notify = self._dispatch
         self.events = EventSink(store)
         self.rt.events = self.events

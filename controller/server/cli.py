@@ -12,15 +12,28 @@ import anyio
 import typer
 
 from controller.adapters.secrets import DEFAULT_SECRETS_DIR
+from controller.api.app import DEFAULT_MAX_BODY_BYTES
 from controller.cli.common import EXIT_INVALID, fail
 from controller.client.config import DEFAULT_LISTEN, default_data_dir
 from controller.runtime.manager import ManagerOptions
 from controller.server.main import BackgroundTask, controllers_task
+from controller.store import TlsFiles
+from specs.confinement import HostPathPolicy
 
 
 def server(
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to serve the API on.")] = DEFAULT_LISTEN,
-    etcd: Annotated[str | None, typer.Option("--etcd", help="External etcd URL[,URL...]; default: embedded.")] = None,
+    etcd: Annotated[
+        str | None,
+        typer.Option("--etcd", help="External etcd URL[,URL...] (http://, https:// or unix://); default: embedded."),
+    ] = None,
+    etcd_cacert: Annotated[
+        Path | None, typer.Option("--etcd-cacert", help="CA certificate (PEM) of an https:// etcd.")
+    ] = None,
+    etcd_cert: Annotated[
+        Path | None, typer.Option("--etcd-cert", help="Client certificate (PEM) for an https:// etcd.")
+    ] = None,
+    etcd_key: Annotated[Path | None, typer.Option("--etcd-key", help="Client key (PEM) for an https:// etcd.")] = None,
     data_dir: Annotated[
         Path, typer.Option("--data-dir", help="State directory (embedded etcd, token).")
     ] = default_data_dir(),
@@ -35,13 +48,44 @@ def server(
     ] = DEFAULT_SECRETS_DIR,
     lab_dir: Annotated[
         Path | None,
-        typer.Option("--lab-dir", help="A `virtplane lab` directory whose hosts the lab power agent may switch."),
+        typer.Option("--lab-dir", help="A `virtplane lab` directory whose hosts the lab power agent may switch "
+                     "(its sockets and images are allowed in specs too)."),
     ] = None,
     import_dirs: Annotated[
         list[Path] | None,
-        typer.Option("--import-dir", help="A directory Disk imports may read images from (repeatable); "
-                     "storage domains are always allowed."),
+        typer.Option("--import-dir", help="Same as --allowed-image-dir (the name it had for Disk imports)."),
     ] = None,
+    image_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--allowed-image-dir", help="Directory whose files specs may name as kernel, initrd, "
+                     "image to clone or import (repeatable; storage domains are always allowed)."),
+    ] = None,
+    block_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--allowed-block-dir", help="Directory of block devices a Disk's lun.blockPath may name, "
+                     "besides /dev/disk/by-*/ (repeatable)."),
+    ] = None,
+    socket_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--allowed-socket-dir", help="Directory of libvirt sockets a Host URI may name "
+                     "(?socket=; repeatable; /run/libvirt and the --lab-dir are always allowed)."),
+    ] = None,
+    storage_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--allowed-storage-dir", help="Directory under which StorageDomains may keep images "
+                     "(repeatable; /srv, /var/lib/libvirt/images, /var/lib/virtplane and --lab-dir always)."),
+    ] = None,
+    host_keys_dir: Annotated[
+        Path | None,
+        typer.Option("--host-keys-dir", help="Directory of ssh keys, known_hosts and TLS pki directories "
+                     "that Host URIs may name (keyfile=, known_hosts=, pkipath=)."),
+    ] = None,
+    metrics_public: Annotated[
+        bool, typer.Option("--metrics-public", help="Serve /metrics without the token (e.g. to a local Prometheus).")
+    ] = False,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", min=1024, help="Largest request body accepted (413 beyond).")
+    ] = DEFAULT_MAX_BODY_BYTES,
     directory: Annotated[
         Path | None,
         typer.Option("--directory", help="YAML with a `directory:` section: LDAP login (see docs/identity.md)."),
@@ -69,13 +113,18 @@ def server(
     )
     endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else ()
     try:
+        image_dirs = [*(image_dirs or []), *(import_dirs or [])]
+        policy = _policy(lab_dir, image_dirs, block_dirs or [], socket_dirs or [], host_keys_dir,
+                         storage_dirs or [])
+        tls = _etcd_tls(etcd_cacert, etcd_cert, etcd_key)
         options = ServerOptions(
             listen=listen, data_dir=data_dir, etcd_endpoints=endpoints, write_config=write_config,
+            policy=policy, etcd_tls=tls, metrics_public=metrics_public, max_body_bytes=max_body_bytes,
             directory_config=directory, session_ttl=session_ttl, tls_cert=tls_cert, tls_key=tls_key,
             tls_self_signed=tls_self_signed, audit_max_records=audit_max_records,
         )
-        background = _background_tasks(data_dir, secrets_dir, lab_dir, glusterd_socket,
-                                       tuple(import_dirs or ())) if controllers else ()
+        background = _background_tasks(data_dir, secrets_dir, lab_dir, policy, glusterd_socket,
+                                       tuple(image_dirs)) if controllers else ()
         anyio.run(serve, options, background)
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
@@ -83,13 +132,43 @@ def server(
         pass
 
 
+def _etcd_tls(cacert: Path | None, cert: Path | None, key: Path | None) -> TlsFiles | None:
+    if cacert is None and cert is None and key is None:
+        return None
+    if cacert is None or (cert is None) != (key is None):
+        raise ValueError("--etcd-cacert is needed for TLS, and --etcd-cert and --etcd-key go together")
+    for path in (cacert, cert, key):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such file")
+    return TlsFiles(cacert, cert, key)
+
+
+def _policy(
+    lab_dir: Path | None, image_dirs: list[Path], block_dirs: list[Path], socket_dirs: list[Path],
+    host_keys_dir: Path | None, storage_dirs: list[Path],
+) -> HostPathPolicy:
+    """The host paths specs may name (specs.confinement); every directory absolute."""
+    def absolute(dirs: list[Path]) -> tuple[str, ...]:
+        return tuple(str(d.absolute()) for d in dirs)
+
+    lab = [lab_dir] if lab_dir is not None else []
+    return HostPathPolicy.of(
+        image_dirs=absolute([*image_dirs, *lab]),
+        block_dirs=absolute(block_dirs),
+        socket_dirs=absolute([*socket_dirs, *lab]),
+        key_dirs=absolute([host_keys_dir] if host_keys_dir is not None else []),
+        storage_dirs=absolute([*storage_dirs, *lab]),
+    )
+
+
 def _background_tasks(
-    data_dir: Path, secrets_dir: Path, lab_dir: Path | None, glusterd_socket: Path | None = None,
-    import_dirs: tuple[Path, ...] = (),
+    data_dir: Path, secrets_dir: Path, lab_dir: Path | None, policy: HostPathPolicy,
+    glusterd_socket: Path | None = None, import_dirs: tuple[Path, ...] = (),
 ) -> tuple[BackgroundTask, ...]:
     identity = f"{socket.gethostname()}-{os.getpid()}"
     options = ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir, lab_dir=lab_dir,
-                             glusterd_socket=glusterd_socket, import_dirs=tuple(str(d.resolve()) for d in import_dirs))
+                             policy=policy, glusterd_socket=glusterd_socket,
+                             import_dirs=tuple(str(d.resolve()) for d in import_dirs))
     return (controllers_task(options),)
 
 

@@ -5,9 +5,19 @@ Used by the all-in-one server when no ``--etcd`` endpoint is given, and by the t
     with EmbeddedEtcd(tmp_path) as etcd:
         store = await Store.connect([etcd.endpoint])
 
-Layout under ``data_dir``: ``etcd/`` (etcd's own data directory) and ``etcd.log`` (stdout and
-stderr of every run, appended). The client and peer ports are chosen once (free ports unless
-given) and kept across ``stop()`` / ``start()``, so a restart keeps the same endpoint.
+Layout under ``data_dir`` (mode 0700): ``etcd/`` (etcd's own data directory), ``etcd.log`` (stdout and
+stderr of every run, appended), ``etcd.pid`` (the running etcd's pid) and ``run/`` (mode 0700: the
+client and peer unix sockets, mode 0600; a short directory under /tmp instead when that path is too long
+for a socket).
+
+Locked down (issue 9): by default etcd listens on unix sockets only — no TCP port that any local user
+could reach and write a Host spec into — with auto-compaction on (``auto_compaction_retention``, periodic).
+``listen="tcp"`` (loopback ports, chosen once and kept across restarts) remains for tests that need a port.
+
+It dies with its parent: the child asks the kernel for SIGTERM when the thread that started it exits
+(``PR_SET_PDEATHSIG``; start it from a thread that lives as long as the server: the main thread). A stale
+etcd left by a crashed server (its pidfile names a live process whose command line is this binary with
+this data dir) is stopped before a new one starts; nothing is ever signalled by name.
 
 Errors::
 
@@ -18,21 +28,29 @@ Errors::
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import hashlib
+import http.client
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from controller.store.apply import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS
 
 ETCD_BINARY = "/usr/bin/etcd"
+PR_SET_PDEATHSIG = 1
+SOCKET_PATH_MAX = 100  # sun_path is 108 bytes with the terminating NUL; keep a margin
+CLIENT_SOCKET, PEER_SOCKET = "localhost:2379", "localhost:2380"  # etcd wants host:port even for unix://
+DEFAULT_COMPACTION_RETENTION = "1h"
 
 
 class EtcdServerError(RuntimeError):
@@ -59,16 +77,19 @@ class EmbeddedEtcd:
         max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         quota_backend_bytes: int = 8 * 1024**3,
-        auto_compaction_retention: str | None = None,
+        auto_compaction_retention: str | None = DEFAULT_COMPACTION_RETENTION,
         binary: str = ETCD_BINARY,
         start_timeout: float = 30.0,
+        listen: Literal["unix", "tcp"] = "unix",
         name: str = "virtplane",
         initial_cluster: str | None = None,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).absolute()
         self.host = host
-        self.client_port = client_port if client_port is not None else free_port(host)
-        self.peer_port = peer_port if peer_port is not None else free_port(host)
+        self.listen = listen
+        tcp = listen == "tcp"
+        self.client_port = client_port if client_port is not None else (free_port(host) if tcp else 0)
+        self.peer_port = peer_port if peer_port is not None else (free_port(host) if tcp else 0)
         self.max_txn_ops = max_txn_ops
         self.max_request_bytes = max_request_bytes
         self.quota_backend_bytes = quota_backend_bytes
@@ -83,11 +104,29 @@ class EmbeddedEtcd:
 
     @property
     def endpoint(self) -> str:
-        """Client URL, e.g. ``http://127.0.0.1:23790``."""
+        """Client URL: ``unix:///<run dir>/localhost:2379``, or ``http://127.0.0.1:23790`` (tcp)."""
+        if self.listen == "unix":
+            return f"unix://{self.socket_dir / CLIENT_SOCKET}"
         return f"http://{self.host}:{self.client_port}"
 
     @property
+    def socket_dir(self) -> Path:
+        """Where the unix sockets live: ``<data_dir>/run``, or /tmp/vp-etcd-<hash> if that is too long."""
+        run = self.data_dir / "run"
+        if len(str(run / CLIENT_SOCKET)) <= SOCKET_PATH_MAX:
+            return run
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"vp-etcd-{digest}"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "etcd.pid"
+
+    @property
     def peer_url(self) -> str:
+        """The peer URL this member advertises (a cluster of several members listens on TCP)."""
+        if self.listen == "unix":
+            return f"unix://{PEER_SOCKET}"
         return f"http://{self.host}:{self.peer_port}"
 
     @property
@@ -107,16 +146,30 @@ class EmbeddedEtcd:
         if self.running:
             return
         self.spawn()
-        self.wait_healthy()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
 
     def spawn(self) -> None:
-        """Start the process without waiting (a cluster member is healthy only once a quorum runs)."""
+        """Start the process without waiting (a cluster member is healthy only once a quorum runs): call
+        it from the thread that lives as long as the server, since the parent-death signal follows the
+        thread that forked. Stops a stale etcd of this data dir first."""
         if self.running:
             return
         if not os.access(self.binary, os.X_OK):
             raise EtcdServerError(f"etcd binary {self.binary} not found or not executable "
                                   "(install Debian's etcd-server)")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._private_dir(self.data_dir)
+        self.stop_stale()
+        cwd = None
+        if self.listen == "unix":
+            cwd = self._private_dir(self.socket_dir)
+            for name in (CLIENT_SOCKET, PEER_SOCKET):
+                with contextlib.suppress(FileNotFoundError):
+                    (cwd / name).unlink()  # left by a killed etcd; nothing listens on it now
+        parent = os.getpid()
         with open(self.log_path, "ab") as log:
             log.write(f"--- starting etcd on {self.endpoint} at {time.ctime()}\n".encode())
             log.flush()
@@ -125,27 +178,73 @@ class EmbeddedEtcd:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                cwd=cwd,
                 start_new_session=True,  # our Ctrl-C is not etcd's; we stop it ourselves
+                preexec_fn=lambda: _die_with_parent(parent),
             )
+        self.pid_path.write_text(f"{self._proc.pid}\n")
 
-    def wait_healthy(self) -> None:
+    def stop_stale(self, timeout: float = 10.0) -> int | None:
+        """Stop an etcd left running on this data dir by a crashed server; returns its pid (None: none).
+        Only a process whose command line is ``binary`` with ``--data-dir <ours>`` is signalled."""
         try:
-            self._wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
+            pid = int(self.pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        if pid == self.pid or not self._is_our_etcd(pid):
+            self.pid_path.unlink(missing_ok=True)
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self._is_our_etcd(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self._is_our_etcd(pid):
+                os.kill(pid, signal.SIGKILL)
+                while self._is_our_etcd(pid):
+                    time.sleep(0.05)
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- stopped a stale etcd (pid {pid}) left on this data dir\n".encode())
+        self.pid_path.unlink(missing_ok=True)
+        return pid
+
+    def _is_our_etcd(self, pid: int) -> bool:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
+        if state == "Z":
+            return False  # a zombie holds nothing (its parent reaps it)
+        data = str(self.data_dir / "etcd").encode()
+        return bool(argv) and argv[0] == self.binary.encode() and any(
+            a == data and i > 0 and argv[i - 1] == b"--data-dir" for i, a in enumerate(argv)
+        )
+
+    @staticmethod
+    def _private_dir(path: Path) -> Path:
+        """``path`` as a directory of ours, mode 0700 (created if needed); refuses anything else."""
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = path.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise EtcdServerError(f"{path} is not a directory owned by uid {os.geteuid()}; refusing to use it")
+        if info.st_mode & 0o077:
+            path.chmod(0o700)
+        return path
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; by PID only."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        self.pid_path.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """SIGKILL at once (simulates a crash)."""
@@ -173,13 +272,16 @@ class EmbeddedEtcd:
     # -- internals -----------------------------------------------------------------------------
 
     def _command(self) -> list[str]:
-        peer = f"http://{self.host}:{self.peer_port}"
+        if self.listen == "unix":  # relative to the socket dir (etcd's cwd): unix://host:port is a file name
+            client, peer = f"unix://{CLIENT_SOCKET}", f"unix://{PEER_SOCKET}"
+        else:
+            client, peer = self.endpoint, f"http://{self.host}:{self.peer_port}"
         cmd = [
             self.binary,
             "--name", self.name,
             "--data-dir", str(self.data_dir / "etcd"),
-            "--listen-client-urls", self.endpoint,
-            "--advertise-client-urls", self.endpoint,
+            "--listen-client-urls", client,
+            "--advertise-client-urls", client,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
             "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
@@ -191,11 +293,24 @@ class EmbeddedEtcd:
         if self.initial_cluster is not None:
             cmd += ["--initial-cluster-token", "virtplane"]
         if self.auto_compaction_retention is not None:
-            cmd += ["--auto-compaction-mode", "revision",
+            cmd += ["--auto-compaction-mode", "periodic",
                     "--auto-compaction-retention", self.auto_compaction_retention]
         return cmd
 
-    def _wait_healthy(self) -> None:
+    def _health(self) -> dict[str, object]:
+        if self.listen == "unix":
+            conn: http.client.HTTPConnection = _UnixHTTPConnection(str(self.socket_dir / CLIENT_SOCKET))
+        else:
+            conn = http.client.HTTPConnection(self.host, self.client_port, timeout=1.0)
+        try:
+            conn.request("GET", "/health")
+            body = json.loads(conn.getresponse().read() or b"{}")
+        finally:
+            conn.close()
+        return body if isinstance(body, dict) else {}
+
+    def wait_healthy(self) -> None:
+        """Return once ``/health`` answers true; EtcdServerError (with the log tail) otherwise."""
         deadline = time.monotonic() + self.start_timeout
         last_error = "no answer yet"
         while True:
@@ -207,12 +322,14 @@ class EmbeddedEtcd:
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1.0) as resp:
-                    body = json.loads(resp.read() or b"{}")
+                body = self._health()
                 if body.get("health") in ("true", True):
+                    if self.listen == "unix":
+                        for name in (CLIENT_SOCKET, PEER_SOCKET):
+                            (self.socket_dir / name).chmod(0o600)
                     return
                 last_error = f"/health said {body}"
-            except (OSError, urllib.error.URLError, ValueError) as exc:
+            except (OSError, http.client.HTTPException, ValueError) as exc:
                 last_error = str(exc)
             if time.monotonic() > deadline:
                 raise EtcdServerError(
@@ -227,6 +344,30 @@ class EmbeddedEtcd:
         return "(no log)"
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=1.0)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: SIGTERM when the parent('s forking thread) dies; exit if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 class EtcdCluster:
     """``size`` etcd members on loopback, each with its own data directory and ports, for tests and
     benches of a replicated store (a real deployment runs its own cluster and passes every endpoint to
@@ -234,6 +375,7 @@ class EtcdCluster:
 
     def __init__(self, data_dir: str | os.PathLike[str], size: int = 3, **options: object) -> None:
         base = Path(data_dir)
+        options.setdefault("listen", "tcp")  # members reach each other by peer URL: loopback TCP here
         self.members = [EmbeddedEtcd(base / f"member-{i}", name=f"m{i}", **options)  # type: ignore[arg-type]
                         for i in range(size)]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)

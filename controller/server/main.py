@@ -8,14 +8,14 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import uvicorn
 
-from controller.api.app import ApiContext, create_app
+from controller.api.app import DEFAULT_MAX_BODY_BYTES, ApiContext, create_app
 from controller.api.auth import StaticTokenAuthenticator
 from controller.api.rbac import RbacAuthorizer, RbacIndex
 from controller.api.sessions import SessionAuthenticator
@@ -27,8 +27,9 @@ from controller.runtime.manager import Manager, ManagerOptions
 from controller.server import tls as tls_mod
 from controller.server.etcd import EmbeddedEtcd
 from controller.server.identity import load_directory
-from controller.store import Store
+from controller.store import Store, TlsFiles
 from controller.ui.app import console_routes
+from specs.confinement import HostPathPolicy
 
 log = logging.getLogger("virtplane.server")
 
@@ -67,6 +68,10 @@ class ServerOptions:
     write_config: bool = True
     max_txn_ops: int | None = None
     max_request_bytes: int | None = None
+    policy: HostPathPolicy = field(default_factory=HostPathPolicy)
+    metrics_public: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    etcd_tls: TlsFiles | None = None
     directory_config: Path | None = None  # YAML with a `directory:` section (controller/server/identity.py)
     session_ttl: int = 8 * 3600
     tls_cert: Path | None = None
@@ -111,6 +116,7 @@ async def open_store(options: ServerOptions) -> AsyncIterator[tuple[Store, str]]
             list(options.etcd_endpoints),
             max_txn_ops=options.max_txn_ops or 128,
             max_request_bytes=options.max_request_bytes or 1_500_000,
+            tls=options.etcd_tls,
         )
         try:
             yield store, "external " + ",".join(options.etcd_endpoints)
@@ -118,8 +124,12 @@ async def open_store(options: ServerOptions) -> AsyncIterator[tuple[Store, str]]
             await store.close()
         return
     etcd = EmbeddedEtcd(options.data_dir / "etcd")
-    await anyio.to_thread.run_sync(etcd.start)
+    # Spawned from this (the main) thread: etcd's parent-death signal follows the thread that forked it,
+    # and a worker thread of the pool would take etcd with it when it retires.
+    await anyio.to_thread.run_sync(etcd.stop_stale)
+    etcd.spawn()
     try:
+        await anyio.to_thread.run_sync(etcd.wait_healthy)
         store = await Store.connect(
             [etcd.endpoint],
             max_txn_ops=options.max_txn_ops or etcd.max_txn_ops,
@@ -148,6 +158,7 @@ async def serve(options: ServerOptions, background: tuple[BackgroundTask, ...] =
             store=store, authn=SessionAuthenticator(StaticTokenAuthenticator(token), store),
             authz=RbacAuthorizer(index), metrics=Registry(), directory=directory, session_ttl=options.session_ttl,
             upload_dir=options.data_dir / "uploads",
+            policy=options.policy, metrics_public=options.metrics_public, max_body_bytes=options.max_body_bytes,
         )
         app = create_app(ctx)
         app.router.routes.extend(console_routes(app.state.api))  # the web console under /ui/

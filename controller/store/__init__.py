@@ -14,6 +14,7 @@ Errors (tree in ``controller.store.errors``)::
     └── RestoreRefused               (backup: the store is not empty, or the backup is unreadable)
 """
 
+from controller.store._etcd import TlsFiles
 from controller.store.apply import ApplyResult, Change
 from controller.store.audit import MAX_OBJECTS_PER_RECORD, AuditLog, AuditRecord
 from controller.store.backup import RestoreRefused, restore_backup, take_backup
@@ -26,10 +27,11 @@ from controller.store.errors import (
     StoreError,
     StoreUnavailable,
     TooLargeError,
+    UndecodableError,
 )
 from controller.store.identity import Identities, SessionRecord, TokenRecord
 from controller.store.leases import Leases
-from controller.store.paging import Page, slice_by_name
+from controller.store.paging import Page
 from controller.store.store import Selector, Snapshot, Store
 from controller.store.watch import WatchEvent
 
@@ -57,12 +59,13 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TlsFiles",
     "TokenRecord",
     "TooLargeError",
+    "UndecodableError",
     "WatchEvent",
     "kind_prefix",
     "restore_backup",
-    "slice_by_name",
     "spec_key",
     "status_key",
     "take_backup",

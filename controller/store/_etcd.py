@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -51,15 +53,45 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for an ``https://`` etcd: the CA that signed its certificate, and our client certificate
+    and key (etcd ``--client-cert-auth``); cert and key may be None when etcd does not ask for them."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path is not None else None
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
+def endpoint_scheme(endpoints: Sequence[str]) -> str:
+    """``http``, ``https`` or ``unix`` — one for all endpoints (ValueError if mixed or unknown)."""
+    schemes = {urlsplit(e).scheme if "://" in e else "http" for e in endpoints}
+    if len(schemes) != 1 or not schemes <= {"http", "https", "unix"}:
+        raise ValueError(f"etcd endpoints must all be http://, all https:// or one unix://, got {list(endpoints)}")
+    return schemes.pop()
+
+
 def grpc_target(endpoints: Sequence[str]) -> str:
-    """``["http://127.0.0.1:2379", ...]`` → a gRPC target (several IPs → one channel over all)."""
+    """``["http://127.0.0.1:2379", ...]`` → a gRPC target (several IPs → one channel over all);
+    ``unix:///run/etcd/sock`` → ``unix:/run/etcd/sock``."""
     if not endpoints:
         raise ValueError("no etcd endpoint given")
+    if endpoint_scheme(endpoints) == "unix":
+        if len(endpoints) != 1:
+            raise ValueError("one unix:// etcd endpoint only")
+        path = endpoints[0][len("unix://"):]
+        if not path.startswith("/"):
+            raise ValueError(f"etcd endpoint {endpoints[0]!r}: expected unix:///absolute/path")
+        return f"unix:{path}"
     hosts: list[tuple[str, int]] = []
     for endpoint in endpoints:
         url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-        if url.scheme not in ("http", ""):
-            raise ValueError(f"etcd endpoint {endpoint!r}: only plain http:// is supported")
         hosts.append((url.hostname or "127.0.0.1", url.port or 2379))
     if len(hosts) == 1:
         return f"{hosts[0][0]}:{hosts[0][1]}"
@@ -90,10 +122,18 @@ def classify(exc: BaseException, target: str) -> StoreError:
 class EtcdKV:
     """KV, lease, maintenance and watch stubs over one gRPC channel."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 10.0) -> None:
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 10.0, tls: TlsFiles | None = None) -> None:
         self.target = grpc_target(endpoints)
         self.timeout = timeout
-        self._channel = rpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        if endpoint_scheme(endpoints) == "https":
+            if tls is None:
+                raise ValueError("an https:// etcd needs its CA (--etcd-cacert), and usually a client certificate "
+                                 "and key (--etcd-cert, --etcd-key)")
+            self._channel = rpc.secure_channel(self.target, tls.credentials(), options=_CHANNEL_OPTIONS)
+        else:
+            if tls is not None:
+                raise ValueError("TLS files were given for a plain http:// or unix:// etcd endpoint; use https://")
+            self._channel = rpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._maintenance = rpc.MaintenanceStub(self._channel)

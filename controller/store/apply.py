@@ -32,6 +32,7 @@ from controller.store.errors import (
     StoreError,
     StoreUnavailable,
     TooLargeError,
+    UndecodableError,
 )
 from specs.meta import Resource
 
@@ -62,9 +63,15 @@ class ApplyResult:
     transactions: int  # write transactions used: 0 (nothing to write / dry run), 1, or the batch count
 
 
-# The embedded etcd is started with these limits (--max-txn-ops, --max-request-bytes).
+# The embedded etcd is started with these limits (--max-txn-ops, --max-request-bytes). etcd 3.4 refuses to
+# start on a data dir whose WAL holds an entry over 10 MiB ("wal: max entry size limit exceeded"), and one
+# request is one entry: requests stay well below that (room for raft's framing), and apply splits what
+# does not fit into bounded transactions.
 DEFAULT_MAX_TXN_OPS = 16384
-DEFAULT_MAX_REQUEST_BYTES = 33_554_432
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+ETCD_WAL_ENTRY_LIMIT = 10 * 1024 * 1024
+# One object (its key and JSON) may not exceed this, whatever the request limit: a spec is not a blob.
+MAX_OBJECT_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,13 @@ class Limits:
     max_request_bytes: int
 
     @property
-    def object_bytes(self) -> int:
+    def request_bytes(self) -> int:
+        """Payload of one transaction (compares and ops)."""
         return self.max_request_bytes - REQUEST_OVERHEAD
+
+    @property
+    def object_bytes(self) -> int:
+        return min(self.request_bytes, MAX_OBJECT_BYTES)
 
 
 @dataclass
@@ -82,11 +94,24 @@ class _Stored:
     raw: dict[str, Any]
     mod_revision: int
     _resource: Resource | None = None
+    key: bytes = b""
+    problem: str | None = None  # the stored value is not a JSON object
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta = self.raw.get("metadata")
+        return meta if isinstance(meta, dict) else {}
 
     @property
     def resource(self) -> Resource:
         if self._resource is None:
-            self._resource = codec.resource_from_raw(self.raw, self.mod_revision)
+            try:
+                if self.problem is not None:
+                    raise ValueError(self.problem)
+                self._resource = codec.resource_from_raw(self.raw, self.mod_revision)
+            except ValueError as exc:
+                _, kind, name = codec.parse_key(self.key.decode(errors="replace")) or ("spec", "?", "?")
+                raise UndecodableError(kind, name, str(exc).splitlines()[0] if str(exc) else "invalid") from exc
         return self._resource
 
 
@@ -136,7 +161,7 @@ async def apply_objects(
     if prune:
         wanted = {codec.spec_key(o.kind, o.metadata.name) for o in objects}
         for key, stored in sorted(current.items()):
-            if key not in wanted and stored.raw.get("metadata", {}).get("source") == source:
+            if key not in wanted and stored.meta.get("source") == source:
                 pruned = _plan_delete(stored, correlation_id=correlation_id, now=now, user=user)
                 if pruned is not None:
                     changes.append(pruned.change)
@@ -187,7 +212,14 @@ async def _read_current(
 
 
 def _index(kvs: list[Any]) -> dict[bytes, _Stored]:
-    return {bytes(kv.key): _Stored(codec.decode_raw(kv.value), kv.mod_revision) for kv in kvs}
+    index = {}
+    for kv in kvs:
+        key = bytes(kv.key)
+        try:
+            index[key] = _Stored(codec.decode_raw(kv.value), kv.mod_revision, key=key)
+        except ValueError as exc:  # planted or corrupt: an error if this apply touches it, else ignored
+            index[key] = _Stored({}, kv.mod_revision, key=key, problem=str(exc).splitlines()[0])
+    return index
 
 
 # -- 2. compute ----------------------------------------------------------------------------------
@@ -210,7 +242,7 @@ def _plan_one(
         after = desired.model_copy(update={"metadata": meta})
         return _Write(Change(kind, name, "created", None, after), expected=0)
 
-    raw_meta = stored.raw.get("metadata", {})
+    raw_meta = stored.meta
     spec_changed = to_jsonable_python(desired.spec) != stored.raw.get("spec")
     changed = (
         spec_changed
@@ -277,7 +309,7 @@ def plan_batches(writes: list[_Write], limits: Limits) -> list[list[_Write]]:
     ops = size = 0
     for write in writes:
         n = max(len(write.ops), len(write.compares))
-        if batch and (ops + n > limits.max_txn_ops or size + write.size > limits.object_bytes):
+        if batch and (ops + n > limits.max_txn_ops or size + write.size > limits.request_bytes):
             batches.append(batch)
             batch, ops, size = [], 0, 0
         batch.append(write)

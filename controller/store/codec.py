@@ -89,6 +89,8 @@ def decode_raw(value: bytes) -> dict[str, Any]:
 
 def resource_from_raw(raw: dict[str, Any], mod_revision: int) -> Resource:
     """Validate a stored spec document; resourceVersion comes from the key's mod_revision."""
+    if not isinstance(raw.get("metadata", {}), dict):
+        raise ValueError("stored metadata is not an object")
     data = dict(CONVERSIONS.upgrade(raw))  # stored by an older server in an older version
     data["metadata"] = {**data.get("metadata", {}), "resourceVersion": str(mod_revision)}
     return resource_model(str(raw.get("kind"))).model_validate(data)

@@ -9,6 +9,8 @@
     ├── PartialApplyError(written, not_written, cause)
     │                                  a batched apply failed after its first batch committed
     ├── NotFoundError(kind, name)      the object does not exist
+    ├── UndecodableError(kind, name)   the stored value is not a valid object (planted with etcdctl,
+    │                                  written by another version); lists skip it, delete removes it
     ├── StoreUnavailable               etcd unreachable or timed out (gRPC UNAVAILABLE / DEADLINE,
     │                                  aetcd ConnectionFailedError / ConnectionTimeoutError)
     └── RevisionCompacted(revision)    a read or watch asked for history etcd has compacted away
@@ -46,8 +48,8 @@ class TooLargeError(StoreError):
     def __init__(self, kind: str, name: str, size: int, limit: int) -> None:
         self.kind, self.name, self.size, self.limit = kind, name, size, limit
         super().__init__(
-            f"{kind}/{name} is {size} bytes as JSON, over the {limit}-byte limit of one etcd request "
-            "(etcd --max-request-bytes); make the object smaller"
+            f"{kind}/{name} is {size} bytes as JSON, over the {limit}-byte limit of one object "
+            "(and of one etcd request); make the object smaller"
         )
 
 
@@ -81,6 +83,15 @@ class NotFoundError(StoreError):
     def __init__(self, kind: str, name: str) -> None:
         self.kind, self.name = kind, name
         super().__init__(f"{kind}/{name} not found")
+
+
+class UndecodableError(StoreError):
+    def __init__(self, kind: str, name: str, problem: str) -> None:
+        self.kind, self.name = kind, name
+        super().__init__(
+            f"{kind}/{name} is stored but does not decode ({problem[:200]}); delete it (virtplane delete "
+            f"{kind.lower()}/{name}) and apply it again"
+        )
 
 
 class StoreUnavailable(StoreError):

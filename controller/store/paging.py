@@ -1,17 +1,18 @@
 """One page of a kind's objects, read from etcd without reading the others (``Store.list_page``).
 
-Objects are ordered by name (etcd orders keys). Without a selector a page is one range read of ``limit``
-keys after (or, going back, before) a name, a count-only read for the total, and one range read of the
-statuses between the page's first and last names — the cost does not grow with the kind's size, but for the
-count. With a selector every object must be looked at (labels are in the values): all are decoded and
-filtered, and only the page is returned.
+Objects are ordered by name (etcd orders keys). A page is one range read of ``limit`` keys from a name on
+(or, going back, before a name), and one range read of the statuses between the page's first and last
+names, both at one revision: the first page's, which later pages pass back, so that a list read in pages
+is one consistent snapshot (``RevisionCompacted`` once etcd has compacted it away). The cost of a page does
+not grow with the kind's size. Decoding is left to the caller (``Store.list_page`` does it in a worker
+thread); ``count`` is one count-only read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+import contextlib
+from dataclasses import dataclass
+from typing import Any
 
 from controller.store import codec
 from controller.store._etcd import EtcdKV, prefix_end
@@ -19,73 +20,77 @@ from specs.meta import Resource, StatusBase
 
 
 @dataclass(frozen=True)
+class RawPage:
+    kvs: list[Any]  # the objects' key-values, by name
+    statuses: dict[str, bytes]  # their stored statuses, by name
+    revision: int
+    next_start: str | None  # where the page after this one starts (None: this is the last)
+    previous_before: str | None  # the page before this one ends before this name (None: this is the first)
+
+
+@dataclass(frozen=True)
 class Page:
-    items: list[Resource]
-    statuses: dict[str, StatusBase] = field(default_factory=dict)
-    revision: int = 0
-    total: int = 0  # objects of the kind (matching the selector)
-    more_after: bool = False  # objects after the last one of this page
-    more_before: bool = False  # objects before the first one
+    """One page of a list: (object, its status or None) by name, the revision every page is read at, where
+    the next page starts and where the previous one ends (None: there is none)."""
+
+    items: list[tuple[Resource, StatusBase | None]]
+    revision: int
+    next_start: str | None
+    previous_before: str | None = None
 
 
-async def list_page(kv: EtcdKV, kind: str, *, limit: int, after: str | None = None, before: str | None = None,
-                    matches: Callable[[Mapping[str, str]], bool] | None = None) -> Page:
+async def read_page(kv: EtcdKV, kind: str, *, limit: int, start: str = "", before: str | None = None,
+                    revision: int = 0) -> RawPage:
+    """Up to ``limit`` objects from name ``start`` on (inclusive), or the last ``limit`` before ``before``."""
     prefix = codec.kind_prefix(kind)
-    end = prefix_end(prefix)
-    if matches is not None:
-        return await _filtered(kv, kind, limit, after, before, matches)
     if before is not None:
-        resp = await kv.range(prefix, codec.spec_key(kind, before), limit=limit, descend=True)
+        resp = await kv.range(prefix, prefix + before.encode(), revision=revision, limit=limit, descend=True)
         kvs = list(reversed(resp.kvs))
-        more_before, more_after = bool(resp.more), True
+        next_start: str | None = before
+        earlier = bool(resp.more)
     else:
-        start = codec.spec_key(kind, after) + b"\0" if after is not None else prefix
-        resp = await kv.range(start, end, limit=limit)
+        resp = await kv.range(prefix + start.encode(), prefix_end(prefix), revision=revision, limit=limit)
         kvs = list(resp.kvs)
-        more_before, more_after = after is not None, bool(resp.more)
-    revision = int(resp.header.revision)
-    items = [codec.decode_resource(item.value, item.mod_revision) for item in kvs]
-    total = int((await kv.range(prefix, end, revision=revision, count_only=True)).count)
-    statuses = await _statuses(kv, kind, items, revision)
-    return Page(items, statuses, revision, total, more_after, more_before and bool(items))
+        next_start = _name(kvs[-1], len(prefix)) + "\0" if resp.more and kvs else None
+        earlier = start != ""
+    revision = revision or int(resp.header.revision)
+    statuses: dict[str, bytes] = {}
+    if kvs:
+        sprefix = codec.kind_prefix(kind, "status")
+        first, last = _name(kvs[0], len(prefix)), _name(kvs[-1], len(prefix))
+        sresp = await kv.range(sprefix + first.encode(), sprefix + last.encode() + b"\0", revision=revision)
+        statuses = {_name(item, len(sprefix)): item.value for item in sresp.kvs}
+    previous_before = _name(kvs[0], len(prefix)) if earlier and kvs else None
+    return RawPage(kvs, statuses, revision, next_start, previous_before)
 
 
-T = TypeVar("T")
+async def count(kv: EtcdKV, kind: str, revision: int) -> int:
+    prefix = codec.kind_prefix(kind)
+    return int((await kv.range(prefix, prefix_end(prefix), revision=revision, count_only=True)).count)
 
 
-def slice_by_name(items: list[T], limit: int, after: str | None, before: str | None,
-                  name: Callable[[T], str] = lambda r: r.metadata.name,  # type: ignore[attr-defined]
-                  ) -> tuple[list[T], bool, bool]:
-    """The page of ``items`` (sorted by name) after or before a name: (page, more before, more after)."""
-    if before is not None:
-        ahead = [r for r in items if name(r) < before]
-        return ahead[-limit:], len(ahead) > limit, True
-    rest = [r for r in items if after is None or name(r) > after]
-    return rest[:limit], len(rest) < len(items), len(rest) > limit
+def decode_page(
+    kind: str, raw: RawPage
+) -> tuple[list[tuple[Resource, StatusBase | None]], list[tuple[str, int, Exception]]]:
+    """The page's objects and statuses decoded (CPU-bound: run it in a worker thread), and the objects that
+    do not decode as (name, mod_revision, error): skipped, never failing the page."""
+    prefix_len = len(codec.kind_prefix(kind))
+    items: list[tuple[Resource, StatusBase | None]] = []
+    bad: list[tuple[str, int, Exception]] = []
+    for item in raw.kvs:
+        name = _name(item, prefix_len)
+        try:
+            resource = codec.decode_resource(item.value, item.mod_revision)
+        except ValueError as exc:
+            bad.append((name, int(item.mod_revision), exc))
+            continue
+        status = None
+        if name in raw.statuses:
+            with contextlib.suppress(ValueError):  # a bad status hides nothing but itself
+                status = codec.decode_status(kind, raw.statuses[name])
+        items.append((resource, status))
+    return items, bad
 
 
-async def _filtered(kv: EtcdKV, kind: str, limit: int, after: str | None, before: str | None,
-                    matches: Callable[[Mapping[str, str]], bool]) -> Page:
-    """Labels are matched on the stored JSON; only the page's objects are validated into models."""
-    kvs, revision = await kv.range_prefix(codec.kind_prefix(kind))
-    prefix = len(codec.kind_prefix(kind))
-    every: list[tuple[str, Any]] = []
-    for item in kvs:
-        raw = codec.decode_raw(item.value)
-        if matches((raw.get("metadata") or {}).get("labels") or {}):
-            every.append((bytes(item.key)[prefix:].decode(), (raw, item.mod_revision)))
-    chosen, more_before, more_after = slice_by_name(every, limit, after, before, name=lambda e: e[0])
-    items = [codec.resource_from_raw(raw, rev) for _, (raw, rev) in chosen]
-    return Page(items, await _statuses(kv, kind, items, revision), revision, len(every), more_after,
-                more_before)
-
-
-async def _statuses(kv: EtcdKV, kind: str, items: list[Resource], revision: int) -> dict[str, StatusBase]:
-    if not items:
-        return {}
-    prefix = codec.kind_prefix(kind, "status")
-    first, last = codec.status_key(kind, items[0].metadata.name), codec.status_key(kind, items[-1].metadata.name)
-    resp = await kv.range(first, last + b"\0", revision=revision)
-    wanted = {r.metadata.name for r in items}
-    found = {bytes(i.key)[len(prefix):].decode(): i.value for i in resp.kvs}
-    return {name: codec.decode_status(kind, value) for name, value in found.items() if name in wanted}
+def _name(item: Any, prefix_len: int) -> str:
+    return bytes(item.key)[prefix_len:].decode(errors="replace")

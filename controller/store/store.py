@@ -11,7 +11,7 @@ Public API (all coroutines unless noted)::
     revision() -> int;  compact(revision)
     get(kind, name) -> Resource | None
     list(kind, selector=None) -> (list[Resource], revision)        selector: anything with .matches
-    list_page(kind, *, limit, after=None, before=None, selector=None) -> Page   one page by name (paging.py)
+    list_page(kind, *, start="", before=None, limit, revision=0) -> Page   one page by name, at one revision
     apply(objects, *, correlation_id, source=None, dry_run=False, prune=False, user=None) -> ApplyResult
     delete(kind, name, *, correlation_id, resource_version=None, user=None) -> Resource | None
     add_finalizer(kind, name, finalizer) -> Resource
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,17 +46,26 @@ from types import TracebackType
 from typing import Any, Protocol
 from uuid import uuid4
 
-from controller.store import codec
-from controller.store._etcd import EtcdKV, compare_exists, compare_mod, op_delete, op_get, op_put, scan_newest
+from controller.store import codec, paging
+from controller.store._etcd import (
+    EtcdKV,
+    TlsFiles,
+    compare_exists,
+    compare_mod,
+    op_delete,
+    op_get,
+    op_put,
+    scan_newest,
+)
 from controller.store.apply import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, ApplyResult, Limits, apply_objects
 from controller.store.audit import AuditLog
-from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError
+from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError, UndecodableError
 from controller.store.identity import Identities
 from controller.store.leases import Leases
-from controller.store.paging import Page, list_page
+from controller.store.paging import Page
 from controller.store.watch import Skip, WatchEvent, watch_prefixes
-from specs.event import Event, EventMeta
-from specs.meta import Resource, StatusBase
+from specs.event import Event, EventMeta, InvolvedObject
+from specs.meta import ObjectMeta, Resource, StatusBase
 
 log = logging.getLogger("virtplane.store")
 
@@ -106,6 +116,7 @@ class Store:
         self.audit = AuditLog(kv)
         self._lease: tuple[int, float] | None = None  # (lease id, reuse until loop time)
         self._lease_lock = asyncio.Lock()
+        self._reported: set[tuple[str, str, int]] = set()  # undecodable (kind, name, mod_revision) reported
 
     @classmethod
     async def connect(
@@ -117,9 +128,10 @@ class Store:
         timeout: float = 10.0,
         event_ttl: int = DEFAULT_EVENT_TTL,
         clock: Callable[[], datetime] = _utcnow,
+        tls: TlsFiles | None = None,
     ) -> Store:
-        """Connect and check etcd answers (StoreUnavailable if not)."""
-        kv = EtcdKV(endpoints, timeout=timeout)
+        """Connect and check etcd answers (StoreUnavailable if not). ``tls`` for https:// endpoints."""
+        kv = EtcdKV(endpoints, timeout=timeout, tls=tls)
         try:
             await kv.revision()
         except BaseException:
@@ -150,24 +162,56 @@ class Store:
     # -- specs ------------------------------------------------------------------------------------
 
     async def get(self, kind: str, name: str) -> Resource | None:
+        """The object, None if absent; UndecodableError if its stored value is not a valid object."""
         resp = await self.kv.range(codec.spec_key(kind, name))
         if not resp.kvs:
             return None
-        return codec.decode_resource(resp.kvs[0].value, resp.kvs[0].mod_revision)
+        return _decode(kind, name, resp.kvs[0].value, resp.kvs[0].mod_revision)
 
     async def list(self, kind: str, selector: Selector | None = None) -> tuple[builtins.list[Resource], int]:
-        """Objects of ``kind`` (by name) matching ``selector``, and the revision they were read at."""
+        """Objects of ``kind`` (by name) matching ``selector``, and the revision they were read at.
+        Stored values that do not decode are skipped, each reported once by a Warning event."""
         kvs, revision = await self.kv.range_prefix(codec.kind_prefix(kind))
-        items = [codec.decode_resource(kv.value, kv.mod_revision) for kv in kvs]
+        items = []
+        prefix_len = len(codec.kind_prefix(kind))
+        for kv in kvs:
+            try:
+                items.append(codec.decode_resource(kv.value, kv.mod_revision))
+            except ValueError as exc:
+                await self.report_undecodable(kind, bytes(kv.key)[prefix_len:].decode(errors="replace"),
+                                              int(kv.mod_revision), exc)
         if selector is not None:
             items = [r for r in items if selector.matches(r.metadata.labels)]
         return items, revision
 
-    async def list_page(self, kind: str, *, limit: int, after: str | None = None, before: str | None = None,
-                        selector: Selector | None = None) -> Page:
-        """``limit`` objects of ``kind`` after (or before) a name, with their statuses, at one revision."""
-        return await list_page(self.kv, kind, limit=limit, after=after, before=before,
-                               matches=selector.matches if selector is not None else None)
+    async def list_page(
+        self, kind: str, *, start: str = "", before: str | None = None, limit: int = 500, revision: int = 0
+    ) -> Page:
+        """Up to ``limit`` objects of ``kind`` from name ``start`` on (or the last ``limit`` before
+        ``before``), with their statuses, all read at ``revision`` (0: now; a later page passes the first
+        page's). Decoding runs in a worker thread, so a 100,000-object list in pages never holds the event
+        loop for long; an object that does not decode is skipped with an event.
+        RevisionCompacted when ``revision`` is older than etcd's history."""
+        raw = await paging.read_page(self.kv, kind, limit=limit, start=start, before=before, revision=revision)
+        items, bad = await asyncio.to_thread(paging.decode_page, kind, raw)
+        for name, mod_revision, exc in bad:
+            await self.report_undecodable(kind, name, mod_revision, exc)
+        return Page(items, raw.revision, raw.next_start, raw.previous_before)
+
+    async def count(self, kind: str, revision: int) -> int:
+        """How many objects of ``kind`` there were at ``revision`` (one count-only read)."""
+        return await paging.count(self.kv, kind, revision)
+
+    async def report_undecodable(self, kind: str, name: str, mod_revision: int, exc: Exception) -> None:
+        """A Warning event ``Undecodable`` on the object, once per stored version (per Store)."""
+        if (kind, name, mod_revision) in self._reported:
+            return
+        self._reported.add((kind, name, mod_revision))
+        log.warning("skipping %s/%s: it does not decode: %s", kind, name, exc)
+        message = str(UndecodableError(kind, name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        with contextlib.suppress(StoreError):
+            await self.emit_event(Event(type="Warning", reason="Undecodable", message=message,
+                                        involvedObject=InvolvedObject(kind=kind, name=name), source="store"))
 
     async def load_all(self, kinds: Sequence[str]) -> Snapshot:
         """Every spec and status of ``kinds`` at ONE revision (the first read's; later reads are pinned to
@@ -235,10 +279,17 @@ class Store:
             if resource_version is not None:
                 raise ConflictError(kind, name, int(resource_version), 0)
             return None
-        current = codec.decode_resource(resp.kvs[0].value, resp.kvs[0].mod_revision)
         actual = resp.kvs[0].mod_revision
         if resource_version is not None and int(resource_version) != actual:
             raise ConflictError(kind, name, int(resource_version), actual, "resourceVersion precondition")
+        try:
+            current = codec.decode_resource(resp.kvs[0].value, actual)
+        except ValueError:
+            # Not a valid object: nothing can tear it down, so it goes at once (spec and status).
+            await self._txn(kind, name, actual, [op_delete(key), op_delete(codec.status_key(kind, name))])
+            # Not validated: a planted key's name need not be a valid name.
+            meta = ObjectMeta.model_construct(name=name, resourceVersion=str(actual))
+            return Resource.model_construct(kind=kind, metadata=meta, spec=None)
         if not current.metadata.finalizers:
             await self._txn(kind, name, actual, [op_delete(key), op_delete(codec.status_key(kind, name))])
             return current
@@ -286,7 +337,7 @@ class Store:
         resp = await self.kv.range(codec.spec_key(kind, name))
         if not resp.kvs:
             raise NotFoundError(kind, name)
-        return codec.decode_resource(resp.kvs[0].value, resp.kvs[0].mod_revision), resp.kvs[0].mod_revision
+        return _decode(kind, name, resp.kvs[0].value, resp.kvs[0].mod_revision), resp.kvs[0].mod_revision
 
     async def _put_meta(self, current: Resource, expected: int, **changes: Any) -> Resource:
         meta = current.metadata.model_copy(update={**changes, "resourceVersion": None})
@@ -312,12 +363,23 @@ class Store:
         resp = await self.kv.range(codec.status_key(kind, name))
         if not resp.kvs:
             return None, 0
-        return codec.decode_status(kind, resp.kvs[0].value), int(resp.kvs[0].mod_revision)
+        try:
+            return codec.decode_status(kind, resp.kvs[0].value), int(resp.kvs[0].mod_revision)
+        except ValueError as exc:
+            log.warning("status of %s/%s does not decode, ignored: %s", kind, name, exc)
+            return None, int(resp.kvs[0].mod_revision)
 
     async def list_status(self, kind: str) -> dict[str, StatusBase]:
         kvs, _ = await self.kv.range_prefix(codec.kind_prefix(kind, "status"))
         prefix = len(codec.kind_prefix(kind, "status"))
-        return {bytes(kv.key)[prefix:].decode(): codec.decode_status(kind, kv.value) for kv in kvs}
+        statuses = {}
+        for kv in kvs:
+            name = bytes(kv.key)[prefix:].decode(errors="replace")
+            try:
+                statuses[name] = codec.decode_status(kind, kv.value)
+            except ValueError as exc:  # a bad status hides nothing but itself
+                log.warning("status of %s/%s does not decode, ignored: %s", kind, name, exc)
+        return statuses
 
     async def put_status(self, kind: str, name: str, status: StatusBase, expected_revision: int) -> int:
         """Write status if its key is still at ``expected_revision`` (0: no status yet) and the object
@@ -428,3 +490,11 @@ class Store:
         """Changes under raw key ``prefixes`` (store-internal and tests; see ``controller.store.watch``)."""
         return watch_prefixes(self.kv, prefixes, start_revision, known=known)
 
+
+
+def _decode(kind: str, name: str, value: bytes, mod_revision: int) -> Resource:
+    try:
+        return codec.decode_resource(value, mod_revision)
+    except ValueError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UndecodableError(kind, name, first) from exc

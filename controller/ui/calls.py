@@ -78,8 +78,9 @@ class ApiCalls:
                    body: Any = None, **path_params: str) -> tuple[int, Any]:
         inner, endpoint = self._request(request, name, secret, query, body, path_params)
         response = await endpoint(inner)
-        if isinstance(response, StreamingResponse):  # pragma: no cover - callers use stream() for those
-            raise TypeError(f"{name} answered a stream; use ApiCalls.stream")
+        if isinstance(response, StreamingResponse):  # a whole list, streamed in pages: one value in the end
+            chunks = [c if isinstance(c, bytes) else str(c).encode() async for c in response.body_iterator]
+            return response.status_code, json.loads(b"".join(chunks))
         return response.status_code, json.loads(bytes(response.body)) if response.body else None
 
     async def stream(self, request: Request, name: str, secret: str | None, *,

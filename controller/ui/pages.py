@@ -82,9 +82,8 @@ class Pages:
         selector = request.query_params.get("labelSelector", "").strip()
         limit = _int(request.query_params.get("limit"), DEFAULT_LIMIT, 1, max(PAGE_SIZES))
         query = {"limit": str(limit)} | ({"labelSelector": selector} if selector else {})
-        for key in ("continue", "before"):
-            if request.query_params.get(key):
-                query[key] = request.query_params[key]
+        if request.query_params.get("continue"):  # a token from the API: the next or the previous page
+            query["continue"] = request.query_params["continue"]
         code, body = await self.calls.call(request, "list", secret, query=query, plural=info.plural)
         if code != 200:
             return await self.c.error(request, code, body)
@@ -92,18 +91,19 @@ class Pages:
         cols = columns(info)
         rows = [{"name": o["metadata"]["name"], "cells": [cell(o, c) for c in cols]} for o in body["items"]]
 
-        def link(key: str, name: str | None) -> str | None:
-            if name is None:
+        def link(token: str | None) -> str | None:
+            if token is None:
                 return None
             rest = {"limit": str(limit)} | ({"labelSelector": selector} if selector else {})
-            return f"/ui/{info.plural}/?{urlencode(rest | {key: name})}"
+            return f"/ui/{info.plural}/?{urlencode(rest | {'continue': token})}"
 
         first = rows[0]["name"] if rows else ""
         return await self.c.page(
-            request, "list.html", info=info, columns=cols, rows=rows, total=meta.get("total", len(rows)),
+            # total: not counted with a selector (that would read every object)
+            request, "list.html", info=info, columns=cols, rows=rows, total=meta.get("total"),
             first=first, last=rows[-1]["name"] if rows else "", limit=limit, selector=selector,
             revision=meta["resourceVersion"], title=info.kind,
-            links={"prev": link("before", meta.get("previous")), "next": link("continue", meta.get("continue")),
+            links={"prev": link(meta.get("previous")), "next": link(meta.get("continue")),
                    "first": f"/ui/{info.plural}/?" + urlencode({k: v for k, v in query.items()
                                                                 if k in ("limit", "labelSelector")})
                    if meta.get("previous") else None},

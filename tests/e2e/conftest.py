@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,6 +37,16 @@ class ServerProcess:
     data_dir: Path
     log: Path
 
+    @property
+    def token(self) -> str:
+        return str(json.loads((self.data_dir / "config.json").read_text())["token"])
+
+    def metrics(self) -> str:
+        """/metrics, with the server's token (it needs one unless --metrics-public)."""
+        response = httpx.get(f"{self.url}/metrics", headers={"Authorization": f"Bearer {self.token}"}, timeout=5)
+        response.raise_for_status()
+        return response.text
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -54,8 +66,16 @@ def _config_names(data_dir: Path, url: str) -> bool:
         return False
 
 
+# Lab hosts live in pytest's temporary directories and boot the guest cached under the lab cache: the
+# servers the tests start allow those (``--allowed-socket-dir``/``-image-dir``/``-storage-dir``), as an
+# operator would.
+LAB_CACHE = Path(os.environ.get("VIRTPLANE_LAB_CACHE", "/var/cache/virtplane-lab"))
+TEST_TMP = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
+
+
 def start_server(
-    data_dir: Path, *extra: str, etcd: EmbeddedEtcd | None = None, env_extra: dict[str, str] | None = None
+    data_dir: Path, *extra: str, etcd: EmbeddedEtcd | None = None, env_extra: dict[str, str] | None = None,
+    lab_paths: bool = True,
 ) -> ServerProcess:
     port = free_port()
     tls = "--tls-self-signed" in extra  # then wait for the certificate and check the server against it
@@ -65,6 +85,9 @@ def start_server(
     env.pop("VIRTPLANE_SERVER", None)
     env.pop("VIRTPLANE_TOKEN", None)
     args = [VIRTPLANE, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *extra]
+    if lab_paths:
+        args += ["--allowed-socket-dir", str(TEST_TMP), "--allowed-image-dir", str(LAB_CACHE),
+                 "--allowed-storage-dir", str(TEST_TMP)]
     if etcd is not None:
         args += ["--etcd", etcd.endpoint]
     log = data_dir / "server.log"

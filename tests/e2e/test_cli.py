@@ -185,7 +185,8 @@ def test_unauthenticated_requests_get_401(server: ServerProcess) -> None:
     bad = httpx.get(f"{server.url}/api/v1/vms", headers={"Authorization": "Bearer nope"})
     assert bad.status_code == 401 and bad.json()["error"]["reason"] == "Unauthorized"
     assert httpx.get(f"{server.url}/healthz").status_code == 200
-    assert "virtplane_api_requests_total" in httpx.get(f"{server.url}/metrics").text
+    assert httpx.get(f"{server.url}/metrics").status_code == 401  # needs the token unless --metrics-public
+    assert "virtplane_api_requests_total" in server.metrics()
     doc = httpx.get(f"{server.url}/openapi.json").json()
     assert "/api/v1/virtualmachines/{name}" in doc["paths"] and "VirtualMachine" in doc["components"]["schemas"]
 

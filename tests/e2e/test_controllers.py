@@ -11,6 +11,7 @@ module's server do not see each other's VMs.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -571,6 +572,34 @@ async def test_drift_is_reported_as_a_drift_event(vp: Vp, server: ServerProcess,
         # Correction takes < 1 s; 8 s is plenty for an event written alongside it.
         await poll("a drift event for the destroyed domain", drift_event, timeout=8, interval=0.2)
         assert await running_manager_alive(manager)
+
+
+def test_a_host_planted_past_the_api_with_a_disallowed_socket_is_never_connected(
+    cli: Cli, ctl_etcd: EmbeddedEtcd, tmp_path: Path
+) -> None:
+    """Defence in depth (issue 9): the API refuses the socket at apply; a Host stored straight into etcd
+    (before the policy existed, or by root) is refused by the Host controller too, with an event."""
+    import socket as sockets
+    import tempfile
+
+    outside = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="vp-planted-"))  # not an allowed socket dir
+    listener_path = outside / "evil-sock"
+    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as listener:
+        listener.bind(str(listener_path))
+        listener.listen()
+        listener.settimeout(0.2)
+        doc = {"apiVersion": "virtplane.io/v1", "kind": "Host",
+               "metadata": {"name": "planted", "uid": "u-planted", "generation": 1},
+               "spec": {"cluster": "main", "uri": f"qemu+unix:///system?socket={listener_path}"}}
+        etcdctl_run(ctl_etcd.endpoint, "put", "/virtplane/specs/Host/planted", json.dumps(doc))
+        events = wait_for("a HostPathRefused event",
+                          lambda: [e for e in cli.events(for_ref="host/planted") if e["reason"] == "HostPathRefused"],
+                          READY_S)
+        assert "--allowed-socket-dir" in events[0]["message"]
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody connected
+    etcdctl_run(ctl_etcd.endpoint, "del", "/virtplane/specs/Host/planted")
+    shutil.rmtree(outside)
 
 
 # -- placement and cluster policies on simulated hosts of 4 CPUs and 3 GiB -------------------------------

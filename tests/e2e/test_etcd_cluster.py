@@ -45,7 +45,7 @@ def raft_leader(cluster: EtcdCluster) -> EmbeddedEtcd:
 def metric(server: ServerProcess, name: str, **labels: str) -> float:
     """Sum of a counter over the series whose labels include ``labels``."""
     total = 0.0
-    for line in httpx.get(f"{server.url}/metrics", timeout=5).text.splitlines():
+    for line in server.metrics().splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total

@@ -17,7 +17,7 @@ import pytest
 from controller.dev.lab.guest import GuestImage
 from controller.dev.lab.hosts import Lab
 from controller.server.etcd import EmbeddedEtcd
-from tests.e2e.conftest import etcdctl_run
+from tests.e2e.conftest import ServerProcess, etcdctl_run
 from tests.e2e.helpers import (
     Cli,
     Servers,
@@ -131,11 +131,9 @@ def test_sigkill_leader_other_replica_takes_over_vms_stay(replicas: Servers, lab
     assert "PlanExecuted VirtualMachine/fo-3" in replicas.current[follower].log.read_text()
 
 
-def reconciles(server_url: str, kind: str) -> float:
+def reconciles(server: ServerProcess, kind: str) -> float:
     """virtplane_reconciles_total{kind} from a replica's /metrics."""
-    import httpx
-
-    for line in httpx.get(f"{server_url}/metrics", timeout=5).text.splitlines():
+    for line in server.metrics().splitlines():
         if line.startswith(f'virtplane_reconciles_total{{kind="{kind}"}}'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -173,7 +171,7 @@ def test_snapshots_and_migrations_are_reconciled_by_the_leader_only(replicas: Se
     wait_for("Migration Failed (no host lab-9)", lambda: ((cli_a.obj("migration", "fo-mig") or {}).get("status")
                                                           or {}).get("phase") == "Failed", 60)
     assert "fo-snap" in virsh(uri, "snapshot-list", "fo-s", "--name").split()
-    leader_url, follower_url = replicas.current[leader].url, replicas.current[follower].url
+    leader_url, follower_url = replicas.current[leader], replicas.current[follower]
     # Both replicas have resynced everything since (their start-up resync), so a follower that reconciled
     # these kinds would have done so by now.
     for kind in ("Snapshot", "Migration"):

@@ -55,9 +55,7 @@ class LabCluster:
 
     def reconciles(self, kind: str) -> float:
         """How many reconciles of ``kind`` the server has run (``virtplane_reconciles_total`` on /metrics)."""
-        import httpx
-
-        for line in httpx.get(f"{self.server.url}/metrics", timeout=5).text.splitlines():
+        for line in self.server.metrics().splitlines():
             if line.startswith(f'virtplane_reconciles_total{{kind="{kind}"}}'):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0

@@ -33,7 +33,7 @@ import anyio.to_thread
 import libvirt
 
 from controller.adapters.libvirt import codec, resources
-from controller.adapters.libvirt.errors import ConflictError, ConnectionLost, ReconcileError, classify
+from controller.adapters.libvirt.errors import ConflictError, ConnectionLost, ReconcileError, classify, redacted
 from controller.adapters.libvirt.eventloop import ensure_event_loop
 from controller.adapters.libvirt.observe import (
     DomainEvent,
@@ -210,8 +210,8 @@ class HostConnection:
                 self._failures += 1
                 delay = min(self._reconnect_cap, self._reconnect_base * 2 ** (self._failures - 1))
                 self._next_attempt = now + delay
-                err = classify(exc, host=self.name, op="open")
-                raise ConnectionLost(err.message, retry_after=delay, host=self.name, op="open") from exc
+                log.warning("host %s: cannot open %s: %s", self.name, self.uri, exc)
+                raise ConnectionLost(redacted(exc), retry_after=delay, host=self.name, op="open") from exc
             self._conn, self._broken, self._failures, self._next_attempt = conn, False, 0, 0.0
             self.generation += 1
             if self._subscribers:

@@ -28,6 +28,7 @@ __all__ = [
     "TransientError",
     "Unsupported",
     "classify",
+    "redacted",
 ]
 
 
@@ -72,8 +73,15 @@ def classify(exc: libvirt.libvirtError, *, host: str | None = None, op: str | No
     """Map a libvirt error to the tree. Unknown failures are transient: back off, never give up silently."""
     code = exc.get_error_code()
     domain = exc.get_error_domain()
-    message = exc.get_error_message() or str(exc)
+    message = _bounded(exc.get_error_message() or str(exc))
     return _error_class(code, domain)(message, host=host, op=op, code=code, domain=domain)
+
+
+def _bounded(message: str, limit: int = 300) -> str:
+    """The first line of libvirt's message, at most ``limit`` characters: libvirt quotes the offending
+    input after the first line (an XML parser's view of a file), which must not reach status or events."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def _error_class(code: int, domain: int) -> type[ReconcileError]:
@@ -92,3 +100,16 @@ def _error_class(code: int, domain: int) -> type[ReconcileError]:
     if code in _SPEC_INVALID:
         return SpecInvalid
     return TransientError
+
+
+_CODE_NAMES = {v: k for k, v in vars(libvirt).items() if k.startswith("VIR_ERR_") and isinstance(v, int)}
+_DOMAIN_NAMES = {v: k for k, v in vars(libvirt).items() if k.startswith("VIR_FROM_") and isinstance(v, int)}
+
+
+def redacted(exc: libvirt.libvirtError) -> str:
+    """What may be shown in status for a failed connection: libvirt's error code and source, never its
+    text. Opening a connection can make libvirt read a file named in the URI (a key, a socket, a node
+    definition) and its message can quote that file's content; the full text goes to the server log only."""
+    code = _CODE_NAMES.get(exc.get_error_code(), str(exc.get_error_code()))
+    domain = _DOMAIN_NAMES.get(exc.get_error_domain(), str(exc.get_error_domain()))
+    return f"libvirt refused the connection ({code} from {domain}); libvirt's message is in the server log"

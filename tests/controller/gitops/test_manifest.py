@@ -363,3 +363,53 @@ def _timed(path: Path) -> float:
     elapsed = time.perf_counter() - start
     assert len(objects) == 10_000
     return elapsed
+
+
+BOMB = "\n".join(
+    ["apiVersion: virtplane.io/v1", "kind: Cluster", "metadata: {name: bomb}", 'a: &a ["lol","lol","lol","lol","lol"]']
+    + [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)}]"
+       for i in range(9)]
+    + ["spec: *j", ""]
+)
+
+
+def test_yaml_alias_bomb_is_refused_quickly() -> None:
+    assert len(BOMB) < 600  # a few hundred bytes that expand to 5**10 (~10 million) values
+    start = time.perf_counter()
+    with pytest.raises(ManifestError) as err:
+        load_text(BOMB, "bomb.yaml")
+    assert time.perf_counter() - start < 1.0
+    (problem,) = err.value.problems
+    assert "expands to more than 100000 values through aliases" in problem.message
+    assert problem.location.path == "bomb.yaml" and problem.location.line > 1
+    assert len(str(problem)) < 300
+
+
+def test_recursive_alias_is_refused() -> None:
+    with pytest.raises(ManifestError) as err:
+        load_text("apiVersion: virtplane.io/v1\nkind: Cluster\nmetadata: {name: c}\nspec: &s {x: *s}\n", "r.yaml")
+    assert "a cycle" in err.value.problems[0].message
+
+
+def test_error_messages_never_expand_a_big_value() -> None:
+    text = "\n".join(["big: &b [" + ",".join(["xxxxxxxxxx"] * 200) + "]",
+                      "apiVersion: virtplane.io/v1", "kind: [*b, *b, *b, *b, *b, *b, *b, *b]",
+                      "metadata: {name: c}", "spec: {}", ""])
+    with pytest.raises(ManifestError) as err:
+        load_text(text, "k.yaml")
+    assert all(len(p.message) < 300 for p in err.value.problems), err.value.problems
+
+
+def test_ordinary_anchors_still_work() -> None:
+    text = textwrap.dedent("""\
+        apiVersion: virtplane.io/v1
+        kind: VirtualMachine
+        metadata: {name: v, labels: &l {app: web}}
+        spec:
+          cluster: main
+          cpu: &cpu {cores: 2}
+          memory: {size: 1Gi}
+          placement: {hostSelector: *l}
+        """)
+    (obj,) = load_text(text, "ok.yaml")
+    assert obj.resource.metadata.labels == {"app": "web"}

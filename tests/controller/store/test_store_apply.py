@@ -181,7 +181,8 @@ async def test_apply_10000_new_objects_in_one_transaction(store: Store, etcd: Em
     result = await store.apply(objects, correlation_id="bulk", source="bench")
     elapsed = time.perf_counter() - start
     print(f"\napply 10,000 new VirtualMachines: {elapsed:.2f}s, {result.transactions} transaction(s)")
-    assert result.transactions == 1 and result.revision == before + 1
+    # ~10 MiB of JSON: more than one request may carry below etcd's 10 MiB WAL entry limit (8 MiB each).
+    assert result.transactions == 2 and result.revision == before + 2
     # Speed is measured by bench/apply.py beside raw etcd, not asserted here (a loaded machine fails any bound).
     start = time.perf_counter()
     again = await store.apply(objects, correlation_id="bulk2", source="bench")
