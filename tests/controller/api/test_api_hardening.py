@@ -213,3 +213,36 @@ async def test_a_compacted_continue_token_is_410(api: httpx.AsyncClient, store: 
     r = await api.get("/api/v1/clusters", params={"limit": "1", "continue": body["metadata"]["continue"]},
                       headers=AUTH)
     assert r.status_code == 410 and r.json()["error"]["reason"] == "Expired"
+
+
+async def test_pages_with_a_selector_are_full_and_go_both_ways(api: httpx.AsyncClient, store: Store) -> None:
+    """With a labelSelector a page holds ``limit`` matching objects (read from as many store pages as that
+    takes), ``previous`` goes back to the same pages, and an unfiltered page counts the kind (total)."""
+    vms = [doc("VirtualMachine", f"vm-{i:02d}", {"cluster": "main", "cpu": {"cores": 1}, "memory": {"size": "1Gi"}})
+           for i in range(30)]
+    for i, vm in enumerate(vms):
+        vm["metadata"]["labels"] = {"tier": "web" if i % 4 == 0 else "db"}
+    assert (await api.post("/api/v1/apply", json={"objects": vms}, headers=AUTH)).status_code == 200
+
+    async def page(**params: Any) -> dict[str, Any]:
+        response = await api.get("/api/v1/virtualmachines", params={"labelSelector": "tier=web", "limit": 3,
+                                                                    **params}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def listed(body: dict[str, Any]) -> list[str]:
+        return [o["metadata"]["name"] for o in body["items"]]
+
+    web = [f"vm-{i:02d}" for i in range(0, 30, 4)]  # 8 of them
+    first = await page()
+    assert listed(first) == web[:3] and "previous" not in first["metadata"] and "total" not in first["metadata"]
+    second = await page(**{"continue": first["metadata"]["continue"]})
+    assert listed(second) == web[3:6]
+    third = await page(**{"continue": second["metadata"]["continue"]})
+    assert listed(third) == web[6:] and "continue" not in third["metadata"]
+    back = await page(**{"continue": third["metadata"]["previous"]})
+    assert listed(back) == web[3:6]
+    assert listed(await page(**{"continue": back["metadata"]["previous"]})) == web[:3]
+    plain = (await api.get("/api/v1/virtualmachines", params={"limit": 7}, headers=AUTH)).json()
+    assert plain["metadata"]["total"] == 30 and len(plain["items"]) == 7
