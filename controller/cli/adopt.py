@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from ruamel.yaml import YAML
 
 from controller.cli.common import EXIT_INVALID, client, fail, reporting, split_ref
 from controller.cli.output import err
-from specs.kinds import KINDS
 
 
 def adopt(
@@ -50,6 +48,10 @@ def adopt(
 
 
 def _write(directory: Path, objects: list[dict[str, Any]]) -> list[Path]:
+    from ruamel.yaml import YAML
+
+    from specs.kinds import KINDS
+
     yaml = YAML()
     yaml.indent(mapping=2, sequence=4, offset=2)
     plural = {i.kind: i.plural for i in KINDS.values()}

@@ -5,14 +5,15 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from controller.cli.common import EXIT_DIFFERS, client, reporting
 from controller.cli.output import err, out, plan_lines, unified_diff
-from controller.gitops.manifest import ManifestError, ManifestObject, load_paths
+
+if TYPE_CHECKING:  # imported where used, so that `virtplane --help` starts fast
+    from controller.gitops.manifest import ManifestObject
 
 PROGRESS_THRESHOLD = 200
 
@@ -20,6 +21,8 @@ FilesOption = Annotated[list[str], typer.Option("-f", "--filename", help="File, 
 
 
 def _load(paths: list[str]) -> list[ManifestObject]:
+    from controller.gitops.manifest import load_paths
+
     stdin = sys.stdin if "-" in paths else None
     return load_paths(paths, stdin)
 
@@ -32,6 +35,9 @@ def _payload(objects: list[ManifestObject]) -> list[bytes]:
 def _apply_once(
     paths: list[str], *, dry_run: bool, prune: bool, source: str | None, correlation_id: str | None
 ) -> dict[str, Any]:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+
     objects: list[ManifestObject] = []
     with reporting(objects):
         started = time.perf_counter()
@@ -138,6 +144,8 @@ def diff(
     """Show what apply would change: a unified diff per object, then the plan.
 
     Exit 0 when nothing differs, 1 when something does, 2 or more on error."""
+    from controller.gitops.manifest import ManifestError
+
     objects: list[ManifestObject] = []
     try:
         with reporting(objects):

@@ -11,7 +11,7 @@ import typer
 
 from controller.cli.common import EXIT_CONFLICT, EXIT_INVALID, client, fail, reporting
 from controller.cli.output import err
-from controller.client.sdk import Conflict
+from controller.client.errors import Conflict
 
 
 def backup(

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 from controller.cli.output import err
-from controller.client.config import ConfigMissing
-from controller.client.sdk import (
+from controller.client.errors import (
     ApiError,
-    Client,
     Conflict,
     Forbidden,
     Invalid,
@@ -25,8 +23,11 @@ from controller.client.sdk import (
     ServerUnreachable,
     Unauthorized,
 )
-from controller.gitops.manifest import ManifestError, ManifestObject
-from specs.kinds import KindInfo, UnknownKind, resolve_kind
+
+if TYPE_CHECKING:  # imported where used: `virtplane --help` starts without them (pydantic, httpx)
+    from controller.client.sdk import Client
+    from controller.gitops.manifest import ManifestObject
+    from specs.kinds import KindInfo
 
 EXIT_DIFFERS = 1
 EXIT_INVALID = 2
@@ -47,6 +48,9 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def client() -> Client:
+    from controller.client.config import ConfigMissing
+    from controller.client.sdk import Client
+
     try:
         return Client.from_config(Globals.server, Globals.token, Globals.ca)
     except ConfigMissing as e:
@@ -54,6 +58,8 @@ def client() -> Client:
 
 
 def kind_info(text: str) -> KindInfo:
+    from specs.kinds import UnknownKind, resolve_kind
+
     try:
         return resolve_kind(text)
     except UnknownKind as e:
@@ -71,6 +77,8 @@ def split_ref(ref: str, name: str | None = None) -> tuple[KindInfo, str | None]:
 @contextlib.contextmanager
 def reporting(objects: list[ManifestObject] | None = None) -> Iterator[None]:
     """Turn every expected failure into a clear message and its exit code."""
+    from controller.gitops.manifest import ManifestError
+
     try:
         yield
     except ManifestError as e:

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from controller.cli.common import EXIT_INVALID, client, fail, reporting
 from controller.cli.output import err
-from controller.client.sdk import Conflict
+from controller.client.errors import Conflict
 
 app = typer.Typer(help="Disks: upload an image.", no_args_is_help=True)
 
@@ -22,6 +21,8 @@ def upload(
 ) -> None:
     """Upload FILE for Disk NAME, with a progress bar; the Disk controller then converts and checks it
     (`virtplane get disk NAME -o wide` shows the conversion's progress)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     if not file.is_file():
         fail(f"{file}: no such file", EXIT_INVALID)
     size = file.stat().st_size

@@ -6,21 +6,22 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from ruamel.yaml import YAML
 
 from controller.cli.common import EXIT_INVALID, client, fail, kind_info, reporting
 from controller.cli.output import err
-from controller.common.wire import spec_to_wire
-from controller.gitops.export import update_document
-from controller.gitops.manifest import load_paths
-from specs.kinds import KINDS, parse_resource
-from specs.meta import Resource
+
+if TYPE_CHECKING:  # imported where used, so that `virtplane --help` starts fast
+    from ruamel.yaml import YAML
+
+    from specs.meta import Resource
 
 
 def _yaml() -> YAML:
+    from ruamel.yaml import YAML
+
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.indent(mapping=2, sequence=4, offset=2)
@@ -39,6 +40,10 @@ def export(
     """Write the specs in the store as YAML: update the file that already holds an object (comments and the
     values you wrote kept), or create DIR/<plural>/<name>.yaml. Objects a controller made (a pool's VMs and
     disks) are not exported; with --source, neither are objects applied from another source."""
+    from controller.gitops.export import update_document
+    from controller.gitops.manifest import load_paths
+    from specs.kinds import KINDS, parse_resource
+
     infos = [kind_info(k) for k in kinds] if kinds else [i for i in KINDS.values() if i.gitops]
     existing: dict[tuple[str, str], Path] = {}
     if directory.exists() and any(directory.rglob("*.y*ml")):  # an empty directory is a fine target
@@ -87,6 +92,8 @@ def export(
 
 
 def _compact(resource: Resource) -> dict[str, Any]:
+    from controller.common.wire import spec_to_wire
+
     body = spec_to_wire(resource)
     assert body is not None
     return body

@@ -17,7 +17,6 @@ import typer
 from controller.cli.common import EXIT_FORBIDDEN, EXIT_INVALID, Globals, client, fail, reporting
 from controller.cli.output import age, err, out, print_table
 from controller.client.config import ClientConfig, config_path, load_client_config, write_client_config
-from controller.client.sdk import Client
 
 auth_app = typer.Typer(no_args_is_help=True, help="What the caller may do.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens of service accounts (admins).")
@@ -34,6 +33,8 @@ def login(
     username: Annotated[str | None, typer.Option("--username", "-u", help="Directory login name.")] = None,
 ) -> None:
     """Log in with a directory account; the session token goes into the CLI config (mode 0600)."""
+    from controller.client.sdk import Client
+
     config = load_client_config(Globals.server, None, Globals.ca)
     name = username or os.environ.get("USER") or getpass.getuser()
     password = _read_password(name)
@@ -52,6 +53,8 @@ def login(
 
 def logout() -> None:
     """Revoke this session on the server and remove its token from the CLI config."""
+    from controller.client.sdk import Client
+
     config = load_client_config(Globals.server, Globals.token, Globals.ca)
     with reporting(), Client(config.server, config.token, ca=config.ca) as vp:
         done = vp.logout()

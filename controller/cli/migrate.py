@@ -9,15 +9,16 @@ from __future__ import annotations
 import secrets
 import sys
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from controller.cli.common import EXIT_DIFFERS, EXIT_INVALID, client, fail, reporting, split_ref
 from controller.cli.output import err
-from controller.client.sdk import Client, NotFound
-from specs.meta import API_VERSION
+from controller.client.errors import NotFound
+
+if TYPE_CHECKING:  # imported where used, so that `virtplane --help` starts fast
+    from controller.client.sdk import Client
 
 EXIT_FAILED = EXIT_DIFFERS
 TERMINAL = ("Succeeded", "Failed", "Aborted")
@@ -32,6 +33,8 @@ def migrate(
     ttl: Annotated[int, typer.Option("--ttl", help="Seconds the finished Migration is kept.")] = 3600,
 ) -> None:
     """Live-migrate a running VM: creates a Migration object (not part of Git); --wait follows it."""
+    from specs.meta import API_VERSION
+
     info, name = split_ref(ref)
     if info.kind != "VirtualMachine" or not name:
         fail(f"migrate takes vm/NAME, got {ref!r}", EXIT_INVALID)
@@ -72,6 +75,8 @@ def _message(status: dict[str, Any]) -> str:
 
 def _follow(vp: Client, migration: str, timeout: float) -> dict[str, Any]:
     """A progress bar from the Migration's status until it is finished (or the timeout passes)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),

@@ -7,14 +7,15 @@ import io
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from ruamel.yaml import YAML
 
-from specs.kinds import KindInfo
+if TYPE_CHECKING:
+    from specs.kinds import KindInfo
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

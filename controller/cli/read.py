@@ -6,17 +6,17 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
-from rich.text import Text
 
 from controller.cli.common import EXIT_DIFFERS, EXIT_INVALID, client, fail, reporting, split_ref
 from controller.cli.output import age, cell, err, out, plain_lines, print_table, rich_table, table_rows, to_yaml
-from controller.client.sdk import NotFound
-from specs.kinds import KindInfo
-from specs.selector import LabelSelector
+from controller.client.errors import NotFound
+
+if TYPE_CHECKING:  # imported where used, so that `virtplane --help` starts fast
+    from specs.kinds import KindInfo
+    from specs.selector import LabelSelector
 
 OutputOption = Annotated[str, typer.Option("-o", "--output", help="table, wide, yaml, json or name.")]
 
@@ -80,6 +80,8 @@ def _follow(
 ) -> None:
     """Print ``items``, then every change from ``revision + 1`` on. On a terminal with table output, one
     live table is redrawn in place (progress bars move); otherwise a line (or document) per change."""
+    from specs.selector import LabelSelector
+
     current = {i["metadata"]["name"]: i for i in items}
     changes = _changes(vp, info, name, LabelSelector.parse(selector) if selector else None, revision, current)
     try:
@@ -124,6 +126,9 @@ def _changes(
 
 
 def _follow_live(info: KindInfo, output: str, current: dict[str, dict[str, Any]], changes: Iterator[Change]) -> None:
+    from rich.live import Live
+    from rich.text import Text
+
     def render() -> Any:
         if not current:
             return Text(f"No {info.plural} found.", style="dim")

@@ -14,7 +14,7 @@ import typer
 
 from controller.cli.common import EXIT_INVALID, client, fail, reporting
 from controller.cli.output import out
-from controller.client.sdk import NotFound
+from controller.client.errors import NotFound
 
 app = typer.Typer(help="Snapshots: revert a VM to one.", no_args_is_help=True)
 EXIT_FAILED = 1

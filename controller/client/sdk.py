@@ -29,42 +29,17 @@ from typing import Any
 import httpx
 
 from controller.client.config import load_client_config
+from controller.client.errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    ServerUnreachable,
+    Unauthorized,
+    Unavailable,
+)
 from controller.common.wire import CORRELATION_HEADER
-
-
-class ServerUnreachable(Exception):
-    pass
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
-
-
-class Conflict(ApiError):
-    pass
-
-
-class NotFound(ApiError):
-    pass
-
-
-class Invalid(ApiError):
-    pass
-
-
-class Unauthorized(ApiError):
-    pass
-
-
-class Forbidden(ApiError):
-    pass
-
-
-class Unavailable(ApiError):
-    pass
-
 
 _BY_CODE: dict[int, type[ApiError]] = {
     409: Conflict, 404: NotFound, 422: Invalid, 401: Unauthorized, 403: Forbidden, 503: Unavailable,
