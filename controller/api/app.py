@@ -44,6 +44,7 @@ from controller.api import rbac
 from controller.api.auth import Authenticator, Authorizer, Identity, Verb, authorize
 from controller.api.identity import IdentityRoutes
 from controller.api.openapi import openapi_document
+from controller.common.limits import DEFAULT_MAX_BODY_BYTES
 from controller.common.metrics import Registry
 from controller.common.wire import (
     CORRELATION_HEADER,
@@ -60,9 +61,6 @@ from specs.kinds import KINDS, KindInfo, UnknownKind, parse_resource, resolve_ki
 from specs.meta import Resource
 from specs.selector import LabelSelector
 from specs.storage import StorageDomain
-
-# Request bodies above this get 413; apply splits what it stores into bounded transactions itself.
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 # The controllers' diff planners: (kind, name) -> {"plan": [action, ...], "note"?: text} per change.
 PlanHook = Callable[[list[Any]], Awaitable[dict[tuple[str, str], dict[str, Any]]]]

@@ -6,19 +6,20 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
 
 from controller.adapters.secrets import DEFAULT_SECRETS_DIR
-from controller.api.app import DEFAULT_MAX_BODY_BYTES
 from controller.cli.common import EXIT_INVALID, fail
 from controller.client.config import DEFAULT_LISTEN, default_data_dir
-from controller.runtime.manager import ManagerOptions
-from controller.server.main import BackgroundTask, controllers_task
-from controller.store import TlsFiles
-from specs.confinement import HostPathPolicy
+from controller.common.limits import DEFAULT_MAX_BODY_BYTES
+
+if TYPE_CHECKING:  # the server side is imported when the server starts, not for `virtplane --help`
+    from controller.server.main import BackgroundTask
+    from controller.store import TlsFiles
+    from specs.confinement import HostPathPolicy
 
 
 def server(
@@ -133,6 +134,8 @@ def server(
 
 
 def _etcd_tls(cacert: Path | None, cert: Path | None, key: Path | None) -> TlsFiles | None:
+    from controller.store import TlsFiles
+
     if cacert is None and cert is None and key is None:
         return None
     if cacert is None or (cert is None) != (key is None):
@@ -148,6 +151,8 @@ def _policy(
     host_keys_dir: Path | None, storage_dirs: list[Path],
 ) -> HostPathPolicy:
     """The host paths specs may name (specs.confinement); every directory absolute."""
+    from specs.confinement import HostPathPolicy
+
     def absolute(dirs: list[Path]) -> tuple[str, ...]:
         return tuple(str(d.absolute()) for d in dirs)
 
@@ -165,6 +170,9 @@ def _background_tasks(
     data_dir: Path, secrets_dir: Path, lab_dir: Path | None, policy: HostPathPolicy,
     glusterd_socket: Path | None = None, import_dirs: tuple[Path, ...] = (),
 ) -> tuple[BackgroundTask, ...]:
+    from controller.runtime.manager import ManagerOptions
+    from controller.server.main import controllers_task
+
     identity = f"{socket.gethostname()}-{os.getpid()}"
     options = ManagerOptions(data_dir=data_dir, identity=identity, secrets_dir=secrets_dir, lab_dir=lab_dir,
                              policy=policy, glusterd_socket=glusterd_socket,

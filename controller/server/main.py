@@ -15,11 +15,12 @@ from typing import Any
 import anyio
 import uvicorn
 
-from controller.api.app import DEFAULT_MAX_BODY_BYTES, ApiContext, create_app
+from controller.api.app import ApiContext, create_app
 from controller.api.auth import StaticTokenAuthenticator
 from controller.api.rbac import RbacAuthorizer, RbacIndex
 from controller.api.sessions import SessionAuthenticator
 from controller.client.config import ClientConfig, load_or_create_token, write_client_config
+from controller.common.limits import DEFAULT_MAX_BODY_BYTES
 from controller.common.metrics import Registry
 from controller.controllers.adopt import adopt_preview
 from controller.controllers.registry import default_registry

@@ -14,7 +14,8 @@ from controller.dev.lab.guest import (
     build_guest_image,
     probe_accel,
 )
-from controller.dev.lab.hosts import DEFAULT_LAB_DIR, Lab, LabError, LabHost
+from controller.dev.lab.hosts import Lab, LabError, LabHost
+from controller.dev.lab.paths import DEFAULT_LAB_DIR
 
 __all__ = [
     "DEFAULT_LAB_DIR",

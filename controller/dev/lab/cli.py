@@ -5,24 +5,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
 
 from controller.dev.lab import directory_cli
-from controller.dev.lab.bmc import BmcUser, LabBmc
-from controller.dev.lab.guest import GuestImageError, build_guest_image, probe_accel
-from controller.dev.lab.hosts import DEFAULT_LAB_DIR, Lab, LabError, LabHost
-from controller.dev.lab.storage import (
-    IscsiServer,
-    LabStorage,
-    StorageError,
-    parse_storage_kinds,
-    storage_manifests,
-)
-from controller.dev.lab.storage.manifests import ISCSI_DISK, install_chap_secret
-from controller.dev.lab.storage.manifests import status_lines as storage_status_lines
+from controller.dev.lab.paths import DEFAULT_LAB_DIR
+
+if TYPE_CHECKING:  # imported where used, so that `virtplane --help` starts fast
+    from controller.dev.lab.hosts import LabHost
 
 API_VERSION = "virtplane.io/v1"
 STORAGE_DOMAIN_NAME = "lab-shared"
@@ -105,6 +97,12 @@ def up(
     ] = "",
 ) -> None:
     """Start hosts lab-1..lab-N (those not running yet) and print their Host/StorageDomain YAML."""
+    from controller.dev.lab.guest import GuestImageError, build_guest_image, probe_accel
+    from controller.dev.lab.hosts import Lab, LabError
+    from controller.dev.lab.storage import IscsiServer, LabStorage, StorageError, parse_storage_kinds, storage_manifests
+    from controller.dev.lab.storage.manifests import ISCSI_DISK, install_chap_secret
+    from controller.dev.lab.storage.manifests import status_lines as storage_status_lines
+
     _need_root()
     if accel not in ("auto", "kvm", "tcg"):
         raise typer.BadParameter("--accel is auto, kvm or tcg")
@@ -148,6 +146,10 @@ def up(
 def down(directory: DirOption = DEFAULT_LAB_DIR) -> None:
     """Stop every lab host: its QEMU processes, its libvirtd, and with them its mounts; their BMCs; then the
     storage servers (after their clients)."""
+    from controller.dev.lab.bmc import LabBmc
+    from controller.dev.lab.hosts import Lab, LabError
+    from controller.dev.lab.storage import LabStorage, StorageError
+
     _need_root()
     lab = Lab(directory)
     bmcs = directory / "bmc"
@@ -163,6 +165,10 @@ def down(directory: DirOption = DEFAULT_LAB_DIR) -> None:
 @app.command()
 def status(directory: DirOption = DEFAULT_LAB_DIR) -> None:
     """One line per host: name, state, libvirtd pid, QEMU pids, URI."""
+    from controller.dev.lab.hosts import Lab
+    from controller.dev.lab.storage import LabStorage
+    from controller.dev.lab.storage.manifests import status_lines as storage_status_lines
+
     hosts = Lab(directory).status()
     servers = LabStorage(directory).status()
     if not hosts and not servers:
@@ -181,6 +187,8 @@ def status(directory: DirOption = DEFAULT_LAB_DIR) -> None:
 @app.command("power-off")
 def power_off(host: str, directory: DirOption = DEFAULT_LAB_DIR) -> None:
     """SIGKILL the host's libvirtd and QEMU processes, like pulling its plug."""
+    from controller.dev.lab.hosts import Lab, LabError
+
     _need_root()
     try:
         Lab(directory).power_off(host)
@@ -191,6 +199,8 @@ def power_off(host: str, directory: DirOption = DEFAULT_LAB_DIR) -> None:
 @app.command("power-on")
 def power_on(host: str, directory: DirOption = DEFAULT_LAB_DIR, qemu_caps_dir: CapsOption = None) -> None:
     """Start a powered-off host again (its guests stay off, as after a real power loss)."""
+    from controller.dev.lab.hosts import Lab, LabError
+
     _need_root()
     try:
         state = Lab(directory, qemu_caps_dir=qemu_caps_dir).power_on(host)
@@ -206,6 +216,8 @@ def guest_image(
     probe: Annotated[bool, typer.Option(help="Also probe whether the guest boots under KVM.")] = True,
 ) -> None:
     """Build (or reuse) the test guest: Debian cloud kernel + busybox initramfs, under <dir>/guest."""
+    from controller.dev.lab.guest import GuestImageError, build_guest_image, probe_accel
+
     try:
         image = build_guest_image(directory / "guest", refresh=refresh)
     except GuestImageError as err:
@@ -232,6 +244,9 @@ def bmc(
     qemu_caps_dir: CapsOption = None,
 ) -> None:
     """An IPMI BMC (OpenIPMI ipmi_sim) for HOST whose chassis power is the lab's power switch."""
+    from controller.dev.lab.bmc import BmcUser, LabBmc
+    from controller.dev.lab.hosts import Lab, LabError
+
     _need_root()
     lab = Lab(directory, qemu_caps_dir=qemu_caps_dir)
     if stop:

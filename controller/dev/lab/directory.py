@@ -50,13 +50,13 @@ from urllib.parse import quote
 
 from controller.adapters.directory import DirectoryConfig, DirectoryUnavailable, Unavailable, check_directory
 from controller.dev.lab import directory_ldif as ldif
-from controller.dev.lab.hosts import DEFAULT_LAB_DIR, LabError
+from controller.dev.lab.hosts import LabError
+from controller.dev.lab.paths import DEFAULT_DIRECTORY_DIR
 from controller.server.etcd import free_port
 
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
 OPENSSL = "/usr/bin/openssl"
-DEFAULT_DIRECTORY_DIR = DEFAULT_LAB_DIR / "directory"
 HOST = "127.0.0.1"
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
 
-from controller.dev.lab.directory import DEFAULT_DIRECTORY_DIR, LabDirectory, LabDirectoryInfo
-from controller.dev.lab.hosts import LabError
+from controller.dev.lab.paths import DEFAULT_DIRECTORY_DIR
+
+if TYPE_CHECKING:  # imported where used, so that `virtplane --help` starts fast
+    from controller.dev.lab.directory import LabDirectoryInfo
 
 app = typer.Typer(no_args_is_help=True, help="A private OpenLDAP directory (slapd) on loopback, for login tests.")
 
@@ -55,6 +57,9 @@ def up(
     ldaps: Annotated[bool, typer.Option(help="Print a config that uses ldaps:// instead of StartTLS.")] = False,
 ) -> None:
     """Set up (first time) and start slapd if it is not running; print the server's directory config."""
+    from controller.dev.lab.directory import LabDirectory
+    from controller.dev.lab.hosts import LabError
+
     if os.geteuid() != 0:
         raise typer.BadParameter("slapd here runs as root (it binds its ldapi socket and reads its key); run as root")
     try:
@@ -71,6 +76,9 @@ def down(
     purge: Annotated[bool, typer.Option(help="Also delete the CA, secrets and database.")] = False,
 ) -> None:
     """Stop slapd (by the PID in its pidfile, after checking its command line)."""
+    from controller.dev.lab.directory import LabDirectory
+    from controller.dev.lab.hosts import LabError
+
     try:
         LabDirectory(directory).down(purge=purge)
     except LabError as err:
@@ -80,6 +88,8 @@ def down(
 @app.command()
 def status(directory: DirOption = DEFAULT_DIRECTORY_DIR) -> None:
     """Whether slapd runs, where, and the example users."""
+    from controller.dev.lab.directory import LabDirectory
+
     lab = LabDirectory(directory)
     if not lab.initialised:
         typer.echo(f"no lab directory under {directory}")

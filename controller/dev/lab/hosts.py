@@ -37,7 +37,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_LAB_DIR = Path("/var/lib/virtplane-lab")
+from controller.dev.lab.paths import DEFAULT_LAB_DIR
+
 HOST_PREFIX = "lab-"
 MIGRATION_PORT_BASE = 49152
 MIGRATION_PORTS_PER_HOST = 64
