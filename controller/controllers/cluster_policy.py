@@ -53,9 +53,11 @@ class PolicyPlan:
 
 
 def running_vms(rt: Runtime, cluster: str) -> list[PlacedVm]:
-    """The cluster's VMs placed on a host and running there; movable unless migrating, being restarted, or
-    a balancer migration of it failed recently (while that Migration object is kept, ``MIGRATION_TTL_S``)."""
-    failed = failed_moves(rt, cluster)
+    """The cluster's VMs placed on a host and running there; movable unless migrating, being restarted, a
+    balancer migration of it failed recently (while that Migration object is kept, ``MIGRATION_TTL_S``), or
+    an operator moved it (while that Migration is kept, its ``ttlSeconds``): the balancer does not undo a
+    move somebody asked for."""
+    failed = failed_moves(rt, cluster) | operator_moves(rt)
     out = []
     for vm in rt.cache.all("VirtualMachine", VirtualMachine):
         if vm.spec.cluster != cluster:
@@ -107,6 +109,11 @@ def failed_moves(rt: Runtime, cluster: str) -> set[str]:
                 getattr(rt.cache.status["Migration"].get(m.metadata.name), "phase", None) in ("Failed", "Aborted"):
             failed.add(m.spec.vm)
     return failed
+
+
+def operator_moves(rt: Runtime) -> set[str]:
+    """VMs with a Migration an operator asked for (not the balancer's nor power saving's), still kept."""
+    return {m.spec.vm for m in rt.cache.all("Migration", Migration) if BALANCER_LABEL not in m.metadata.labels}
 
 
 def power_hosts(rt: Runtime, cluster: str, views: tuple[HostView, ...], clock: PolicyClock,

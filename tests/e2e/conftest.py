@@ -37,6 +37,17 @@ class ServerProcess:
     data_dir: Path
     log: Path
 
+    def diagnose(self) -> str:
+        """For a failure message: where the server's threads are (py-spy, when installed) and its log's end."""
+        spy = Path(sys.executable).with_name("py-spy")
+        stacks = "(py-spy not installed)"
+        if spy.exists() and self.proc.poll() is None:
+            done = subprocess.run([str(spy), "dump", "--pid", str(self.proc.pid)], capture_output=True, text=True,
+                                  timeout=60)
+            stacks = done.stdout[-12000:] + done.stderr[-2000:]
+        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+        return f"--- server stacks (py-spy dump):\n{stacks}\n--- server log (end):\n{tail}"
+
     @property
     def token(self) -> str:
         return str(json.loads((self.data_dir / "config.json").read_text())["token"])
