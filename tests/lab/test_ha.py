@@ -279,8 +279,10 @@ def test_failed_or_disabled_fencing_restarts_nothing_and_says_why(cluster: LabCl
     assert failed["phase"] == "NotResponding"
     assert failed["power"]["attempts"] and all(a["agent"] == "ipmilan" for a in failed["power"]["attempts"])
     assert "not-the-password" not in str(failed)
-    blocked = [e for e in events(cluster, "vm/ha-stuck") if e["reason"] == "HARestartBlocked"]
-    assert blocked and "fencing through ipmilan failed" in blocked[-1]["message"], blocked
+    # The VM hears of the failure at its next reconcile (its last event may still say "under way").
+    wait_for("HARestartBlocked: fencing failed", lambda: any(
+        e["reason"] == "HARestartBlocked" and "fencing through ipmilan failed" in e["message"]
+        for e in events(cluster, "vm/ha-stuck")), 30, interval=0.5)
     assert cluster.status("VirtualMachine", "ha-stuck")["phase"] == "Unknown"
     assert not where_running(cluster, "ha-stuck", ("lab-1", "lab-2"))
 
