@@ -207,6 +207,16 @@ def _decode_continue(token: str | None) -> Position:
         raise ApiError(400, "BadRequest", "continue: not a token this server gave (list again without it)") from e
 
 
+def _decode_event_continue(token: str | None) -> str | None:
+    """The name of the event an older page of events ends before (a token from ``metadata.continue``)."""
+    if not token:
+        return None
+    where = _decode_continue(token)
+    if where.before is None:
+        raise ApiError(400, "BadRequest", "continue: not a token this server gave (list again without it)")
+    return where.before
+
+
 def _wire_items(page: Any, selector: LabelSelector | None) -> list[dict[str, Any]]:
     return [resource_to_wire(r, st) for r, st in page.items
             if selector is None or selector.matches(r.metadata.labels)]
@@ -735,9 +745,14 @@ class Api:
             raise ApiError(403, "Forbidden", f"{who.name} may not list Events{where}")
         cid = request.query_params.get("correlationId")
         limit = _int_param(request, "limit", 500, 1, 10_000)
-        events = await self.ctx.store.list_events(involved=involved, correlation_id=cid, limit=limit)
+        older = _decode_event_continue(request.query_params.get("continue"))
+        events = await self.ctx.store.list_events(involved=involved, correlation_id=cid, limit=limit, before=older)
         if request.query_params.get("watch", "").lower() not in ("1", "true"):
-            return JSONResponse({"items": [e.model_dump(mode="json", exclude_none=True) for e in events]})
+            meta = {}
+            if len(events) == limit:  # perhaps older ones: the next page ends before the oldest of these
+                meta["continue"] = _encode_continue(Position(before=events[0].metadata.name), 1)
+            return JSONResponse({"metadata": meta, "items": [e.model_dump(mode="json", exclude_none=True)
+                                                              for e in events]})
         revision = await self.ctx.store.revision()
         return StreamingResponse(
             self._event_stream(events, revision + 1, involved, cid), media_type="application/x-ndjson"

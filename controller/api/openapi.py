@@ -163,11 +163,13 @@ def openapi_document() -> dict[str, Any]:
     }
     paths["/api/v1/events"] = {
         "get": {
-            "summary": "Events (?for=Kind/name, ?correlationId=, ?limit=, ?watch=true: a stream that does not end)",
+            "summary": "The newest events, oldest first (?for=Kind/name, ?correlationId=, ?limit=, ?continue= "
+            "from metadata.continue: the page of older ones; ?watch=true: a stream that does not end)",
             "parameters": [
                 {"name": "for", "in": "query", "schema": {"type": "string"}},
                 {"name": "correlationId", "in": "query", "schema": {"type": "string"}},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                {"name": "continue", "in": "query", "schema": {"type": "string"}},
                 {"name": "watch", "in": "query", "schema": {"type": "boolean"}},
             ],
             "responses": {"200": {"description": "Events", "content": {"application/json": {"schema": {

@@ -200,11 +200,21 @@ class Client:
         return body
 
     def events(
-        self, *, involved: str | None = None, correlation_id: str | None = None
+        self, *, involved: str | None = None, correlation_id: str | None = None, limit: int = 500,
+        all_pages: bool = False,
     ) -> builtins.list[dict[str, Any]]:
-        params = {k: v for k, v in (("for", involved), ("correlationId", correlation_id)) if v}
-        items: builtins.list[dict[str, Any]] = self._request("GET", "/api/v1/events", params=params).json()["items"]
-        return items
+        """The newest ``limit`` events, oldest first; ``all_pages``: every stored one, following
+        ``metadata.continue`` to older pages."""
+        params: dict[str, Any] = {k: v for k, v in (("for", involved), ("correlationId", correlation_id)) if v}
+        params["limit"] = limit
+        pages: builtins.list[builtins.list[dict[str, Any]]] = []
+        while True:
+            body = self._request("GET", "/api/v1/events", params=params).json()
+            pages.append(body["items"])
+            token = (body.get("metadata") or {}).get("continue")
+            if not all_pages or not token:
+                return [e for page in reversed(pages) for e in page]
+            params["continue"] = token
 
     # --- identity ---
 

@@ -447,8 +447,9 @@ class Store:
         involved: tuple[str, str] | None = None,
         correlation_id: str | None = None,
         limit: int = 500,
+        before: str | None = None,
     ) -> builtins.list[Event]:
-        """The newest ``limit`` matching events, oldest first."""
+        """The newest ``limit`` matching events (older than the event named ``before``), oldest first."""
         def keep(value: bytes) -> Event | None:
             event = codec.decode_event(value)
             obj = event.involvedObject
@@ -458,7 +459,8 @@ class Store:
                 return None
             return event
 
-        return await scan_newest(self.kv, codec.EVENTS.encode(), codec.EVENTS[:-1].encode() + b"0", limit, keep)
+        end = (codec.EVENTS + before).encode() if before else codec.EVENTS[:-1].encode() + b"0"
+        return await scan_newest(self.kv, codec.EVENTS.encode(), end, limit, keep)
 
     # -- watch ------------------------------------------------------------------------------------
 

@@ -246,3 +246,30 @@ async def test_pages_with_a_selector_are_full_and_go_both_ways(api: httpx.AsyncC
     assert listed(await page(**{"continue": back["metadata"]["previous"]})) == web[:3]
     plain = (await api.get("/api/v1/virtualmachines", params={"limit": 7}, headers=AUTH)).json()
     assert plain["metadata"]["total"] == 30 and len(plain["items"]) == 7
+
+
+async def test_events_page_back_in_time_with_continue(api: httpx.AsyncClient, store: Store) -> None:
+    """Events are read newest first in pages of ``limit``; ``metadata.continue`` gives the older page."""
+    from specs.event import Event, InvolvedObject
+
+    for i in range(7):
+        await store.emit_event(Event(type="Normal", reason="Step", message=f"step {i}",
+                                     involvedObject=InvolvedObject(kind="Host", name="h1"), source="test"))
+
+    async def page(**params: Any) -> dict[str, Any]:
+        response = await api.get("/api/v1/events", params={"for": "Host/h1", "limit": 3, **params}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def steps(body: dict[str, Any]) -> list[str]:
+        return [e["message"] for e in body["items"]]
+
+    newest = await page()
+    assert steps(newest) == ["step 4", "step 5", "step 6"]
+    older = await page(**{"continue": newest["metadata"]["continue"]})
+    assert steps(older) == ["step 1", "step 2", "step 3"]
+    oldest = await page(**{"continue": older["metadata"]["continue"]})
+    assert steps(oldest) == ["step 0"] and "continue" not in oldest["metadata"]
+    bad = await api.get("/api/v1/events", params={"continue": "garbage"}, headers=AUTH)
+    assert bad.status_code == 400
