@@ -89,7 +89,7 @@ def reporting(objects: list[ManifestObject] | None = None) -> Iterator[None]:
         for p in e.details.get("problems", []):
             where = ""
             if objects is not None and isinstance(p.get("index"), int) and p["index"] < len(objects):
-                loc = objects[p["index"]].location
+                loc = objects[p["index"]].locate(str(p.get("field", "")))
                 where = f"{loc.path}:{loc.line}:{loc.column}: "
             err.print(f"[red]{where}{p.get('field', '')}: {p.get('message', '')}[/]")
         fail(f"the server rejected the input ({e.message}); nothing was written", EXIT_INVALID)

@@ -17,10 +17,11 @@ and validate in about 1.1 s of CPU on the development machines.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -57,10 +58,30 @@ class SourceLocation:
 
 @dataclass(frozen=True)
 class ManifestObject:
-    """A validated resource and where its document starts."""
+    """A validated resource, where its document starts, and (``locate``) where a field of it is."""
 
     resource: Resource
     location: SourceLocation
+    locate_loc: Callable[[tuple[int | str, ...]], SourceLocation] | None = field(default=None, compare=False,
+                                                                                 repr=False)
+
+    def locate(self, field_path: str) -> SourceLocation:
+        """Line and column of a dotted field path such as ``spec.bricks[0].path`` (of its nearest ancestor
+        that the document has; the document's start when it cannot be found)."""
+        if self.locate_loc is None or not field_path:
+            return self.location
+        loc: list[int | str] = []
+        for part in field_path.split("."):
+            name, _, rest = part.partition("[")
+            if name:
+                loc.append(name)
+            for index in rest.rstrip("]").split("][") if rest else ():
+                if index.isdigit():
+                    loc.append(int(index))
+        try:
+            return self.locate_loc(tuple(loc))
+        except Exception:  # a field path the server made up: the document is close enough
+            return self.location
 
 
 @dataclass(frozen=True)
@@ -499,7 +520,7 @@ class _Collector:
         first = self.seen.get(key)
         if first is None:
             self.seen[key] = _Seen(path, document, start)
-            self.objects.append(ManifestObject(resource, start))
+            self.objects.append(ManifestObject(resource, start, functools.partial(self._locate, path, document)))
             return
         name_loc = ("metadata", "name")
         here = self._locate(path, document, name_loc)
