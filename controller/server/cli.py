@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import socket
@@ -109,6 +110,8 @@ def server(
     """Run the API server (and the controllers) on embedded or external etcd."""
     from controller.server.main import ServerOptions, serve
 
+    # A crash inside a C extension (libvirt) leaves the stacks of every thread in the log, not nothing.
+    faulthandler.enable()
     logging.basicConfig(
         level=os.environ.get("VIRTPLANE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

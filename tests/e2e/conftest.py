@@ -40,12 +40,13 @@ class ServerProcess:
     def diagnose(self) -> str:
         """For a failure message: where the server's threads are (py-spy, when installed) and its log's end."""
         spy = Path(sys.executable).with_name("py-spy")
-        stacks = "(py-spy not installed)"
-        if spy.exists() and self.proc.poll() is None:
+        code = self.proc.poll()
+        stacks = "(py-spy not installed)" if code is None else f"(the server exited with {code})"
+        if spy.exists() and code is None:
             done = subprocess.run([str(spy), "dump", "--pid", str(self.proc.pid)], capture_output=True, text=True,
                                   timeout=60)
             stacks = done.stdout[-12000:] + done.stderr[-2000:]
-        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-80:])
         return f"--- server stacks (py-spy dump):\n{stacks}\n--- server log (end):\n{tail}"
 
     @property

@@ -122,6 +122,10 @@ class HostConnection:
         self._failures = 0
         self._next_attempt = 0.0
         self._open_lock = threading.Lock()
+        # Calls inside libvirt per connection object (id): a connection is closed only when none is, since
+        # a call abandoned at its timeout (a hung libvirtd) may still be inside it.
+        self._inside: dict[int, int] = {}
+        self._inside_lock = threading.Lock()
         self._count_lock = threading.Lock()  # guards the call counters and the subscriber list
         self._calls: Counter[str] = Counter()
         self._limiter: anyio.CapacityLimiter | None = None
@@ -162,8 +166,14 @@ class HostConnection:
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            await anyio.to_thread.run_sync(self._close_blocking, conn, limiter=self._get_limiter())
+        if conn is None:
+            return
+        with self._inside_lock:
+            busy = self._inside.get(id(conn), 0)
+        if busy:  # see _open_blocking: the call still inside drops the last reference, which closes it
+            log.info("host %s: not closing a connection %d call(s) are still inside", self.name, busy)
+            return
+        await anyio.to_thread.run_sync(self._close_blocking, conn, limiter=self._get_limiter())
 
     async def __aenter__(self) -> HostConnection:
         await self.open()
@@ -197,8 +207,17 @@ class HostConnection:
                     retry_after=self._next_attempt - now, host=self.name, op="open",
                 )  # fmt: skip
             if self._conn is not None:
-                self._close_blocking(self._conn)
-                self._conn = None
+                old, self._conn = self._conn, None
+                with self._inside_lock:
+                    busy = self._inside.get(id(old), 0)
+                if busy:
+                    # Closing it under a call still inside (abandoned at its timeout) is what libvirt does
+                    # not survive reliably; the last reference, dropped when that call returns, closes it.
+                    log.info("host %s: leaving the old connection to the %d call(s) still inside it",
+                             self.name, busy)
+                    self._event_ids = []
+                else:
+                    self._close_blocking(old)
             ensure_event_loop()
             self._count("open")
             try:
@@ -285,12 +304,27 @@ class HostConnection:
         """``abandon`` (read-only calls only): a caller's timeout returns at once and leaves the stuck thread."""
         conn = await self._connection(abandon)
         try:
-            return await anyio.to_thread.run_sync(fn, conn, limiter=self._get_limiter(), abandon_on_cancel=abandon)
+            return await anyio.to_thread.run_sync(self._inside_call, fn, conn, limiter=self._get_limiter(),
+                                                  abandon_on_cancel=abandon)
         except libvirt.libvirtError as exc:
             err = classify(exc, host=self.name, op=op)
             if isinstance(err, ConnectionLost) and not self.is_test:
                 self._broken = True
             raise err from exc
+
+    def _inside_call(self, fn: Callable[[Conn], T], conn: Conn) -> T:
+        key = id(conn)
+        with self._inside_lock:
+            self._inside[key] = self._inside.get(key, 0) + 1
+        try:
+            return fn(conn)
+        finally:
+            with self._inside_lock:
+                left = self._inside[key] - 1
+                if left:
+                    self._inside[key] = left
+                else:
+                    del self._inside[key]
 
     def _domain(self, conn: Conn, name: str) -> libvirt.virDomain:
         self._count("lookupByName")
