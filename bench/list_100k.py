@@ -12,8 +12,8 @@ Starts its own etcd (filled through the store, in bounded transactions) and a `v
   concurrent   --concurrent streamed lists at once
 With ``--before BINARY`` the same list is also served once by that build's server on the same etcd (then
 etcd listens on loopback TCP, which older builds need): the before/after in one run.
-During each API series (and 3 s of idling, the baseline) a thread asks /healthz every 20 ms; its max and
-p99 are printed. RSS is the
+During each API series (and 3 s of idling, the baseline) a separate process asks /healthz every 20 ms; its
+max and p99 are printed. RSS is the
 server's VmRSS before and VmHWM (peak) after each series.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import tempfile
 import threading
@@ -73,28 +74,34 @@ async def raw_range(endpoint: str) -> tuple[float, int, int]:
         await store.close()
 
 
+PROBE = """
+import sys, time, urllib.request
+url = sys.argv[1]
+while True:
+    t0 = time.perf_counter()
+    urllib.request.urlopen(url + "/healthz", timeout=60).read()
+    print(f"{(time.perf_counter() - t0) * 1000:.2f}", flush=True)
+    time.sleep(0.02)
+"""
+
+
 class HealthProbe:
-    """/healthz every 20 ms in a thread while a series runs; latencies in ms."""
+    """/healthz every 20 ms from a process of its own while a series runs; latencies in ms. (A thread of
+    this process would measure this process too: the lists' json.loads holds its GIL for seconds.)"""
 
     def __init__(self, url: str) -> None:
-        self.url, self.latencies, self._stop = url, [], threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as http:
-            while not self._stop.is_set():
-                t0 = time.perf_counter()
-                http.get(f"{self.url}/healthz").raise_for_status()
-                self.latencies.append((time.perf_counter() - t0) * 1000)
-                self._stop.wait(0.02)
+        self.url, self.latencies = url, []
+        self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> HealthProbe:
-        self._thread.start()
+        self._proc = subprocess.Popen([sys.executable, "-c", PROBE, self.url], stdout=subprocess.PIPE, text=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        assert self._proc is not None
+        self._proc.terminate()
+        out, _ = self._proc.communicate(timeout=30)
+        self.latencies = [float(line) for line in out.split()]
 
 
 def stream_list(url: str, token: str) -> int:

@@ -6,6 +6,7 @@ import faulthandler
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,6 +17,8 @@ from controller.adapters.secrets import DEFAULT_SECRETS_DIR
 from controller.cli.common import EXIT_INVALID, fail
 from controller.client.config import DEFAULT_LISTEN, default_data_dir
 from controller.common.limits import DEFAULT_MAX_BODY_BYTES
+
+SWITCH_INTERVAL_S = 0.001
 
 if TYPE_CHECKING:  # the server side is imported when the server starts, not for `virtplane --help`
     from controller.server.main import BackgroundTask
@@ -112,6 +115,9 @@ def server(
 
     # A crash inside a C extension (libvirt) leaves the stacks of every thread in the log, not nothing.
     faulthandler.enable()
+    # Worker threads decode and encode big lists while the event loop answers everyone else: a shorter GIL
+    # switch interval (default 5 ms) bounds how long the loop waits for the GIL at each of its syscalls.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     logging.basicConfig(
         level=os.environ.get("VIRTPLANE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
