@@ -34,6 +34,7 @@ import libvirt
 from common import cluster_doc, host_doc, load_note, pct, ratio, start_etcd, stop_on_sigterm, vm_doc
 
 from controller.adapters.libvirt import codec as lvcodec
+from controller.common import gcpolicy
 from controller.controllers.registry import default_registry
 from controller.controllers.vm import FINALIZER as VM_FINALIZER
 from controller.runtime.manager import Manager, ManagerOptions
@@ -419,10 +420,15 @@ def main() -> None:
     )
     ap.add_argument("--full-resync", action="store_true", help="(e) queues every key, not only those out of sync")
     ap.add_argument("--profile-resync", default="", help="write a cProfile of the event loop during (e) here")
+    ap.add_argument("--default-gc", action="store_true",
+                    help="CPython's default collector thresholds, not the server's (controller/common/gcpolicy.py)")
     args = ap.parse_args()
+    if not args.default_gc:
+        gcpolicy.tune(freeze=True)  # as `virtplane server` does after start-up
     print(
         f"# bench/controllers.py --vms {args.vms} --hosts {args.hosts} --paced {args.paced} "
-        f"--rate {args.rate} --workers {args.workers} --lease-ttl {args.lease_ttl}; {load_note()}; threads {threading.active_count()}"
+        f"--rate {args.rate} --workers {args.workers} --lease-ttl {args.lease_ttl}"
+        f"{' --default-gc' if args.default_gc else ''}; {load_note()}; threads {threading.active_count()}"
     )
     with tempfile.TemporaryDirectory(prefix="vp-bench-ctl-") as tmp:
         asyncio.run(main_async(args, Path(tmp)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from controller.cli import app
+from controller.common import gcpolicy
 
 SERVER_SIDE = ("server", "lab")
 
@@ -25,6 +26,7 @@ def _wire_server_side() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    gcpolicy.tune()  # the server's own command freezes what start-up built as well
     words = [a for a in args if not a.startswith("-")]
     if not words or any(w in SERVER_SIDE for w in words):
         _wire_server_side()

@@ -24,13 +24,12 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -39,8 +38,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from controller import store as store_mod
+from controller.api import applybody, rbac
 from controller.api import audit as audit_mod
-from controller.api import rbac
 from controller.api.auth import Authenticator, Authorizer, Identity, Verb, authorize
 from controller.api.identity import IdentityRoutes
 from controller.api.openapi import openapi_document
@@ -52,12 +51,10 @@ from controller.common.wire import (
     error_body,
     resource_to_wire,
     spec_to_wire,
-    strip_server_fields,
-    validation_problems,
 )
 from specs.confinement import HostPathPolicy, path_problems
 from specs.event import Event
-from specs.kinds import KINDS, KindInfo, UnknownKind, parse_resource, resolve_kind
+from specs.kinds import KINDS, KindInfo, UnknownKind, resolve_kind
 from specs.meta import Resource
 from specs.selector import LabelSelector
 from specs.storage import StorageDomain
@@ -109,31 +106,10 @@ def _correlation_id(request: Request) -> str:
 
 
 def _parse_objects(raw: list[Any]) -> list[Resource]:
-    objects: list[Resource] = []
-    problems: list[dict[str, Any]] = []
-    for index, item in enumerate(raw):
-        if not isinstance(item, dict):
-            problems.append({"index": index, "field": "", "message": "expected an object"})
-            continue
-        if "metadata" in item and not isinstance(item["metadata"], dict):
-            problems.append({"index": index, "field": "metadata", "message": "expected an object (name, labels, ...)"})
-            continue
-        try:
-            objects.append(parse_resource(strip_server_fields(item) | _precondition(item)))
-        except UnknownKind as e:
-            problems.append({"index": index, "field": "kind", "message": str(e)})
-        except ValidationError as e:
-            name = _meta(item).get("name")
-            for p in validation_problems(e):
-                problems.append({"index": index, "kind": item.get("kind"), "name": name, **p})
+    objects, problems = applybody.parse_items(raw)
     if problems:
         raise ApiError(422, "Invalid", f"{len(problems)} invalid field(s)", problems=problems)
     return objects
-
-
-def _meta(item: dict[str, Any]) -> dict[str, Any]:
-    meta = item.get("metadata")
-    return meta if isinstance(meta, dict) else {}
 
 
 def _revision_param(request: Request, name: str = "resourceVersion") -> int | None:
@@ -152,15 +128,6 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     if not text.isdigit() or not low <= int(text[:8]) <= high:
         raise ApiError(400, "BadRequest", f"?{name}= expects a whole number from {low} to {high}, got {text[:40]!r}")
     return int(text)
-
-
-def _precondition(item: dict[str, Any]) -> dict[str, Any]:
-    rv = _meta(item).get("resourceVersion")
-    if rv is None:
-        return {}
-    meta = dict(strip_server_fields(item)["metadata"])
-    meta["resourceVersion"] = str(rv)
-    return {"metadata": meta}
 
 
 BIG_BODY = 1024 * 1024  # request bodies above this (or of unknown length) ...
@@ -246,6 +213,42 @@ async def _json(request: Request) -> Any:
         raise ApiError(400, "BadRequest", f"request body is not JSON: {str(e)[:200]}") from e
     except RecursionError as e:
         raise ApiError(400, "BadRequest", "request body is nested too deeply") from e
+
+
+def _apply_options(request: Request) -> dict[str, Any]:
+    """The options of a streamed apply, from its query (a JSON apply has them in its body)."""
+    query = request.query_params
+
+    def flag(name: str, default: bool) -> bool:
+        text = query.get(name, "").lower()
+        if text == "":
+            return default
+        if text not in ("1", "true", "0", "false"):
+            raise ApiError(400, "BadRequest", f"?{name}= expects true or false, got {text[:20]!r}")
+        return text in ("1", "true")
+
+    return {"prune": flag("prune", False), "source": query.get("source"), "plan": flag("plan", True)}
+
+
+async def _read_stream(request: Request) -> list[Resource]:
+    """The objects of an NDJSON apply (controller/api/applybody.py), or the ApiError that refuses it."""
+    try:
+        objects, problems = await applybody.read_ndjson(request.stream())
+    except BodyTooLarge as e:
+        raise ApiError(413, "TooLarge", f"{e} (the server's limit); split the input", limit=e.limit) from e
+    except applybody.StreamError as e:
+        raise ApiError(400, "BadRequest", f"apply stream: {e}; nothing was written") from e
+    if problems:
+        raise ApiError(422, "Invalid", f"{len(problems)} invalid field(s)", problems=problems)
+    return objects
+
+
+async def _threaded(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """Chunks of a response body, each encoded in a worker thread (not on the event loop)."""
+    iterator = iter(chunks)
+    done = object()
+    while (chunk := await anyio.to_thread.run_sync(next, iterator, done)) is not done:
+        yield chunk  # type: ignore[misc]
 
 
 def _change_to_wire(
@@ -593,7 +596,7 @@ class Api:
         name = request.path_params["name"]
         if not isinstance(body.get("metadata", {}), dict):
             raise ApiError(400, "BadRequest", "metadata: expected an object")
-        if _meta(body).get("name", name) != name or body["kind"] != info.kind:
+        if applybody.meta_of(body).get("name", name) != name or body["kind"] != info.kind:
             raise ApiError(400, "BadRequest", f"body must be {info.kind} {name!r} to match the URL")
         body.setdefault("metadata", {})["name"] = name
         return await self._write_one(request, body, create_only=False)
@@ -647,12 +650,17 @@ class Api:
 
     async def apply(self, request: Request) -> Response:
         who = await self._authenticate(request)
-        body = await _json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
-            raise ApiError(400, "BadRequest", 'expected {"objects": [...]}')
+        streamed = request.headers.get("content-type", "").split(";")[0].strip() == applybody.NDJSON
+        if streamed:
+            body = _apply_options(request)
+            objects = await _read_stream(request)
+        else:
+            body = await _json(request)
+            if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
+                raise ApiError(400, "BadRequest", 'expected {"objects": [...]}')
+            objects = await anyio.to_thread.run_sync(_parse_objects, body["objects"])  # CPU: off the loop
         dry_run = request.query_params.get("dryRun", "").lower() in ("1", "true", "all") or bool(body.get("dryRun"))
         request.state.audit_skip = dry_run  # a dry run writes nothing: not audited
-        objects = await anyio.to_thread.run_sync(_parse_objects, body["objects"])  # CPU: off the loop
         await self._check_paths(objects)
         prune = bool(body.get("prune"))
         source = body.get("source")
@@ -682,17 +690,16 @@ class Api:
         if not dry_run:
             for change in result.changes:
                 self.applied.inc(action=change.action)
-        return JSONResponse(
-            {
-                "revision": result.revision,
-                "transactions": result.transactions,
-                "dryRun": dry_run,
-                "correlationId": cid,
-                # Specs before/after only for a dry run (what diff shows); an apply reports actions.
-                "changes": [_change_to_wire(c, plans, bodies=dry_run) for c in result.changes],
-            },
-            headers={CORRELATION_HEADER: cid},
-        )
+        summary = {"revision": result.revision, "transactions": result.transactions, "dryRun": dry_run,
+                   "correlationId": cid}
+        # Specs before/after only for a dry run (what diff shows); an apply reports actions.
+        changes = (_change_to_wire(c, plans, bodies=dry_run) for c in result.changes)
+        if streamed:
+            return StreamingResponse(
+                _threaded(applybody.ndjson_lines(summary, changes)), media_type=applybody.NDJSON,
+                headers={CORRELATION_HEADER: cid},
+            )
+        return JSONResponse({**summary, "changes": list(changes)}, headers={CORRELATION_HEADER: cid})
 
     # --- streams --------------------------------------------------------------------------------
 

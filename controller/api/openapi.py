@@ -125,11 +125,27 @@ def openapi_document() -> dict[str, Any]:
         }
     paths["/api/v1/apply"] = {
         "post": {
-            "summary": "Apply many objects in one transaction; ?dryRun=true returns what would change",
-            "parameters": [{"name": "dryRun", "in": "query", "schema": {"type": "boolean"}}],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ApplyRequest")}}},
-            "responses": {"200": {"description": "Changes", "content": {"application/json": {"schema": {
-                "type": "object", "required": ["revision", "changes"]}}}}, **errors(400, 409, 413, 422)},
+            "summary": "Apply many objects in one transaction; ?dryRun=true returns what would change. "
+            "As application/x-ndjson: one object per line, then the line {\"end\": N} (N objects sent; a "
+            "stream without it writes nothing), options in the query; the answer is then NDJSON too: "
+            "{\"change\": ...} lines, then {\"summary\": ...}",
+            "parameters": [
+                {"name": "dryRun", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "prune", "in": "query", "schema": {"type": "boolean"},
+                 "description": "(application/x-ndjson requests; JSON ones say it in the body)"},
+                {"name": "source", "in": "query", "schema": {"type": "string"},
+                 "description": "(application/x-ndjson requests)"},
+                {"name": "plan", "in": "query", "schema": {"type": "boolean"},
+                 "description": "(application/x-ndjson requests)"},
+            ],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("ApplyRequest")},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            }},
+            "responses": {"200": {"description": "Changes", "content": {
+                "application/json": {"schema": {"type": "object", "required": ["revision", "changes"]}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            }}, **errors(400, 409, 413, 422)},
         }
     }
     paths["/api/v1/hosts/{name}/adopt"] = {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -15,21 +18,33 @@ from controller.cli.output import err, out, plan_lines, unified_diff
 if TYPE_CHECKING:  # imported where used, so that `virtplane --help` starts fast
     from controller.gitops.manifest import ManifestObject
 
-PROGRESS_THRESHOLD = 200
+PROGRESS_EVERY = 200  # objects sent between updates of the progress line (shown from the first update)
 
 FilesOption = Annotated[list[str], typer.Option("-f", "--filename", help="File, directory (recursive) or - for stdin.")]
 
 
-def _load(paths: list[str]) -> list[ManifestObject]:
-    from controller.gitops.manifest import load_paths
+def _stream(paths: list[str], objects: list[ManifestObject], progress: Callable[[int], None] | None = None
+            ) -> Iterator[bytes]:
+    """The JSON of each object of ``paths`` as soon as it is read and validated (sent while the rest is
+    still being read); ``objects`` collects them, for locating what the server refuses. A problem in the
+    files raises ManifestError at the end, which abandons the request: nothing is written."""
+    from controller.gitops.manifest import iter_paths
 
     stdin = sys.stdin if "-" in paths else None
-    return load_paths(paths, stdin)
+    for found, data in iter_paths(paths, stdin):
+        objects.append(found)
+        # The data as the user wrote it (the server fills in defaults itself): half the bytes of the model's
+        # full dump, and no serialization of defaults on either side.
+        yield json.dumps(data, separators=(",", ":"), default=_scalar).encode()
+        if progress is not None and len(objects) % PROGRESS_EVERY == 0:
+            progress(len(objects))
 
 
-def _payload(objects: list[ManifestObject]) -> list[bytes]:
-    """Each object as JSON, serialized by pydantic's core (several times faster than dicts + json)."""
-    return [o.resource.model_dump_json(exclude_none=True).encode() for o in objects]
+def _scalar(value: Any) -> str:
+    """YAML scalars JSON has no type for (timestamps): as text, which validation then judges."""
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _apply_once(
@@ -37,24 +52,29 @@ def _apply_once(
 ) -> dict[str, Any]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-
     objects: list[ManifestObject] = []
     with reporting(objects):
         started = time.perf_counter()
-        objects.extend(_load(paths))
-        payload = _payload(objects)
         cid = correlation_id or uuid.uuid4().hex[:16]
         with client() as vp:
-            if len(objects) >= PROGRESS_THRESHOLD and sys.stderr.isatty():
+            if sys.stderr.isatty():
                 with Progress(
                     SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
                 ) as progress:
-                    progress.add_task(f"applying {len(objects)} objects in one transaction", total=None)
-                    result = vp.apply(
-                        payload, dry_run=dry_run, prune=prune, source=source, correlation_id=cid, plan=False
+                    task = progress.add_task("applying", total=None, visible=False)
+
+                    def shown(count: int) -> None:
+                        progress.update(task, description=f"applying: {count} objects sent", visible=True)
+
+                    result = vp.apply_stream(
+                        _stream(paths, objects, shown), dry_run=dry_run, prune=prune, source=source,
+                        correlation_id=cid, plan=False,
                     )
             else:
-                result = vp.apply(payload, dry_run=dry_run, prune=prune, source=source, correlation_id=cid, plan=False)
+                result = vp.apply_stream(
+                    _stream(paths, objects), dry_run=dry_run, prune=prune, source=source, correlation_id=cid,
+                    plan=False,
+                )
         _print_apply(result, time.perf_counter() - started)
         return result
 
@@ -144,16 +164,9 @@ def diff(
     """Show what apply would change: a unified diff per object, then the plan.
 
     Exit 0 when nothing differs, 1 when something does, 2 or more on error."""
-    from controller.gitops.manifest import ManifestError
-
     objects: list[ManifestObject] = []
-    try:
-        with reporting(objects):
-            objects.extend(_load(filename))
-            with client() as vp:
-                result = vp.apply(_payload(objects), dry_run=True, prune=prune, source=source, plan=plan)
-    except ManifestError:  # pragma: no cover - reporting() converts it
-        raise
+    with reporting(objects), client() as vp:
+        result = vp.apply_stream(_stream(filename, objects), dry_run=True, prune=prune, source=source, plan=plan)
     differs = False
     for change in result["changes"]:
         if change["action"] == "unchanged":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import builtins
 import json
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,19 @@ _BY_CODE: dict[int, type[ApiError]] = {
 
 
 LIST_PAGE = 1000  # objects per list request
+STREAM_CHUNK = 64 * 1024  # bytes of NDJSON per chunk of a streamed apply
+NDJSON = "application/x-ndjson"
+
+
+def _raise_for(response: httpx.Response) -> None:
+    """The error an answer of 400 and above stands for (its body read)."""
+    if response.status_code < 400:
+        return
+    try:
+        err = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        raise ApiError(response.status_code, "Error", response.text) from None
+    raise _BY_CODE.get(err["code"], ApiError)(err["code"], err["reason"], err["message"], err.get("details"))
 
 
 class Client:
@@ -74,24 +87,22 @@ class Client:
 
     # --- plumbing ---
 
+    def _unreachable(self, e: httpx.TransportError) -> ServerUnreachable:
+        if "CERTIFICATE_VERIFY_FAILED" in str(e):
+            return ServerUnreachable(
+                f"the certificate of {self.server} is not trusted by the CA in the CLI config "
+                f"(`ca`, --ca or VIRTPLANE_CA): {e}"
+            )
+        return ServerUnreachable(f"cannot reach the virtplane server at {self.server}: {e}")
+
     def _request(self, method: str, path: str, *, correlation_id: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = {CORRELATION_HEADER: correlation_id} if correlation_id else {}
         headers |= kwargs.pop("headers", None) or {}
         try:
             response = self._http.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as e:
-            if "CERTIFICATE_VERIFY_FAILED" in str(e):
-                raise ServerUnreachable(
-                    f"the certificate of {self.server} is not trusted by the CA in the CLI config "
-                    f"(`ca`, --ca or VIRTPLANE_CA): {e}"
-                ) from e
-            raise ServerUnreachable(f"cannot reach the virtplane server at {self.server}: {e}") from e
-        if response.status_code >= 400:
-            try:
-                err = response.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(response.status_code, "Error", response.text) from None
-            raise _BY_CODE.get(err["code"], ApiError)(err["code"], err["reason"], err["message"], err.get("details"))
+            raise self._unreachable(e) from e
+        _raise_for(response)
         return response
 
     # --- objects ---
@@ -164,6 +175,63 @@ class Client:
             correlation_id=correlation_id,
         ).json()
         return body
+
+    def apply_stream(
+        self,
+        objects: Iterable[bytes],
+        *,
+        dry_run: bool = False,
+        prune: bool = False,
+        source: str | None = None,
+        correlation_id: str | None = None,
+        plan: bool = True,
+        on_change: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """``apply`` of objects given as JSON (bytes, one object each) while they are produced: the
+        request is sent as NDJSON as ``objects`` yields them, so the server validates the first ones while
+        the caller still reads and parses the rest. If ``objects`` raises, the request is abandoned and the
+        server writes nothing. Returns what ``apply`` returns; ``on_change`` sees each change as it arrives."""
+
+        def body() -> Iterator[bytes]:
+            count, chunk, size = 0, [], 0
+            for obj in objects:
+                count += 1
+                chunk.append(obj)
+                size += len(obj)
+                if size >= STREAM_CHUNK:
+                    yield b"\n".join(chunk) + b"\n"
+                    chunk, size = [], 0
+            chunk.append(json.dumps({"end": count}).encode())
+            yield b"\n".join(chunk) + b"\n"
+
+        params = {"dryRun": str(dry_run).lower(), "prune": str(prune).lower(), "plan": str(plan).lower()}
+        if source is not None:
+            params["source"] = source
+        headers = {"Content-Type": NDJSON}
+        if correlation_id:
+            headers[CORRELATION_HEADER] = correlation_id
+        try:
+            with self._http.stream("POST", "/api/v1/apply", params=params, content=body(), headers=headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for(response)
+                changes: builtins.list[dict[str, Any]] = []
+                summary: dict[str, Any] = {}
+                for line in response.iter_lines():
+                    if not line:
+                        continue
+                    item = json.loads(line)
+                    if "change" in item:
+                        changes.append(item["change"])
+                        if on_change is not None:
+                            on_change(item["change"])
+                    elif "summary" in item:
+                        summary = item["summary"]
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from e
+        if not summary:
+            raise ApiError(502, "Incomplete", "the server's answer ended before its summary line")
+        return {**summary, "changes": changes}
 
     def upload(self, disk: str, path: Path, progress: Callable[[int], None] | None = None) -> int:
         """Stream the image at ``path`` to the server for Disk ``disk``; ``progress(bytes sent so far)``."""

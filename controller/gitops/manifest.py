@@ -35,7 +35,7 @@ from specs.kinds import KINDS, UnknownKind, resolve_kind
 from specs.meta import ObjectMeta, Resource
 from specs.versions import CONVERSIONS
 
-__all__ = ["ManifestError", "ManifestObject", "Problem", "SourceLocation", "load_paths", "load_text"]
+__all__ = ["ManifestError", "ManifestObject", "Problem", "SourceLocation", "iter_paths", "load_paths", "load_text"]
 
 STDIN = "-"
 STDIN_NAME = "<stdin>"
@@ -115,6 +115,20 @@ def load_paths(paths: Sequence[str], stdin: TextIO | None = None) -> list[Manife
         for name, text in _read(path, stdin, collector):
             collector.load(text, name)
     return collector.result()
+
+
+def iter_paths(paths: Sequence[str], stdin: TextIO | None = None) -> Iterator[tuple[ManifestObject, dict[str, Any]]]:
+    """``load_paths`` as it goes: each valid object with the data it was validated from, as soon as it is
+    read, until the first problem; then the rest is still read for problems only, and ManifestError
+    (every problem) is raised at the end. ``objects`` of a caller that sends while reading: what it sent
+    is never followed by an error it did not see, because the error ends the iteration."""
+    collector = _Collector()
+    for path in paths:
+        for name, text in _read(path, stdin, collector):
+            for found, data in collector.stream(text, name):
+                if not collector.problems:
+                    yield found, data
+    collector.result()
 
 
 def load_text(text: str, path: str = STDIN_NAME) -> list[ManifestObject]:
@@ -423,6 +437,12 @@ class _Collector:
         return self.objects
 
     def load(self, text: str, path: str) -> None:
+        for _ in self.stream(text, path):
+            pass
+
+    def stream(self, text: str, path: str) -> Iterator[tuple[ManifestObject, dict[str, Any]]]:
+        """Each valid object of ``text`` with the data it was validated from, as soon as it is; problems
+        are collected (``result`` raises them)."""
         self.texts[path] = text
         was_enabled = gc.isenabled()
         gc.disable()  # millions of short-lived objects: collections would only cost time
@@ -435,7 +455,9 @@ class _Collector:
                         "duplicate key in the same mapping (YAML would silently keep only the last value)",
                     )
                 if document.data is not None:
-                    self._document(path, document)
+                    found = self._document(path, document)
+                    if found is not None:
+                        yield found, document.data
         except yaml.MarkedYAMLError as exc:
             self._yaml_error(path, exc)
         finally:
@@ -467,17 +489,17 @@ class _Collector:
         target = _find(node, loc, key=key)
         return SourceLocation(path, target.start_mark.line + 1 + offset, target.start_mark.column + 1)
 
-    def _document(self, path: str, document: _Document) -> None:
+    def _document(self, path: str, document: _Document) -> ManifestObject | None:
         data = document.data
         start = SourceLocation(path, *document.root)
         if not isinstance(data, dict):
             what = "a list" if isinstance(data, list) else f"{type(data).__name__} {short_repr(data)}"
             self.add(start, "", f"expected a mapping with apiVersion, kind, metadata and spec, got {what}")
-            return
+            return None
         kind = data.get("kind")
         if not isinstance(kind, str) or kind not in KINDS:
             self._unknown_kind(path, document, kind)
-            return
+            return None
         metadata = data.get("metadata")
         if isinstance(metadata, dict) and not ObjectMeta.SERVER_FIELDS.isdisjoint(metadata):
             for name in sorted(ObjectMeta.SERVER_FIELDS & metadata.keys()):
@@ -496,8 +518,8 @@ class _Collector:
                 else:
                     message = error_message(error, model)
                 self.add(self._locate(path, document, loc, key=extra), format_path(loc), message)
-            return
-        self._remember(path, document, resource, start)
+            return None
+        return self._remember(path, document, resource, start)
 
     def _unknown_kind(self, path: str, document: _Document, kind: Any) -> None:
         expected = ", ".join(KINDS)
@@ -515,13 +537,16 @@ class _Collector:
             hint = f" (did you mean {exc.suggestion}?)" if exc.suggestion else ""
         self.add(where, "kind", f"unknown kind {short_repr(kind)}{hint}; expected one of: {expected}")
 
-    def _remember(self, path: str, document: _Document, resource: Resource, start: SourceLocation) -> None:
+    def _remember(
+        self, path: str, document: _Document, resource: Resource, start: SourceLocation
+    ) -> ManifestObject | None:
         key = (resource.kind, resource.metadata.name)
         first = self.seen.get(key)
         if first is None:
             self.seen[key] = _Seen(path, document, start)
-            self.objects.append(ManifestObject(resource, start, functools.partial(self._locate, path, document)))
-            return
+            found = ManifestObject(resource, start, functools.partial(self._locate, path, document))
+            self.objects.append(found)
+            return found
         name_loc = ("metadata", "name")
         here = self._locate(path, document, name_loc)
         there = self._locate(first.path, first.document, name_loc)
@@ -530,3 +555,4 @@ class _Collector:
             "metadata.name",
             f"{resource.kind} {resource.metadata.name!r} is defined twice: here and at {there}",
         )
+        return None

@@ -16,6 +16,7 @@ import typer
 from controller.adapters.secrets import DEFAULT_SECRETS_DIR
 from controller.cli.common import EXIT_INVALID, fail
 from controller.client.config import DEFAULT_LISTEN, default_data_dir
+from controller.common import gcpolicy
 from controller.common.limits import DEFAULT_MAX_BODY_BYTES
 
 SWITCH_INTERVAL_S = 0.001
@@ -118,6 +119,7 @@ def server(
     # Worker threads decode and encode big lists while the event loop answers everyone else: a shorter GIL
     # switch interval (default 5 ms) bounds how long the loop waits for the GIL at each of its syscalls.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gcpolicy.tune(freeze=True)
     logging.basicConfig(
         level=os.environ.get("VIRTPLANE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
