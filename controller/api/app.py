@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -208,11 +209,11 @@ async def _json(request: Request) -> Any:
     except BodyTooLarge as e:
         raise ApiError(413, "TooLarge", f"{e} (the server's limit); split the input", limit=e.limit) from e
     try:
-        return await anyio.to_thread.run_sync(json.loads, raw)  # a big body is not parsed on the loop
+        return await anyio.to_thread.run_sync(orjson.loads, raw)  # a big body is not parsed on the loop
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if "depth limit" in str(e):  # orjson stops at 1024 levels
+            raise ApiError(400, "BadRequest", "request body is nested too deeply") from e
         raise ApiError(400, "BadRequest", f"request body is not JSON: {str(e)[:200]}") from e
-    except RecursionError as e:
-        raise ApiError(400, "BadRequest", "request body is nested too deeply") from e
 
 
 def _apply_options(request: Request) -> dict[str, Any]:

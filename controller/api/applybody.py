@@ -20,10 +20,11 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import anyio
+import orjson
 from pydantic import ValidationError
 
 from controller.common.wire import strip_server_fields, validation_problems
-from specs.kinds import UnknownKind, parse_resource
+from specs.kinds import KINDS, UnknownKind, parse_resource
 from specs.meta import Resource
 
 NDJSON = "application/x-ndjson"
@@ -69,7 +70,9 @@ def parse_items(items: Sequence[Any], offset: int = 0) -> tuple[list[Resource], 
             problems.append({"index": index, "field": "kind", "message": str(e)})
         except ValidationError as e:
             name = meta_of(item).get("name")
-            for p in validation_problems(e):
+            kind = item.get("kind")
+            info = KINDS.get(kind) if isinstance(kind, str) else None
+            for p in validation_problems(e, model=info.model if info is not None else None):
                 problems.append({"index": index, "kind": item.get("kind"), "name": name, **p})
     return objects, problems
 
@@ -80,7 +83,7 @@ def parse_lines(lines: Sequence[bytes], offset: int) -> tuple[list[Resource], li
     problems: list[Problem] = []
     for position, line in enumerate(lines):
         try:
-            items.append(json.loads(line))
+            items.append(orjson.loads(line))
         except (ValueError, RecursionError) as e:
             problems.append({"index": offset + position, "field": "", "message": f"not a JSON object: {str(e)[:120]}"})
             items.append(None)

@@ -16,14 +16,14 @@ from controller.cli.common import EXIT_DIFFERS, client, reporting
 from controller.cli.output import err, out, plan_lines, unified_diff
 
 if TYPE_CHECKING:  # imported where used, so that `virtplane --help` starts fast
-    from controller.gitops.manifest import ManifestObject
+    from controller.gitops.manifest import ManifestDocument
 
 PROGRESS_EVERY = 200  # objects sent between updates of the progress line (shown from the first update)
 
 FilesOption = Annotated[list[str], typer.Option("-f", "--filename", help="File, directory (recursive) or - for stdin.")]
 
 
-def _stream(paths: list[str], objects: list[ManifestObject], progress: Callable[[int], None] | None = None
+def _stream(paths: list[str], objects: list[ManifestDocument], progress: Callable[[int], None] | None = None
             ) -> Iterator[bytes]:
     """The JSON of each object of ``paths`` as soon as it is read and validated (sent while the rest is
     still being read); ``objects`` collects them, for locating what the server refuses. A problem in the
@@ -52,7 +52,7 @@ def _apply_once(
 ) -> dict[str, Any]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    objects: list[ManifestObject] = []
+    objects: list[ManifestDocument] = []
     with reporting(objects):
         started = time.perf_counter()
         cid = correlation_id or uuid.uuid4().hex[:16]
@@ -164,7 +164,7 @@ def diff(
     """Show what apply would change: a unified diff per object, then the plan.
 
     Exit 0 when nothing differs, 1 when something does, 2 or more on error."""
-    objects: list[ManifestObject] = []
+    objects: list[ManifestDocument] = []
     with reporting(objects), client() as vp:
         result = vp.apply_stream(_stream(filename, objects), dry_run=True, prune=prune, source=source, plan=plan)
     differs = False

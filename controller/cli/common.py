@@ -26,7 +26,7 @@ from controller.client.errors import (
 
 if TYPE_CHECKING:  # imported where used: `virtplane --help` starts without them (pydantic, httpx)
     from controller.client.sdk import Client
-    from controller.gitops.manifest import ManifestObject
+    from controller.gitops.manifest import ManifestDocument
     from specs.kinds import KindInfo
 
 EXIT_DIFFERS = 1
@@ -75,7 +75,7 @@ def split_ref(ref: str, name: str | None = None) -> tuple[KindInfo, str | None]:
 
 
 @contextlib.contextmanager
-def reporting(objects: list[ManifestObject] | None = None) -> Iterator[None]:
+def reporting(objects: list[ManifestDocument] | None = None) -> Iterator[None]:
     """Turn every expected failure into a clear message and its exit code."""
     from controller.gitops.manifest import ManifestError
 
@@ -86,12 +86,15 @@ def reporting(objects: list[ManifestObject] | None = None) -> Iterator[None]:
             err.print(f"[red]{problem}[/]")
         fail(f"{len(e.problems)} problem(s) in the input; nothing was written", EXIT_INVALID)
     except Invalid as e:
-        for p in e.details.get("problems", []):
-            where = ""
-            if objects is not None and isinstance(p.get("index"), int) and p["index"] < len(objects):
-                loc = objects[p["index"]].locate(str(p.get("field", "")))
-                where = f"{loc.path}:{loc.line}:{loc.column}: "
-            err.print(f"[red]{where}{p.get('field', '')}: {p.get('message', '')}[/]")
+        lines: list[tuple[tuple[int, int, int], str]] = []
+        for n, p in enumerate(e.details.get("problems", [])):
+            where, order = "", (0, 0, n)
+            if objects is not None and isinstance(p.get("index"), int) and 0 <= p["index"] < len(objects):
+                loc = objects[p["index"]].locate(str(p.get("field", "")), key=p.get("type") == "extra_forbidden")
+                where, order = f"{loc.path}:{loc.line}:{loc.column}: ", (p["index"], loc.line, loc.column)
+            lines.append((order, f"[red]{where}{p.get('field', '')}: {p.get('message', '')}[/]"))
+        for _, line in sorted(lines):  # in file order, as the CLI's own problems
+            err.print(line)
         fail(f"the server rejected the input ({e.message}); nothing was written", EXIT_INVALID)
     except Conflict as e:
         fail(f"conflict: {e.message} — someone else changed it; re-read and try again", EXIT_CONFLICT)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from specs.errors import error_message, error_path, format_path
 from specs.meta import Resource, StatusBase
 
 CORRELATION_HEADER = "X-Correlation-Id"
@@ -41,11 +42,21 @@ def error_body(code: int, reason: str, message: str, **details: Any) -> dict[str
     return {"error": {"code": code, "reason": reason, "message": message, "details": details}}
 
 
-def validation_problems(error: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+def validation_problems(
+    error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> list[dict[str, str]]:
+    """Each error as {field, message, type (pydantic's: extra_forbidden, ...)}, worded as the CLI words its
+    own (``spec.disks[0].bus``, what was expected, did-you-mean for an unknown field of ``model``): the CLI
+    leaves validation to the server and shows these at the field's line in the user's file."""
     problems = []
     for item in error.errors(include_url=False):
-        field = ".".join(str(p) for p in item["loc"])
-        problems.append({"field": f"{prefix}{field}", "message": item["msg"]})
+        loc = error_path(item)
+        field = format_path(loc)
+        if item["type"] == "extra_forbidden" and loc == ("status",):
+            message = "is written by controllers, never by users; remove it from the manifest"
+        else:
+            message = error_message(item, model)
+        problems.append({"field": f"{prefix}{field}", "message": message, "type": item["type"]})
     return problems
 
 

@@ -35,9 +35,13 @@ from specs.kinds import KINDS, UnknownKind, resolve_kind
 from specs.meta import ObjectMeta, Resource
 from specs.versions import CONVERSIONS
 
-__all__ = ["ManifestError", "ManifestObject", "Problem", "SourceLocation", "iter_paths", "load_paths", "load_text"]
+__all__ = [
+    "ManifestDocument", "ManifestError", "ManifestObject", "Problem", "SourceLocation", "iter_paths", "load_paths",
+    "load_text",
+]
 
 STDIN = "-"
+STATUS_MESSAGE = "is written by controllers, never by users; remove it from the manifest"
 STDIN_NAME = "<stdin>"
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -57,17 +61,17 @@ class SourceLocation:
 
 
 @dataclass(frozen=True)
-class ManifestObject:
-    """A validated resource, where its document starts, and (``locate``) where a field of it is."""
+class ManifestDocument:
+    """Where a document starts and (``locate``) where a field of it is."""
 
-    resource: Resource
     location: SourceLocation
-    locate_loc: Callable[[tuple[int | str, ...]], SourceLocation] | None = field(default=None, compare=False,
-                                                                                 repr=False)
+    # (loc, key=) -> where; see ``locate``
+    locate_loc: Callable[..., SourceLocation] | None = field(default=None, compare=False, repr=False)
 
-    def locate(self, field_path: str) -> SourceLocation:
+    def locate(self, field_path: str, *, key: bool = False) -> SourceLocation:
         """Line and column of a dotted field path such as ``spec.bricks[0].path`` (of its nearest ancestor
-        that the document has; the document's start when it cannot be found)."""
+        that the document has; the document's start when it cannot be found); with ``key``, of the field's
+        name rather than its value (for an unknown field)."""
         if self.locate_loc is None or not field_path:
             return self.location
         loc: list[int | str] = []
@@ -79,9 +83,16 @@ class ManifestObject:
                 if index.isdigit():
                     loc.append(int(index))
         try:
-            return self.locate_loc(tuple(loc))
+            return self.locate_loc(tuple(loc), key=key)
         except Exception:  # a field path the server made up: the document is close enough
             return self.location
+
+
+@dataclass(frozen=True)
+class ManifestObject(ManifestDocument):
+    """A validated resource and where it is."""
+
+    resource: Resource = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -117,15 +128,18 @@ def load_paths(paths: Sequence[str], stdin: TextIO | None = None) -> list[Manife
     return collector.result()
 
 
-def iter_paths(paths: Sequence[str], stdin: TextIO | None = None) -> Iterator[tuple[ManifestObject, dict[str, Any]]]:
-    """``load_paths`` as it goes: each valid object with the data it was validated from, as soon as it is
-    read, until the first problem; then the rest is still read for problems only, and ManifestError
-    (every problem) is raised at the end. ``objects`` of a caller that sends while reading: what it sent
-    is never followed by an error it did not see, because the error ends the iteration."""
+def iter_paths(
+    paths: Sequence[str], stdin: TextIO | None = None, *, validate: bool = False
+) -> Iterator[tuple[ManifestDocument, dict[str, Any]]]:
+    """The documents of ``paths`` one by one as they are read, each with its data, for a caller that sends
+    them on while it reads the rest. Checked for what only the files can tell (YAML, shape, kind, fields
+    the server sets, ``status``, a name twice) and, with ``validate``, against the models too (the server
+    validates what it is sent in any case). After the first problem nothing more is yielded, the rest is
+    still read for problems, and ManifestError (all of them, in file order) ends the iteration."""
     collector = _Collector()
     for path in paths:
         for name, text in _read(path, stdin, collector):
-            for found, data in collector.stream(text, name):
+            for found, data in collector.stream(text, name, validate=validate):
                 if not collector.problems:
                     yield found, data
     collector.result()
@@ -440,9 +454,11 @@ class _Collector:
         for _ in self.stream(text, path):
             pass
 
-    def stream(self, text: str, path: str) -> Iterator[tuple[ManifestObject, dict[str, Any]]]:
-        """Each valid object of ``text`` with the data it was validated from, as soon as it is; problems
-        are collected (``result`` raises them)."""
+    def stream(
+        self, text: str, path: str, *, validate: bool = True
+    ) -> Iterator[tuple[ManifestDocument, dict[str, Any]]]:
+        """Each object of ``text`` that passed ``_document`` with its data, as soon as it has; problems are
+        collected (``result`` raises them)."""
         self.texts[path] = text
         was_enabled = gc.isenabled()
         gc.disable()  # millions of short-lived objects: collections would only cost time
@@ -455,7 +471,7 @@ class _Collector:
                         "duplicate key in the same mapping (YAML would silently keep only the last value)",
                     )
                 if document.data is not None:
-                    found = self._document(path, document)
+                    found = self._document(path, document, validate=validate)
                     if found is not None:
                         yield found, document.data
         except yaml.MarkedYAMLError as exc:
@@ -489,7 +505,10 @@ class _Collector:
         target = _find(node, loc, key=key)
         return SourceLocation(path, target.start_mark.line + 1 + offset, target.start_mark.column + 1)
 
-    def _document(self, path: str, document: _Document) -> ManifestObject | None:
+    def _document(self, path: str, document: _Document, *, validate: bool = True) -> ManifestDocument | None:
+        """Check one document; with ``validate``, against its kind's model (a ManifestObject), else only
+        what the server cannot locate in the user's files: shape, kind, server-set fields, ``status``, the
+        same name twice (a ManifestDocument: the server validates the rest)."""
         data = document.data
         start = SourceLocation(path, *document.root)
         if not isinstance(data, dict):
@@ -505,6 +524,15 @@ class _Collector:
             for name in sorted(ObjectMeta.SERVER_FIELDS & metadata.keys()):
                 where = self._locate(path, document, ("metadata", name), key=True)
                 self.add(where, f"metadata.{name}", "is set by the server; remove it from the manifest")
+        if not validate:
+            if "status" in data:
+                self.add(self._locate(path, document, ("status",), key=True), "status", STATUS_MESSAGE)
+                return None
+            given = metadata.get("name") if isinstance(metadata, dict) else None
+            locate = functools.partial(self._locate, path, document)
+            if not isinstance(given, str):  # the server says what is wrong with it
+                return ManifestDocument(start, locate)
+            return self._remember(path, document, kind, given, lambda: ManifestDocument(start, locate))
         model = KINDS[kind].model
         try:
             # A document in an older API version is converted first (field paths then follow the new shape).
@@ -513,13 +541,16 @@ class _Collector:
             for error in exc.errors(include_url=False):
                 loc = error_path(error)
                 extra = error["type"] == "extra_forbidden"
-                if extra and loc == ("status",):
-                    message = "is written by controllers, never by users; remove it from the manifest"
-                else:
-                    message = error_message(error, model)
+                message = STATUS_MESSAGE if extra and loc == ("status",) else error_message(error, model)
                 self.add(self._locate(path, document, loc, key=extra), format_path(loc), message)
             return None
-        return self._remember(path, document, resource, start)
+        found = self._remember(
+            path, document, resource.kind, resource.metadata.name,
+            lambda: ManifestObject(start, functools.partial(self._locate, path, document), resource=resource),
+        )
+        if isinstance(found, ManifestObject):
+            self.objects.append(found)
+        return found
 
     def _unknown_kind(self, path: str, document: _Document, kind: Any) -> None:
         expected = ", ".join(KINDS)
@@ -538,21 +569,19 @@ class _Collector:
         self.add(where, "kind", f"unknown kind {short_repr(kind)}{hint}; expected one of: {expected}")
 
     def _remember(
-        self, path: str, document: _Document, resource: Resource, start: SourceLocation
-    ) -> ManifestObject | None:
-        key = (resource.kind, resource.metadata.name)
+        self, path: str, document: _Document, kind: str, name: str, make: Callable[[], ManifestDocument]
+    ) -> ManifestDocument | None:
+        key = (kind, name)
         first = self.seen.get(key)
         if first is None:
-            self.seen[key] = _Seen(path, document, start)
-            found = ManifestObject(resource, start, functools.partial(self._locate, path, document))
-            self.objects.append(found)
-            return found
+            self.seen[key] = _Seen(path, document, SourceLocation(path, *document.root))
+            return make()
         name_loc = ("metadata", "name")
         here = self._locate(path, document, name_loc)
         there = self._locate(first.path, first.document, name_loc)
         self.add(
             here,
             "metadata.name",
-            f"{resource.kind} {resource.metadata.name!r} is defined twice: here and at {there}",
+            f"{kind} {name!r} is defined twice: here and at {there}",
         )
         return None

@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel
 
 from specs.event import Event
@@ -81,7 +81,7 @@ def encode_resource(resource: Resource) -> bytes:
 
 
 def decode_raw(value: bytes) -> dict[str, Any]:
-    data = json.loads(value)
+    data = orjson.loads(value)  # ValueError (orjson.JSONDecodeError) if it is not JSON
     if not isinstance(data, dict):
         raise ValueError("stored value is not a JSON object")
     return data

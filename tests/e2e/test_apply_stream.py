@@ -6,6 +6,7 @@ finds after objects were sent."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,21 +114,23 @@ def test_cli_problem_found_after_objects_were_sent_writes_nothing(
     vp: Vp, etcd: EmbeddedEtcd, tmp_path: Path
 ) -> None:
     """The CLI sends each object as soon as it is read: 3,000 valid documents (~1 MB, many chunks) are on
-    their way when it reads the bad last one; the request is abandoned, the error is located, exit 2."""
+    their way when it reads the bad last one (a name used twice: only the files can tell); the request is
+    abandoned, the error is located, exit 2, nothing stored."""
     docs = [cluster_doc("prod"), *(vm_doc(f"vm-{i:04d}", "prod") for i in range(3000))]
     text = "".join("---\n" + json.dumps(d) + "\n" for d in docs)  # JSON is YAML: one document per line
-    text += "---\napiVersion: virtplane.io/v1\nkind: VirtualMachine\nmetadata: {name: last}\nspec:\n  colour: blue\n"
+    text += "---\napiVersion: virtplane.io/v1\nkind: VirtualMachine\nmetadata:\n  name: vm-0007\nspec: {}\n"
     path = tmp_path / "big.yaml"
     path.write_text(text)
     done = vp("apply", "-f", str(path))
     assert done.returncode == 2, done.stdout[-500:] + done.stderr
-    assert f"big.yaml:{2 * len(docs) + 6}:3: spec.colour" in done.stderr
+    assert f"big.yaml:{2 * len(docs) + 5}:9: metadata.name: VirtualMachine 'vm-0007' is defined twice" in done.stderr
     assert "nothing was written" in done.stderr
     assert spec_keys(etcd) == []
 
 
 def test_cli_server_refusal_is_located_in_the_file(vp: Vp, etcd: EmbeddedEtcd, tmp_path: Path) -> None:
-    """What only the server can judge (host paths) comes back by position and is located in the file."""
+    """What the server judges (the models, host paths) comes back by position, worded as the CLI words its
+    own problems, and is located in the file."""
     docs = [cluster_doc("prod"), *(vm_doc(f"vm-{i}", "prod") for i in range(600))]
     text = "".join("---\n" + json.dumps(d) + "\n" for d in docs)
     text += (
@@ -139,4 +142,18 @@ def test_cli_server_refusal_is_located_in_the_file(vp: Vp, etcd: EmbeddedEtcd, t
     done = vp("apply", "-f", str(path))
     assert done.returncode == 2, done.stderr
     assert f"evil.yaml:{2 * len(docs) + 10}:13: spec.boot.kernel" in done.stderr, done.stderr
+    assert spec_keys(etcd) == []
+
+    head = "".join("---\n" + json.dumps(d) + "\n" for d in docs)
+    path.write_text(head + (
+        "---\napiVersion: virtplane.io/v1\nkind: VirtualMachine\nmetadata: {name: evil}\nspec:\n  cluster: prod\n"
+        "  cpu: {cores: 1}\n  colour: blue\n  memory: {size: lots}\n"
+    ))
+    done = vp("apply", "-f", str(path))
+    assert done.returncode == 2, done.stderr
+    line = 2 * len(docs) + 8
+    unknown = f"evil.yaml:{line}:3: spec.colour: unknown field 'colour' (did you mean 'cluster'?)"
+    assert unknown in done.stderr, done.stderr
+    assert done.stderr.index(unknown) < done.stderr.index("spec.memory.size"), "in file order"
+    assert re.search(rf"evil\.yaml:{line + 1}:\d+: spec\.memory\.size: expected a size like", done.stderr), done.stderr
     assert spec_keys(etcd) == []
