@@ -265,6 +265,15 @@ KINDS: dict[str, KindInfo] = {
 _BY_NAME: dict[str, KindInfo] = {name: info for info in KINDS.values() for name in info.names}
 
 
+def build_models() -> None:
+    """Build every kind's validators now. Models are built on first use (``defer_build``: a CLI that only
+    reads YAML and sends it never pays for them); a server builds them at start-up, once, before its
+    threads validate anything."""
+    for info in KINDS.values():
+        info.model.model_rebuild(force=True)
+        info.status_model.model_rebuild(force=True)
+
+
 def resolve_kind(text: str) -> KindInfo:
     """The kind named by ``text`` (``VirtualMachine``, ``virtualmachines``, ``vm``, ...; case-insensitive)."""
     info = _BY_NAME.get(text.strip().lower())

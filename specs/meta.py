@@ -70,10 +70,12 @@ Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
 
 
 class StrictModel(BaseModel):
-    """Base of every user-facing model: unknown fields are errors, values are immutable."""
+    """Base of every user-facing model: unknown fields are errors, values are immutable. Validators are
+    built on first use (``defer_build``; ``specs.kinds.build_models`` builds them all at once)."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, field_title_generator=lambda name, _: name
+        extra="forbid", frozen=True, populate_by_name=True, field_title_generator=lambda name, _: name,
+        defer_build=True,
     )
 
 

@@ -231,15 +231,22 @@ def _apply_options(request: Request) -> dict[str, Any]:
     return {"prune": flag("prune", False), "source": query.get("source"), "plan": flag("plan", True)}
 
 
-async def _read_stream(request: Request) -> list[Resource]:
-    """The objects of an NDJSON apply (controller/api/applybody.py), or the ApiError that refuses it."""
+async def _read_stream(request: Request, prefetch: store_mod.Prefetch) -> list[Resource]:
+    """The objects of an NDJSON apply (controller/api/applybody.py), or the ApiError that refuses it (the
+    read-ahead then stopped)."""
     try:
-        objects, problems = await applybody.read_ndjson(request.stream())
+        objects, problems = await applybody.read_ndjson(request.stream(), prefetch.want, store_mod.FEW_PER_KIND)
     except BodyTooLarge as e:
+        prefetch.cancel()
         raise ApiError(413, "TooLarge", f"{e} (the server's limit); split the input", limit=e.limit) from e
     except applybody.StreamError as e:
+        prefetch.cancel()
         raise ApiError(400, "BadRequest", f"apply stream: {e}; nothing was written") from e
+    except BaseException:  # the client went away, or the request was cancelled
+        prefetch.cancel()
+        raise
     if problems:
+        prefetch.cancel()
         raise ApiError(422, "Invalid", f"{len(problems)} invalid field(s)", problems=problems)
     return objects
 
@@ -652,14 +659,27 @@ class Api:
     async def apply(self, request: Request) -> Response:
         who = await self._authenticate(request)
         streamed = request.headers.get("content-type", "").split(";")[0].strip() == applybody.NDJSON
+        prefetch = None
         if streamed:
             body = _apply_options(request)
-            objects = await _read_stream(request)
+            # Kinds with many objects are read from etcd while the rest of the stream arrives.
+            prefetch = self.ctx.store.prefetch()
+            objects = await _read_stream(request, prefetch)
         else:
             body = await _json(request)
             if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
                 raise ApiError(400, "BadRequest", 'expected {"objects": [...]}')
             objects = await anyio.to_thread.run_sync(_parse_objects, body["objects"])  # CPU: off the loop
+        try:
+            return await self._apply(request, who, body, objects, prefetch, streamed=streamed)
+        finally:
+            if prefetch is not None:
+                prefetch.cancel()  # done by now, or not needed any more
+
+    async def _apply(
+        self, request: Request, who: Identity, body: dict[str, Any], objects: list[Resource],
+        prefetch: store_mod.Prefetch | None, *, streamed: bool,
+    ) -> Response:
         dry_run = request.query_params.get("dryRun", "").lower() in ("1", "true", "all") or bool(body.get("dryRun"))
         request.state.audit_skip = dry_run  # a dry run writes nothing: not audited
         await self._check_paths(objects)
@@ -677,12 +697,14 @@ class Api:
             # Check what would change (the same computation, not written), refusing the whole apply if any
             # object of it is forbidden, naming it.
             result = await self.ctx.store.apply(
-                objects, correlation_id=cid, source=source, dry_run=True, prune=prune, user=who.name
+                objects, correlation_id=cid, source=source, dry_run=True, prune=prune, user=who.name,
+                prefetch=prefetch,
             )
             await self._authorize_changes(request, who, result.changes, objects)
         if result is None or not dry_run:
             result = await self.ctx.store.apply(
-                objects, correlation_id=cid, source=source, dry_run=dry_run, prune=prune, user=who.name
+                objects, correlation_id=cid, source=source, dry_run=dry_run, prune=prune, user=who.name,
+                prefetch=prefetch,
             )
         request.state.audit_objects = [f"{c.kind}/{c.name}" for c in result.changes if c.action != "unchanged"]
         plans = None

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -105,12 +106,17 @@ def _end_count(line: bytes) -> int | None:
     return None
 
 
-async def read_ndjson(chunks: AsyncIterator[bytes]) -> tuple[list[Resource], list[Problem]]:
+async def read_ndjson(
+    chunks: AsyncIterator[bytes], on_kind: Callable[[str], None] | None = None, many: int = 16
+) -> tuple[list[Resource], list[Problem]]:
     """Every object of an NDJSON apply stream, validated; StreamError if the stream is malformed.
 
-    One batch is validated in a worker thread while the next one is received."""
+    One batch is validated in a worker thread while the next one is received. ``on_kind(kind)`` is called
+    once per kind as soon as more than ``many`` of its objects have arrived (the store can read that kind
+    ahead while the rest arrives)."""
     objects: list[Resource] = []
     problems: list[Problem] = []
+    per_kind: Counter[str] = Counter()
     running: asyncio.Future[tuple[list[Resource], list[Problem]]] | None = None
     batch: list[bytes] = []
     count = 0
@@ -124,6 +130,11 @@ async def read_ndjson(chunks: AsyncIterator[bytes]) -> tuple[list[Resource], lis
             got, bad = await done
             objects.extend(got)
             problems.extend(bad)
+            if on_kind is not None:
+                for obj in got:
+                    per_kind[obj.kind] += 1
+                    if per_kind[obj.kind] == many + 1:
+                        on_kind(obj.kind)
 
     async def flush() -> None:
         nonlocal running, batch

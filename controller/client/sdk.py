@@ -69,6 +69,8 @@ class Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.server = server
         verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
+        if server.startswith("http://"):
+            verify = False  # no TLS to verify: skip loading the trust store (~20 ms of every command)
         self._http = httpx.Client(base_url=server, headers=headers, timeout=timeout, verify=verify)
 
     @classmethod

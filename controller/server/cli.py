@@ -113,12 +113,14 @@ def server(
 ) -> None:
     """Run the API server (and the controllers) on embedded or external etcd."""
     from controller.server.main import ServerOptions, serve
+    from specs.kinds import build_models
 
     # A crash inside a C extension (libvirt) leaves the stacks of every thread in the log, not nothing.
     faulthandler.enable()
     # Worker threads decode and encode big lists while the event loop answers everyone else: a shorter GIL
     # switch interval (default 5 ms) bounds how long the loop waits for the GIL at each of its syscalls.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    build_models()  # before any thread validates; then frozen with the rest of start-up
     gcpolicy.tune(freeze=True)
     logging.basicConfig(
         level=os.environ.get("VIRTPLANE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"

@@ -15,7 +15,7 @@ Errors (tree in ``controller.store.errors``)::
 """
 
 from controller.store._etcd import TlsFiles
-from controller.store.apply import ApplyResult, Change
+from controller.store.apply import FEW_PER_KIND, ApplyResult, Change, Prefetch
 from controller.store.audit import MAX_OBJECTS_PER_RECORD, AuditLog, AuditRecord
 from controller.store.backup import RestoreRefused, restore_backup, take_backup
 from controller.store.codec import EVENTS, ROOT, SPECS, STATUS, kind_prefix, spec_key, status_key
@@ -37,6 +37,7 @@ from controller.store.watch import WatchEvent
 
 __all__ = [
     "EVENTS",
+    "FEW_PER_KIND",
     "MAX_OBJECTS_PER_RECORD",
     "ROOT",
     "SPECS",
@@ -51,6 +52,7 @@ __all__ = [
     "NotFoundError",
     "Page",
     "PartialApplyError",
+    "Prefetch",
     "RestoreRefused",
     "RevisionCompacted",
     "Selector",

@@ -139,6 +139,7 @@ async def apply_objects(
     prune: bool,
     now: datetime,
     user: str | None = None,
+    prefetched: Prefetched | None = None,
 ) -> ApplyResult:
     if prune and not source:
         raise ValueError("prune needs a source: only objects applied with the same source are pruned")
@@ -149,7 +150,7 @@ async def apply_objects(
             raise StoreError(f"{obj.kind}/{obj.metadata.name} appears twice in one apply")
         seen.add(ref)
 
-    current, read_revision = await _read_current(kv, objects, whole=prune)
+    current, read_revision = await _read_current(kv, objects, whole=prune, prefetched=prefetched)
     changes: list[Change] = []
     writes: list[_Write] = []
     for obj in objects:
@@ -180,35 +181,92 @@ async def apply_objects(
 # -- 1. read -------------------------------------------------------------------------------------
 
 async def _read_current(
-    kv: EtcdKV, objects: Sequence[Resource], *, whole: bool
+    kv: EtcdKV, objects: Sequence[Resource], *, whole: bool, prefetched: Prefetched | None = None
 ) -> tuple[dict[bytes, _Stored], int]:
-    """Current spec documents by key, all read at one revision."""
+    """Current spec documents by key, all read at one revision (the prefetch's, when there is one: its
+    kinds are not read again)."""
     if whole:
         kvs, revision = await kv.range_prefix(codec.SPECS.encode())
         return _index(kvs), revision
     names: dict[str, list[str]] = defaultdict(list)
     for obj in objects:
         names[obj.kind].append(obj.metadata.name)
+    index: dict[bytes, _Stored] = {}
+    revision = 0
+    if prefetched is not None:
+        revision = prefetched.revision
+        for kind in prefetched.kinds.keys() & names.keys():
+            index.update(prefetched.kinds[kind])
+            del names[kind]
     prefixes = [codec.kind_prefix(k) for k, ns in names.items() if len(ns) > FEW_PER_KIND]
     keys = [codec.spec_key(k, n) for k, ns in names.items() if len(ns) <= FEW_PER_KIND for n in ns]
-    revision = 0
     kvs = []
-    if prefixes:  # the first read fixes the revision for the others
-        first, revision = await kv.range_prefix(prefixes.pop())
-        kvs.extend(first)
-    elif keys:
-        resp = await kv.range(keys.pop())
-        revision = resp.header.revision
-        kvs.extend(resp.kvs)
-    else:
-        revision = await kv.revision()
+    if not revision:  # no prefetch: the first read fixes the revision for the others
+        if prefixes:
+            first, revision = await kv.range_prefix(prefixes.pop())
+            kvs.extend(first)
+        elif keys:
+            resp = await kv.range(keys.pop())
+            revision = resp.header.revision
+            kvs.extend(resp.kvs)
+        else:
+            revision = await kv.revision()
     reads = [kv.range_prefix(p, revision=revision) for p in prefixes]
     singles = [kv.range(k, revision=revision) for k in keys]
     for got, _ in await asyncio.gather(*reads):
         kvs.extend(got)
     for resp in await asyncio.gather(*singles):
         kvs.extend(resp.kvs)
-    return _index(kvs), revision
+    index.update(_index(kvs))
+    return index, revision
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    revision: int
+    kinds: dict[str, dict[bytes, _Stored]]  # kind -> every spec document of the kind at ``revision``
+
+
+class Prefetch:
+    """Whole kinds' spec documents read (and decoded, in a worker thread) while an apply's objects are
+    still arriving, all at the revision of the first read: the apply then only compares. A write planned
+    from them is compare-and-swap like any other; ``Store.apply`` plans again from a fresh read if one
+    lost its race (the prefetch is older than a plain read would be)."""
+
+    def __init__(self, kv: EtcdKV) -> None:
+        self._kv = kv
+        self._reads: dict[str, asyncio.Task[tuple[dict[bytes, _Stored], int]]] = {}
+        self._first: asyncio.Task[tuple[dict[bytes, _Stored], int]] | None = None
+
+    def want(self, kind: str) -> None:
+        """Start reading ``kind`` (once)."""
+        if kind in self._reads:
+            return
+        task = asyncio.ensure_future(self._read(kind, self._first))
+        self._reads[kind] = task
+        self._first = self._first or task
+
+    async def _read(
+        self, kind: str, first: asyncio.Task[tuple[dict[bytes, _Stored], int]] | None
+    ) -> tuple[dict[bytes, _Stored], int]:
+        revision = (await first)[1] if first is not None else 0
+        kvs, revision = await self._kv.range_prefix(codec.kind_prefix(kind), revision=revision)
+        return await asyncio.to_thread(_index, kvs), revision
+
+    async def result(self) -> Prefetched | None:
+        """What was read; None if nothing was wanted or a read failed (then the apply reads as usual)."""
+        if not self._reads:
+            return None
+        try:
+            done = {kind: await task for kind, task in self._reads.items()}
+        except StoreError:
+            return None
+        revision = next(iter(done.values()))[1]
+        return Prefetched(revision, {kind: index for kind, (index, _) in done.items()})
+
+    def cancel(self) -> None:
+        for task in self._reads.values():
+            task.cancel()
 
 
 def _index(kvs: list[Any]) -> dict[bytes, _Stored]:

@@ -57,7 +57,14 @@ from controller.store._etcd import (
     op_put,
     scan_newest,
 )
-from controller.store.apply import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, ApplyResult, Limits, apply_objects
+from controller.store.apply import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TXN_OPS,
+    ApplyResult,
+    Limits,
+    Prefetch,
+    apply_objects,
+)
 from controller.store.audit import AuditLog
 from controller.store.errors import ConflictError, NotFoundError, RevisionCompacted, StoreError, UndecodableError
 from controller.store.identity import Identities
@@ -259,13 +266,29 @@ class Store:
         dry_run: bool = False,
         prune: bool = False,
         user: str | None = None,
+        prefetch: Prefetch | None = None,
     ) -> ApplyResult:
         """Create or update ``objects`` atomically (see ``controller.store.apply``); ``user`` goes into
-        metadata.updatedBy beside the correlation id."""
+        metadata.updatedBy beside the correlation id. ``prefetch`` (``Store.prefetch``): kinds read while the
+        objects were arriving; if a write planned from them loses its race, the apply is planned again from
+        a fresh read (nothing was written: the first transaction is the one that failed)."""
+        prefetched = await prefetch.result() if prefetch is not None else None
+        try:
+            return await apply_objects(
+                self.kv, self.limits, objects, correlation_id=correlation_id, source=source,
+                dry_run=dry_run, prune=prune, now=self.clock(), user=user, prefetched=prefetched,
+            )
+        except ConflictError:
+            if prefetched is None:
+                raise
         return await apply_objects(
             self.kv, self.limits, objects, correlation_id=correlation_id, source=source,
             dry_run=dry_run, prune=prune, now=self.clock(), user=user,
         )
+
+    def prefetch(self) -> Prefetch:
+        """A read-ahead of whole kinds for an apply whose objects are still arriving (``Prefetch.want``)."""
+        return Prefetch(self.kv)
 
     async def delete(
         self, kind: str, name: str, *, correlation_id: str, resource_version: int | str | None = None,

@@ -210,3 +210,60 @@ async def test_etcd_lost_between_batches(etcd_factory: Callable[..., EmbeddedEtc
     assert err.value.written == tuple(names[:4])
     assert err.value.uncertain == tuple(names[4:8]) and err.value.not_written == tuple(names[8:])
     assert isinstance(err.value.cause, StoreUnavailable) and "4 unknown" in str(err.value)
+
+
+async def test_prefetch_is_compared_against_and_a_stale_one_is_read_again(
+    store: Store, etcdctl: Callable[..., str]
+) -> None:
+    """A streamed apply reads whole kinds ahead (Store.prefetch) while its objects arrive. What it read is
+    what the apply compares against; when another writer changes an object in between, the write planned
+    from the stale read loses its compare-and-swap and the apply is planned again from a fresh read:
+    nothing is lost, nothing reported unchanged that changed."""
+    await store.apply([cluster("c1"), *(vm(f"vm-{i}") for i in range(30))], correlation_id="seed")
+    prefetch = store.prefetch()
+    prefetch.want("VirtualMachine")
+    read = await prefetch.result()
+    assert read is not None and len(read.kinds["VirtualMachine"]) == 30
+    # Unchanged against the prefetch: no transaction, and no read of the kind again.
+    ranges = 0
+    real_range = store.kv.range
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal ranges
+        ranges += 1
+        return await real_range(*args, **kwargs)
+
+    store.kv.range = counted  # type: ignore[method-assign]
+    same = await store.apply([vm(f"vm-{i}") for i in range(30)], correlation_id="same", prefetch=prefetch)
+    assert {c.action for c in same.changes} == {"unchanged"} and same.transactions == 0
+    assert ranges == 0
+    store.kv.range = real_range  # type: ignore[method-assign]
+
+    # Someone else changes vm-3 after the prefetch; then the stream's apply changes vm-3 and vm-4.
+    await store.apply([vm("vm-3", cores=3)], correlation_id="other")
+    result = await store.apply(
+        [vm(f"vm-{i}", cores=4 if i in (3, 4) else 1) for i in range(30)], correlation_id="stream",
+        prefetch=prefetch,
+    )
+    actions = {c.name: c.action for c in result.changes if c.action != "unchanged"}
+    assert actions == {"vm-3": "configured", "vm-4": "configured"}
+    before = next(c.before for c in result.changes if c.name == "vm-3")
+    assert before is not None and before.spec.cpu.cores == 3  # planned from the fresh read
+    stored = etcdctl("get", "/virtplane/specs/VirtualMachine/vm-3", "--print-value-only")
+    assert '"cores":4' in stored and '"correlationId":"stream"' in stored
+
+
+async def test_prefetch_that_cannot_read_is_ignored(store: Store) -> None:
+    await store.apply([cluster("c1"), *(vm(f"vm-{i}") for i in range(20))], correlation_id="seed")
+    prefetch = store.prefetch()
+    real_range = store.kv.range
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("etcd went away for a moment")
+
+    store.kv.range = failing  # type: ignore[method-assign]
+    prefetch.want("VirtualMachine")
+    assert await prefetch.result() is None
+    store.kv.range = real_range  # type: ignore[method-assign]
+    result = await store.apply([vm(f"vm-{i}") for i in range(20)], correlation_id="again", prefetch=prefetch)
+    assert {c.action for c in result.changes} == {"unchanged"}
