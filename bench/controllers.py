@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import resource
 import sys
 import tempfile
@@ -284,6 +285,7 @@ async def main_async(args: argparse.Namespace, base: Path) -> None:
             xml = xml.replace(f"<name>{names[0]}</name>", "<name>@@NAME@@</name>")
 
         # ---- idle: nothing to do, what does the controller burn?
+        print(f"(idle) measuring for {args.idle:.0f} s (pid {os.getpid()})", flush=True)
         c0, t0 = cpu_s(), time.perf_counter()
         calls_i0 = calls(manager)
         await asyncio.sleep(args.idle)

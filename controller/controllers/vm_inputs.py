@@ -6,10 +6,12 @@ plan from the same inputs.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
+from typing import Any
 
 from controller.controllers.migration_state import migration_context
-from controller.runtime.allocations import Usage
+from controller.runtime.allocations import Allocations, Usage
 from controller.runtime.context import Runtime
 from reconcilers.disk.plan import chap_usage, volume_name
 from reconcilers.domain import BlockSource, DiskSource, FileSource, HostName, NetworkSource, ObservedDomain
@@ -119,10 +121,45 @@ class ClusterHostViews(HostViews):
 
     def all(self) -> tuple[HostView, ...]:
         if self._built is None:
-            hosts = (self._host(h.metadata.name) for h in self._rt.cache.all("Host", Host))
             reach, notes = self._storage()
-            self._built = tuple(_view(self._rt, h, self._exclude, reach, notes) for h in hosts if h is not None)
+            memo = _VIEWS.setdefault(self._rt.allocations, {})
+            own = self._rt.allocations.host_of(self._exclude)
+            views = []
+            for stored in self._rt.cache.all("Host", Host):
+                host = self._host(stored.metadata.name)
+                if host is None:
+                    continue
+                if host.metadata.name == own or host is self._override:
+                    views.append(_view(self._rt, host, self._exclude, reach, notes))  # not shared: not memoized
+                else:
+                    views.append(_memoized_view(self._rt, memo, host, reach, notes))
+            self._built = tuple(views)
         return self._built
+
+
+# Placing a VM scores every host of its cluster; between two placements most hosts' views are unchanged.
+# Per Allocations (one per runtime): host name -> (what the view was built from, the view). A view is
+# reused only while each input is the very same object (a Host spec, the host's observation) or equal
+# (readiness, storage reach, the host's allocation version).
+_VIEWS: weakref.WeakKeyDictionary[Allocations, dict[str, tuple[tuple[Any, ...], HostView]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _memoized_view(rt: Runtime, memo: dict[str, tuple[tuple[Any, ...], HostView]], host: Host,
+                   reach: Mapping[str, frozenset[str]], notes: Mapping[str, Mapping[str, str]]) -> HostView:
+    name = host.metadata.name
+    runtime = rt.hosts.hosts.get(HostName(name))
+    inputs = (host, runtime.observed if runtime else None, bool(runtime and runtime.ready),
+              reach.get(name, frozenset()), notes.get(name, {}), rt.allocations.version(name))
+    cached = memo.get(name)
+    if cached is not None:
+        was = cached[0]
+        if was[0] is inputs[0] and was[1] is inputs[1] and was[2:] == inputs[2:]:
+            return cached[1]
+    view = _view(rt, host, "", reach, notes)
+    memo[name] = (inputs, view)
+    return view
 
 
 def _view(rt: Runtime, host: Host, exclude_vm: str, reach: Mapping[str, frozenset[str]],
@@ -132,7 +169,7 @@ def _view(rt: Runtime, host: Host, exclude_vm: str, reach: Mapping[str, frozense
     name = host.metadata.name
     runtime = rt.hosts.hosts.get(HostName(name))
     observed = runtime.observed if runtime else None
-    cpus, memory, count, groups = rt.allocations.host(name, excluding=exclude_vm)
+    cpus, memory, count, groups = rt.allocations.host(name, excluding=exclude_vm or None)
     return HostView(
         name=HostName(name),
         cluster=host.spec.cluster,

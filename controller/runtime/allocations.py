@@ -25,6 +25,7 @@ class HostTotals:
     memory: int = 0
     count: int = 0
     groups: Counter[str] = field(default_factory=Counter)
+    version: int = 0  # bumped by every change: what was derived from the totals is current while it holds
 
 
 class Allocations:
@@ -38,6 +39,7 @@ class Allocations:
         self.remove(vm)
         self.by_vm[vm] = usage
         totals = self.by_host.setdefault(usage.host, HostTotals())
+        totals.version += 1
         totals.cpus += usage.cpus
         totals.memory += usage.memory
         totals.count += 1
@@ -48,6 +50,7 @@ class Allocations:
         if usage is None:
             return
         totals = self.by_host[usage.host]
+        totals.version += 1
         totals.cpus -= usage.cpus
         totals.memory -= usage.memory
         totals.count -= 1
@@ -66,6 +69,11 @@ class Allocations:
             cpus, memory, count, mine = cpus - own.cpus, memory - own.memory, count - 1, own.groups
         groups = frozenset(g for g, n in totals.groups.items() if n - mine.count(g) > 0)
         return cpus, memory, count, groups
+
+    def version(self, host: str) -> int:
+        """Changes whenever what is placed on ``host`` does."""
+        totals = self.by_host.get(host)
+        return totals.version if totals is not None else 0
 
     def host_of(self, vm: str) -> str | None:
         usage = self.by_vm.get(vm)

@@ -55,6 +55,14 @@ class HostDomains(Mapping[str, ObservedDomain]):
     def __len__(self) -> int:
         return len(self.entries)
 
+    # Mapping's own get/in go through __getitem__ and a KeyError per miss: a VM's domain is looked up on
+    # every host of the registry (it is on one), so misses are the common case.
+    def get(self, name: str, default: ObservedDomain | None = None) -> ObservedDomain | None:  # type: ignore[override]
+        return self.entries.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries
+
     # -- local updates (our actions, a reconcile's fresh observation)
     def stamp(self) -> int:
         """A marker: updates after it are newer than a listing or observation that starts now."""

@@ -100,6 +100,13 @@ def _code(exc: libvirt.libvirtError) -> int:
     return int(exc.get_error_code())
 
 
+def _transient_names(conn: Conn) -> frozenset[str]:
+    """Names of the host's transient domains (usually none). A name is unique among a host's domains, so
+    a listing tells persistent from transient by name: no per-domain ``UUIDString`` call (at 100 domains a
+    host, that call was a third of the controller's idle CPU)."""
+    return frozenset(d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT))
+
+
 class HostConnection:
     def __init__(
         self,
@@ -388,11 +395,11 @@ class HostConnection:
         self._count("getAllDomainStats")
         stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
         self._count("listAllDomains")
-        transient = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)}
+        transient = _transient_names(conn)
         out = []
         for dom, values in stats:
             try:
-                persistent = dom.UUIDString() not in transient
+                persistent = not transient or dom.name() not in transient
                 state, reason = values["state.state"], values["state.reason"]
                 observed = observe_domain_blocking(
                     self.name, dom, state, reason, persistent, self._count, self._job
@@ -413,13 +420,13 @@ class HostConnection:
         self._count("getAllDomainStats")
         stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
         self._count("listAllDomains")
-        transient = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)}
+        transient = _transient_names(conn)
         states: dict[DomainName, DomainSummary] = {}
         observed: dict[DomainName, ObservedDomain] = {}
         for dom, values in stats:
             name = DomainName(dom.name())
             st = state_name(values["state.state"])
-            summary = DomainSummary(st, reason_name(st, values["state.reason"]), dom.UUIDString() not in transient)
+            summary = DomainSummary(st, reason_name(st, values["state.reason"]), name not in transient)
             states[name] = summary
             if not fetch(name, summary):
                 continue
