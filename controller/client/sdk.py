@@ -332,9 +332,11 @@ class Client:
 
     # --- streams ---
 
-    def _lines(self, path: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+    def _lines(self, path: str, params: dict[str, str], timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """JSON lines of a stream; ``timeout``: seconds the stream may stay silent (ServerUnreachable saying
+        "timed out" after that), None: forever."""
         try:
-            with self._http.stream("GET", path, params=params, timeout=httpx.Timeout(10.0, read=None)) as response:
+            with self._http.stream("GET", path, params=params, timeout=httpx.Timeout(10.0, read=timeout)) as response:
                 if response.status_code >= 400:
                     response.read()
                     err = response.json()["error"]
@@ -342,14 +344,20 @@ class Client:
                 for line in response.iter_lines():
                     if line:
                         yield json.loads(line)
+        except httpx.TimeoutException as e:
+            raise ServerUnreachable(f"the watch stream from {self.server} timed out: {e}") from e
         except httpx.TransportError as e:
             raise ServerUnreachable(f"lost the watch stream from {self.server}: {e}") from e
 
-    def watch(self, kinds: Sequence[str] = (), resource_version: int | None = None) -> Iterator[dict[str, Any]]:
+    def watch(
+        self, kinds: Sequence[str] = (), resource_version: int | None = None, *, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Changes from ``resource_version``: {type, kind, name, part (spec|status), revision, object};
+        ``timeout``: seconds without a change before it stops (ServerUnreachable), None: never."""
         params = {"kinds": ",".join(kinds)}
         if resource_version is not None:
             params["resourceVersion"] = str(resource_version)
-        return self._lines("/api/v1/watch", params)
+        return self._lines("/api/v1/watch", params, timeout)
 
     def watch_events(
         self, *, involved: str | None = None, correlation_id: str | None = None

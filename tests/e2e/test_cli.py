@@ -219,6 +219,44 @@ def test_delete_describe_and_wait(vp: Vp, etcd: EmbeddedEtcd, tmp_path: Path) ->
     assert vp("wait", "--for", "delete", "vm/web-1", "--timeout", "5").returncode == 0
 
 
+def _list_requests(server: ServerProcess) -> int:
+    found = re.findall(r'virtplane_api_requests_total\{code="200",route="list"\} (\d+)', server.metrics())
+    return sum(int(n) for n in found)
+
+
+def test_wait_for_many_follows_the_watch(vp: Vp, server: ServerProcess, etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    """`wait` on a selection lists once and then follows the watch (it does not list again every 0.2 s):
+    it ends when the last one is Ready, and on a timeout it names those that are not."""
+    docs = [vm_yaml(f"w-{i}", labels="app: w") for i in range(3)] + [vm_yaml("other", labels="app: x")]
+    write(tmp_path / "w.yaml", CLUSTER + "".join("---\n" + d for d in docs))
+    assert vp("apply", "-f", str(tmp_path / "w.yaml")).returncode == 0
+    ready = {"observedGeneration": 1, "phase": "Running",
+             "conditions": [{"type": "Ready", "status": "True", "reason": "Running"}]}
+    lists = _list_requests(server)
+    waiter = subprocess.Popen([VIRTPLANE, "wait", "--for", "condition=Ready", "vms", "-l", "app=w", "--timeout", "30"],
+                              env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        time.sleep(1.0)
+        for i in range(3):
+            etcdctl_run(etcd.endpoint, "put", f"/virtplane/status/VirtualMachine/w-{i}", json.dumps(ready))
+            time.sleep(0.5)
+            assert waiter.poll() is None or i == 2, "ended before the last one was Ready"
+        stdout, stderr = waiter.communicate(timeout=20)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    assert waiter.returncode == 0, stderr
+    assert stdout.splitlines() == [f"virtualmachine/w-{i} condition Ready=True" for i in range(3)]
+    assert _list_requests(server) - lists == 1, "one list, then the watch"
+
+    # A timeout names what is still missing, and comes on time although nothing changes meanwhile.
+    etcdctl_run(etcd.endpoint, "del", "/virtplane/status/VirtualMachine/w-1")
+    started = time.monotonic()
+    late = vp("wait", "--for", "condition=Ready", "vms", "-l", "app=w", "--timeout", "2")
+    assert late.returncode == 1 and "virtualmachine/w-1" in late.stderr and "w-0" not in late.stderr
+    assert time.monotonic() - started < 10
+
+
 def test_get_watch_prints_changes(vp: Vp, server: ServerProcess, tmp_path: Path) -> None:
     f = write(tmp_path / "vm.yaml", CLUSTER + "---\n" + vm_yaml("web-1"))
     vp("apply", "-f", str(f))
