@@ -73,14 +73,32 @@ def migration_context(rt: Runtime, vm: VirtualMachine, storage_domains: list[str
     tracker = rt.migrations
     cluster = rt.cache.get("Cluster", vm.spec.cluster, Cluster)
     hosts = [h for h in rt.cache.all("Host", Host) if h.spec.cluster == vm.spec.cluster]
-    uris = {HostName(h.metadata.name): uri for h in hosts if (uri := migrate_uri(h)) is not None}
+    uris, libvirt_uris = _host_uris(hosts)
     return MigrationContext(
         policy=cluster.spec.migration if cluster is not None else MigrationPolicy(),
         request=open_request(rt, name), in_flight=tracker.in_flight(name), busy=tracker.busy(),
         shared_storage=all_disks_shared(rt, storage_domains), migrate_uris=uris,
-        libvirt_uris={HostName(h.metadata.name): h.spec.uri for h in hosts},
-        retry_blocked=tracker.retry_blocked(name, RETRY_BACKOFF_S),
+        libvirt_uris=libvirt_uris, retry_blocked=tracker.retry_blocked(name, RETRY_BACKOFF_S),
     )
+
+
+# Clusters' host lists and their URIs: a VM's every plan asks, the hosts rarely change. An entry is valid
+# while the list holds the very same Host objects (kept alive here, so their ids cannot be reused meanwhile).
+_URIS: dict[str, tuple[list[Host], dict[HostName, str], dict[HostName, str]]] = {}
+
+
+def _host_uris(hosts: list[Host]) -> tuple[dict[HostName, str], dict[HostName, str]]:
+    """(migration URI, libvirt URI) of each host."""
+    key = ",".join(str(id(h)) for h in hosts)
+    cached = _URIS.get(key)
+    if cached is not None and all(a is b for a, b in zip(cached[0], hosts, strict=True)):
+        return cached[1], cached[2]
+    uris = {HostName(h.metadata.name): uri for h in hosts if (uri := migrate_uri(h)) is not None}
+    libvirt_uris = {HostName(h.metadata.name): h.spec.uri for h in hosts}
+    if len(_URIS) >= 64:  # host lists that changed since
+        _URIS.clear()
+    _URIS[key] = (hosts, uris, libvirt_uris)
+    return uris, libvirt_uris
 
 
 # ---------------------------------------------------------------- outcomes, reported by the VM controller

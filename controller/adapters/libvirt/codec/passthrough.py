@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
 from controller.adapters.libvirt.codec._xml import USER_ALIAS_PREFIX
 
@@ -27,7 +28,59 @@ def canonical(el: ET.Element) -> str:
     """The canonical text of one element (see the module docstring)."""
     node = copy.deepcopy(el)
     _strip(node)
-    return ET.tostring(node, encoding="unicode", short_empty_elements=True)
+    out: list[str] = []
+    try:
+        _serialize(node, out.append)
+    except _Namespaced:
+        return ET.tostring(node, encoding="unicode", short_empty_elements=True)
+    return "".join(out)
+
+
+class _Namespaced(Exception):
+    """A tag or attribute in a namespace: ElementTree's serializer writes the prefixes and declarations."""
+
+
+def _serialize(node: ET.Element, write: Callable[[str], object]) -> None:
+    """What ``ET.tostring(node, encoding="unicode", short_empty_elements=True)`` writes for an element without
+    namespaces, several times faster (it runs for every device of every domain parsed)."""
+    tag = node.tag
+    if not isinstance(tag, str) or tag.startswith("{"):
+        raise _Namespaced
+    write("<" + tag)
+    for key, value in node.attrib.items():
+        if key.startswith("{"):
+            raise _Namespaced
+        write(f' {key}="{_escape_attribute(value)}"')
+    text = node.text
+    if text or len(node):
+        write(">")
+        if text:
+            write(_escape_text(text))
+        for child in node:
+            _serialize(child, write)
+        write(f"</{tag}>")
+    else:
+        write(" />")
+    if node.tail:
+        write(_escape_text(node.tail))
+
+
+def _escape_text(text: str) -> str:
+    if "&" in text:
+        text = text.replace("&", "&amp;")
+    if "<" in text:
+        text = text.replace("<", "&lt;")
+    if ">" in text:
+        text = text.replace(">", "&gt;")
+    return text
+
+
+def _escape_attribute(text: str) -> str:
+    text = _escape_text(text)
+    for char, entity in (('"', "&quot;"), ("\r", "&#13;"), ("\n", "&#10;"), ("\t", "&#09;")):
+        if char in text:
+            text = text.replace(char, entity)
+    return text
 
 
 def _strip(node: ET.Element) -> None:
