@@ -5,7 +5,12 @@ Migration controller (it reports them). The in-flight registry itself is ``Runti
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from controller.adapters.libvirt.migration import MigrationJob
+from controller.runtime.cache import Cache
 from controller.runtime.context import Runtime
 from reconcilers.domain import HostName
 from reconcilers.migration.actions import MigrationSettings
@@ -72,8 +77,7 @@ def migration_context(rt: Runtime, vm: VirtualMachine, storage_domains: list[str
     name = vm.metadata.name
     tracker = rt.migrations
     cluster = rt.cache.get("Cluster", vm.spec.cluster, Cluster)
-    hosts = [h for h in rt.cache.all("Host", Host) if h.spec.cluster == vm.spec.cluster]
-    uris, libvirt_uris = _host_uris(hosts)
+    uris, libvirt_uris = _host_uris(rt, vm.spec.cluster)
     return MigrationContext(
         policy=cluster.spec.migration if cluster is not None else MigrationPolicy(),
         request=open_request(rt, name), in_flight=tracker.in_flight(name), busy=tracker.busy(),
@@ -82,22 +86,24 @@ def migration_context(rt: Runtime, vm: VirtualMachine, storage_domains: list[str
     )
 
 
-# Clusters' host lists and their URIs: a VM's every plan asks, the hosts rarely change. An entry is valid
-# while the list holds the very same Host objects (kept alive here, so their ids cannot be reused meanwhile).
-_URIS: dict[str, tuple[list[Host], dict[HostName, str], dict[HostName, str]]] = {}
+# Per cache: cluster -> (the Hosts' generation, migration URIs, libvirt URIs). Every plan of a VM asks; the
+# Hosts rarely change.
+_URIS: weakref.WeakKeyDictionary[Cache, dict[str, tuple[int, Mapping[HostName, str], Mapping[HostName, str]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _host_uris(hosts: list[Host]) -> tuple[dict[HostName, str], dict[HostName, str]]:
-    """(migration URI, libvirt URI) of each host."""
-    key = ",".join(str(id(h)) for h in hosts)
-    cached = _URIS.get(key)
-    if cached is not None and all(a is b for a, b in zip(cached[0], hosts, strict=True)):
+def _host_uris(rt: Runtime, cluster: str) -> tuple[Mapping[HostName, str], Mapping[HostName, str]]:
+    """(migration URI, libvirt URI) of each Host of ``cluster`` (read-only: shared by the plans)."""
+    generation = rt.cache.generations.get("Host", 0)
+    memo = _URIS.setdefault(rt.cache, {})
+    cached = memo.get(cluster)
+    if cached is not None and cached[0] == generation:
         return cached[1], cached[2]
-    uris = {HostName(h.metadata.name): uri for h in hosts if (uri := migrate_uri(h)) is not None}
-    libvirt_uris = {HostName(h.metadata.name): h.spec.uri for h in hosts}
-    if len(_URIS) >= 64:  # host lists that changed since
-        _URIS.clear()
-    _URIS[key] = (hosts, uris, libvirt_uris)
+    hosts = [h for h in rt.cache.all("Host", Host) if h.spec.cluster == cluster]
+    uris = MappingProxyType({HostName(h.metadata.name): uri for h in hosts if (uri := migrate_uri(h)) is not None})
+    libvirt_uris = MappingProxyType({HostName(h.metadata.name): h.spec.uri for h in hosts})
+    memo[cluster] = (generation, uris, libvirt_uris)
     return uris, libvirt_uris
 
 

@@ -34,6 +34,9 @@ class Cache:
         self.status_rev: dict[Key, int] = {}
         self.revision = 0
         self.loaded = False
+        # kind -> a number that changes whenever a spec or status of the kind does (what is derived from
+        # all objects of a kind, such as a cluster's hosts, is current while it holds)
+        self.generations: dict[str, int] = dict.fromkeys(self.kinds, 0)
 
     async def load(self) -> None:
         """List everything at one revision; ``watch`` continues from the next one."""
@@ -46,6 +49,8 @@ class Cache:
                 self.status_rev[(kind, name)] = rev
         self.revision = snapshot.revision
         self.loaded = True
+        for kind in self.kinds:
+            self.generations[kind] += 1
 
     async def watch(self, on_change: OnChange) -> None:
         """Apply every change to the cache, then call ``on_change``. Runs forever."""
@@ -58,6 +63,7 @@ class Cache:
             self.revision = max(self.revision, event.mod_revision)
             if event.kind not in self.specs:
                 continue
+            self.generations[event.kind] += 1
             if event.part == "spec":
                 before: Any = self.specs[event.kind].get(event.name)
                 if event.type == "DELETE":
@@ -87,5 +93,6 @@ class Cache:
 
     def note_status(self, kind: str, name: str, status: StatusBase, revision: int) -> None:
         """Record our own write at once, so the next reconcile compares against it (expectations)."""
+        self.generations[kind] = self.generations.get(kind, 0) + 1
         self.status[kind][name] = status
         self.status_rev[(kind, name)] = max(revision, self.status_rev.get((kind, name), 0))

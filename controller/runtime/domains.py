@@ -33,11 +33,30 @@ def summary_of(d: ObservedDomain) -> DomainSummary:
     return DomainSummary(d.state, d.reason, d.persistent)
 
 
+class DomainIndex:
+    """Domain name -> the hosts whose domain caches have held it: where to look for a domain without asking
+    every host (a VM's domain is looked up several times per reconcile). A superset: ``HostRegistry.locate``
+    checks each host's own cache and prunes what it no longer holds. Every addition to a host's cache is
+    added here; nothing else removes, so a host that holds a domain is never missing."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, set[str]] = {}
+
+    def add(self, domain: str, host: str) -> None:
+        found = self.hosts.get(domain)
+        if found is None:
+            self.hosts[domain] = {host}
+        else:
+            found.add(host)
+
+
 @dataclass
 class HostDomains(Mapping[str, ObservedDomain]):
     """A mapping name -> ObservedDomain, plus what is needed to keep it current without polling."""
 
     entries: dict[str, ObservedDomain] = field(default_factory=dict)
+    host: str = ""
+    index: DomainIndex | None = None  # the registry's: every domain put here is added to it
     _seq: int = 0
     _touched: dict[str, int] = field(default_factory=dict)  # name -> seq of its last local update
     _dirty: dict[str, int] = field(default_factory=dict)  # name -> seq at which an event said it changed
@@ -73,6 +92,8 @@ class HostDomains(Mapping[str, ObservedDomain]):
         """Record a fresh observation; ``since``: the stamp taken before it was made (clears dirtiness
         older than that)."""
         self.entries[domain.name] = domain
+        if self.index is not None:
+            self.index.add(domain.name, self.host)
         self._touched[domain.name] = self.stamp()
         if since is not None:
             self.clean(domain.name, since)
@@ -153,6 +174,8 @@ class HostDomains(Mapping[str, ObservedDomain]):
                 if current != fresh:
                     changed.add(name)
                 self.entries[name] = fresh
+                if self.index is not None:
+                    self.index.add(name, self.host)
                 self.clean(name, since)
             elif current is None or summary_of(current) != summary:
                 changed.add(name)  # the fetch predicate asked for no XML, yet it differs: look next time

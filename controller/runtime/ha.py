@@ -52,6 +52,9 @@ class PowerRequests:
     def done(self, host: str) -> None:
         self._by_host.pop(host, None)
 
+    def items(self) -> list[tuple[str, PowerRequest]]:
+        return list(self._by_host.items())
+
 
 @dataclass
 class PolicyClock:

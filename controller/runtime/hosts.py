@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from controller.adapters.libvirt.connection import HostConnection
 from controller.common.errors import TransientError
-from controller.runtime.domains import HostDomains
+from controller.runtime.domains import DomainIndex, HostDomains
 from reconcilers.domain import (
     DomainType,
     HostName,
@@ -73,6 +73,7 @@ class HostRegistry:
         self.sim_dir = sim_dir
         self.capacity = capacity
         self.hosts: dict[HostName, HostRuntime] = {}
+        self.index = DomainIndex()  # where each domain may be, kept by the hosts' domain caches
 
     def ensure(self, name: str, uri: str) -> HostRuntime:
         """The runtime for a Host; a changed URI replaces the connection."""
@@ -80,7 +81,7 @@ class HostRegistry:
         if current is not None and current.uri == uri:
             return current
         conn = open_connection(name, uri, self.sim_dir, self.capacity)
-        runtime = HostRuntime(HostName(name), uri, conn)
+        runtime = HostRuntime(HostName(name), uri, conn, domains=HostDomains(host=name, index=self.index))
         if conn.is_test:
             runtime.domain_type = "kvm"
         self.hosts[HostName(name)] = runtime
@@ -114,12 +115,25 @@ class HostRegistry:
         self.hosts.clear()
 
     def locate(self, domain: str) -> dict[HostName, ObservedDomain]:
-        """Where a domain of this name was last seen, per reachable host."""
-        found = {}
-        for name, rt in self.hosts.items():
-            d = rt.domains.get(domain)
-            if d is not None and rt.ready:
-                found[name] = d
+        """Where a domain of this name was last seen, per reachable host (the hosts the index names, each
+        checked; those that no longer hold it are pruned from the index)."""
+        found: dict[HostName, ObservedDomain] = {}
+        candidates = self.index.hosts.get(domain)
+        if not candidates:
+            return found
+        # In the registry's order, as a walk over every host would find them (then those it no longer has).
+        names = list(candidates) if len(candidates) == 1 else (
+            [n for n in self.hosts if n in candidates] + [n for n in candidates if n not in self.hosts]
+        )
+        for name in names:
+            rt = self.hosts.get(HostName(name))
+            d = rt.domains.entries.get(domain) if rt is not None else None
+            if d is None:
+                candidates.discard(name)
+            elif rt is not None and rt.ready:
+                found[HostName(name)] = d
+        if not candidates:
+            del self.index.hosts[domain]
         return found
 
     def now(self) -> float:

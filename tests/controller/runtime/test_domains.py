@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from controller.adapters.libvirt.observe import DomainEvent, DomainListing, DomainSummary
 from controller.runtime.domains import EXPECTATION_TTL, HostDomains, summary_of
@@ -79,3 +80,40 @@ def test_a_listing_older_than_a_local_update_does_not_undo_it() -> None:
     changed = domains.apply_listing(stale, since)  # ... and the listing saw neither
     assert changed == set()
     assert domains["fresh"].state == "running" and domains["old"].state == "running"
+
+
+def test_locate_finds_a_domain_through_the_index_wherever_a_cache_holds_it(tmp_path: Path) -> None:
+    """HostRegistry.locate asks only the hosts the index names (not every host) and must still find every
+    host whose cache holds the domain: put, a listing, a replaced runtime; a host that dropped it, or a
+    host not ready, is not reported."""
+    from controller.runtime.hosts import HostRegistry, HostRuntime
+    from reconcilers.domain import ObservedHost
+
+    registry = HostRegistry(tmp_path)
+
+    def add(name: str, *, ready: bool = True) -> HostRuntime:
+        runtime = HostRuntime(HostName(name), "test:///default", conn=None,  # type: ignore[arg-type]
+                              observed=ObservedHost(HostName(name), "test:///default", ready),
+                              domains=HostDomains(host=name, index=registry.index))
+        registry.hosts[HostName(name)] = runtime
+        return runtime
+
+    a, b, c = add("a"), add("b"), add("c", ready=False)
+    for n in range(20):
+        add(f"other-{n}")
+    a.domains.put(dom("vm"))
+    assert set(registry.locate("vm")) == {"a"}
+    since = b.domains.stamp()
+    b.domains.apply_listing(DomainListing(states={DomainName("vm"): summary_of(dom("vm"))},
+                                          observed={DomainName("vm"): dom("vm")}), since)
+    assert list(registry.locate("vm")) == ["a", "b"]  # the registry's order, as before the index
+    c.domains.put(dom("vm"))
+    assert "c" not in registry.locate("vm")  # not ready
+    a.domains.drop("vm")
+    assert set(registry.locate("vm")) == {"b"}
+    assert registry.index.hosts["vm"] == {"b", "c"}  # a pruned
+    replaced = add("b")  # a new runtime for b (its URI changed): nothing of the old one is reported
+    assert set(registry.locate("vm")) == set()
+    replaced.domains.put(dom("vm"))
+    assert set(registry.locate("vm")) == {"b"}
+    assert registry.locate("never") == {}
