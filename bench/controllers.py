@@ -153,14 +153,26 @@ def raw_libvirt(base: Path, hosts: int, n: int, xml: str, cpus: int, mem_gib: in
     import re
 
     body = re.sub(r"<uuid>[^<]*</uuid>", "", body)
+    rss0 = current_rss_mib()
     t0 = time.perf_counter()
     for i in range(n):
         dom = conns[i % hosts].defineXML(body.replace("@@NAME@@", f"raw-{i:05d}"))
         dom.create()
     took = time.perf_counter() - t0
+    RAW_RSS["test_driver_mib"] = current_rss_mib() - rss0  # what libvirt's in-process test driver holds
     for c in conns:
         c.close()
     return took
+
+
+RAW_RSS: dict[str, float] = {}
+
+
+def current_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 async def main_async(args: argparse.Namespace, base: Path) -> None:
@@ -388,7 +400,9 @@ async def main_async(args: argparse.Namespace, base: Path) -> None:
         raw_s = raw_libvirt(base, args.hosts, args.vms, xml, cpus, mem)
         print(
             f"\nbaseline: raw libvirt defineXML+create of {args.vms} domains on {args.hosts} test-driver "
-            f"connections, one thread: {raw_s:.2f} s = {args.vms / raw_s:.0f} VMs/s"
+            f"connections, one thread: {raw_s:.2f} s = {args.vms / raw_s:.0f} VMs/s; the test driver's domains "
+            f"grew this process by {RAW_RSS.get('test_driver_mib', 0):.0f} MiB (part of the RSS in (d) too: "
+            "simulated hosts live in the controller's process)"
         )
         print(f"  (d) virtplane apply->all Ready / raw = {ratio(t_total, raw_s)}")
         if lat_f:
