@@ -296,6 +296,18 @@ def _event_rows(items: list[dict[str, Any]], *, headers: bool) -> None:
                 show_headers=headers)
 
 
+def api_resources() -> None:
+    """The kinds this CLI knows: the names `get`, `describe`, `delete` and `wait` accept for each (plural,
+    singular, short), and whether it is kept in Git (applied) or made by the system. Needs no server."""
+    from specs.kinds import KINDS
+
+    rows = [
+        [info.plural, ",".join(info.short), info.singular, info.kind, "yes" if info.gitops else "no"]
+        for info in sorted(KINDS.values(), key=lambda i: i.plural)
+    ]
+    print_table(["NAME", "SHORTNAMES", "SINGULAR", "KIND", "GITOPS"], rows)
+
+
 def wait(
     ref: Annotated[str, typer.Argument(help="KIND/NAME, or KIND with --all / -l.")],
     for_: Annotated[str, typer.Option("--for", help="condition=NAME[=True|False], or delete.")],
