@@ -179,11 +179,11 @@ async def read_ndjson(
 
 def ndjson_lines(summary: dict[str, Any], changes: Iterable[dict[str, Any]]) -> Iterable[bytes]:
     """The answer to a stream: chunks of change lines (``{"change": {...}}``), then ``{"summary": ...}``."""
-    chunk: list[str] = []
+    chunk: list[bytes] = []
     for change in changes:
-        chunk.append(json.dumps({"change": change}, separators=(",", ":")))
+        chunk.append(orjson.dumps({"change": change}))
         if len(chunk) >= BATCH:
-            yield ("\n".join(chunk) + "\n").encode()
+            yield b"\n".join(chunk) + b"\n"
             chunk = []
-    chunk.append(json.dumps({"summary": summary}, separators=(",", ":")))
-    yield ("\n".join(chunk) + "\n").encode()
+    chunk.append(orjson.dumps({"summary": summary}))
+    yield b"\n".join(chunk) + b"\n"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from controller.client.config import load_client_config
 from controller.client.errors import (
@@ -222,7 +223,7 @@ class Client:
                 for line in response.iter_lines():
                     if not line:
                         continue
-                    item = json.loads(line)
+                    item = orjson.loads(line)
                     if "change" in item:
                         changes.append(item["change"])
                         if on_change is not None:
