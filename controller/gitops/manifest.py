@@ -135,13 +135,16 @@ def iter_paths(
     them on while it reads the rest. Checked for what only the files can tell (YAML, shape, kind, fields
     the server sets, ``status``, a name twice) and, with ``validate``, against the models too (the server
     validates what it is sent in any case). After the first problem nothing more is yielded, the rest is
-    still read for problems, and ManifestError (all of them, in file order) ends the iteration."""
+    still read for problems (models too, and the documents already yielded are validated as well), and
+    ManifestError (all of them, in file order) ends the iteration."""
     collector = _Collector()
     for path in paths:
         for name, text in _read(path, stdin, collector):
             for found, data in collector.stream(text, name, validate=validate):
                 if not collector.problems:
                     yield found, data
+    if collector.problems:
+        collector.validate_sent()
     collector.result()
 
 
@@ -434,6 +437,7 @@ class _Collector:
     seen: dict[tuple[str, str], _Seen] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
     lines: dict[str, list[str]] = field(default_factory=dict)
+    sent: list[tuple[str, _Document]] = field(default_factory=list)  # let through by stream() unvalidated
 
     def add(self, location: SourceLocation, field_path: str, message: str) -> None:
         self.problems.append(Problem(location, field_path, message))
@@ -471,8 +475,12 @@ class _Collector:
                         "duplicate key in the same mapping (YAML would silently keep only the last value)",
                     )
                 if document.data is not None:
-                    found = self._document(path, document, validate=validate)
+                    # After a problem nothing more is sent: the rest is checked here, models too.
+                    checked = validate or bool(self.problems)
+                    found = self._document(path, document, validate=checked)
                     if found is not None:
+                        if not checked:
+                            self.sent.append((path, document))
                         yield found, document.data
         except yaml.MarkedYAMLError as exc:
             self._yaml_error(path, exc)
@@ -533,16 +541,8 @@ class _Collector:
             if not isinstance(given, str):  # the server says what is wrong with it
                 return ManifestDocument(start, locate)
             return self._remember(path, document, kind, given, lambda: ManifestDocument(start, locate))
-        model = KINDS[kind].model
-        try:
-            # A document in an older API version is converted first (field paths then follow the new shape).
-            resource = model.model_validate(CONVERSIONS.upgrade(data))
-        except ValidationError as exc:
-            for error in exc.errors(include_url=False):
-                loc = error_path(error)
-                extra = error["type"] == "extra_forbidden"
-                message = STATUS_MESSAGE if extra and loc == ("status",) else error_message(error, model)
-                self.add(self._locate(path, document, loc, key=extra), format_path(loc), message)
+        resource = self._validate_model(path, document, kind)
+        if resource is None:
             return None
         found = self._remember(
             path, document, resource.kind, resource.metadata.name,
@@ -551,6 +551,27 @@ class _Collector:
         if isinstance(found, ManifestObject):
             self.objects.append(found)
         return found
+
+    def _validate_model(self, path: str, document: _Document, kind: str) -> Resource | None:
+        """The document validated against its kind's model; None after adding its problems."""
+        model = KINDS[kind].model
+        try:
+            # A document in an older API version is converted first (field paths then follow the new shape).
+            return model.model_validate(CONVERSIONS.upgrade(document.data))
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                loc = error_path(error)
+                extra = error["type"] == "extra_forbidden"
+                message = STATUS_MESSAGE if extra and loc == ("status",) else error_message(error, model)
+                self.add(self._locate(path, document, loc, key=extra), format_path(loc), message)
+            return None
+
+    def validate_sent(self) -> None:
+        """Validate against the models the documents ``stream`` let through unvalidated (the server was to
+        do it, but a problem in the files ended the request): every problem is then reported at once."""
+        sent, self.sent = self.sent, []
+        for path, document in sent:
+            self._validate_model(path, document, document.data["kind"])
 
     def _unknown_kind(self, path: str, document: _Document, kind: Any) -> None:
         expected = ", ".join(KINDS)

@@ -157,3 +157,24 @@ def test_cli_server_refusal_is_located_in_the_file(vp: Vp, etcd: EmbeddedEtcd, t
     assert done.stderr.index(unknown) < done.stderr.index("spec.memory.size"), "in file order"
     assert re.search(rf"evil\.yaml:{line + 1}:\d+: spec\.memory\.size: expected a size like", done.stderr), done.stderr
     assert spec_keys(etcd) == []
+
+
+def test_cli_reports_every_problem_at_once(vp: Vp, etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    """A problem only the files can show (a server-set field, in the last document) ends the request before
+    the server has judged the models of the documents already sent: the CLI then validates those itself, so
+    one run lists every problem, in file order."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "apiVersion: virtplane.io/v1\nkind: Cluster\nmetadata:\n  name: prod\nspec: {}\n---\n"
+        "apiVersion: virtplane.io/v1\nkind: VirtualMachine\nmetadata:\n  name: web-1\nspec:\n  cluster: prod\n"
+        "  cpu: {cores: 2}\n  memroy: {size: 1Gi}\n  memory: {size: lots}\n---\n"
+        "apiVersion: virtplane.io/v1\nkind: VirtualMachine\nmetadata:\n  name: web-2\n  uid: abc\nspec:\n"
+        "  cluster: prod\n  cpu: {cores: 1}\n  memory: {size: 1Gi}\n"
+    )
+    done = vp("apply", "-f", str(path))
+    assert done.returncode == 2, done.stderr
+    located = [line.split(": ")[0].rsplit("/", 1)[-1] + " " + line.split(": ")[1] for line in done.stderr.splitlines()
+               if line.startswith("/")]
+    assert located == ["bad.yaml:14:3 spec.memroy", "bad.yaml:15:18 spec.memory.size", "bad.yaml:21:3 metadata.uid"]
+    assert "3 problem(s) in the input; nothing was written" in done.stderr
+    assert spec_keys(etcd) == []
