@@ -137,6 +137,9 @@ def openapi_document() -> dict[str, Any]:
                  "description": "(application/x-ndjson requests)"},
                 {"name": "plan", "in": "query", "schema": {"type": "boolean"},
                  "description": "(application/x-ndjson requests)"},
+                {"name": "omitUnchanged", "in": "query", "schema": {"type": "boolean"},
+                 "description": "(application/x-ndjson requests) count unchanged objects in the summary "
+                 "instead of a line each"},
             ],
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": _ref("ApplyRequest")},

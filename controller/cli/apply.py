@@ -166,7 +166,8 @@ def diff(
     Exit 0 when nothing differs, 1 when something does, 2 or more on error."""
     objects: list[ManifestDocument] = []
     with reporting(objects), client() as vp:
-        result = vp.apply_stream(_stream(filename, objects), dry_run=True, prune=prune, source=source, plan=plan)
+        result = vp.apply_stream(_stream(filename, objects), dry_run=True, prune=prune, source=source, plan=plan,
+                                 omit_unchanged=True)
     differs = False
     for change in result["changes"]:
         if change["action"] == "unchanged":

@@ -189,11 +189,13 @@ class Client:
         correlation_id: str | None = None,
         plan: bool = True,
         on_change: Callable[[dict[str, Any]], None] | None = None,
+        omit_unchanged: bool = False,
     ) -> dict[str, Any]:
         """``apply`` of objects given as JSON (bytes, one object each) while they are produced: the
         request is sent as NDJSON as ``objects`` yields them, so the server validates the first ones while
         the caller still reads and parses the rest. If ``objects`` raises, the request is abandoned and the
-        server writes nothing. Returns what ``apply`` returns; ``on_change`` sees each change as it arrives."""
+        server writes nothing. Returns what ``apply`` returns; ``on_change`` sees each change as it arrives.
+        ``omit_unchanged``: unchanged objects are only counted (``unchanged`` in the result), not listed."""
 
         def body() -> Iterator[bytes]:
             count, chunk, size = 0, [], 0
@@ -207,7 +209,8 @@ class Client:
             chunk.append(json.dumps({"end": count}).encode())
             yield b"\n".join(chunk) + b"\n"
 
-        params = {"dryRun": str(dry_run).lower(), "prune": str(prune).lower(), "plan": str(plan).lower()}
+        params = {"dryRun": str(dry_run).lower(), "prune": str(prune).lower(), "plan": str(plan).lower(),
+                  "omitUnchanged": str(omit_unchanged).lower()}
         if source is not None:
             params["source"] = source
         headers = {"Content-Type": NDJSON}

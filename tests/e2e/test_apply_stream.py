@@ -62,6 +62,9 @@ def test_stream_applies_and_answers_line_by_line(server: ServerProcess, vp: Vp, 
     )
     again, _ = answer(post(server, lines(*docs, end=4)))
     assert {c["action"] for c in again} == {"unchanged"}
+    docs[2]["spec"]["cpu"]["cores"] = 2
+    counted, summary = answer(post(server, lines(*docs, end=4), dryRun="true", omitUnchanged="true"))
+    assert [(c["name"], c["action"]) for c in counted] == [("s-1", "configured")] and summary["unchanged"] == 3
 
 
 @pytest.mark.parametrize(
