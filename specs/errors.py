@@ -50,6 +50,16 @@ def format_path(loc: Sequence[int | str]) -> str:
     return out
 
 
+STATUS_IN_MANIFEST = "is written by controllers, never by users; remove it from the manifest"
+
+
+def problem_message(error: ErrorDetails, root: type[BaseModel] | None = None) -> str:
+    """``error_message``, except that ``status`` given by a user is named for what it is."""
+    if error["type"] == "extra_forbidden" and tuple(error["loc"]) == ("status",):
+        return STATUS_IN_MANIFEST
+    return error_message(error, root)
+
+
 def error_message(error: ErrorDetails, root: type[BaseModel] | None = None) -> str:
     """A message saying what was expected; ``root`` (the validated model) enables did-you-mean."""
     kind = error["type"]

@@ -233,21 +233,14 @@ def _apply_options(request: Request) -> dict[str, Any]:
 
 
 async def _read_stream(request: Request, prefetch: store_mod.Prefetch) -> list[Resource]:
-    """The objects of an NDJSON apply (controller/api/applybody.py), or the ApiError that refuses it (the
-    read-ahead then stopped)."""
+    """The objects of an NDJSON apply (controller/api/applybody.py), or the ApiError that refuses it."""
     try:
         objects, problems = await applybody.read_ndjson(request.stream(), prefetch.want, store_mod.FEW_PER_KIND)
     except BodyTooLarge as e:
-        prefetch.cancel()
         raise ApiError(413, "TooLarge", f"{e} (the server's limit); split the input", limit=e.limit) from e
     except applybody.StreamError as e:
-        prefetch.cancel()
         raise ApiError(400, "BadRequest", f"apply stream: {e}; nothing was written") from e
-    except BaseException:  # the client went away, or the request was cancelled
-        prefetch.cancel()
-        raise
     if problems:
-        prefetch.cancel()
         raise ApiError(422, "Invalid", f"{len(problems)} invalid field(s)", problems=problems)
     return objects
 
@@ -660,22 +653,20 @@ class Api:
     async def apply(self, request: Request) -> Response:
         who = await self._authenticate(request)
         streamed = request.headers.get("content-type", "").split(";")[0].strip() == applybody.NDJSON
-        prefetch = None
-        if streamed:
-            body = _apply_options(request)
-            # Kinds with many objects are read from etcd while the rest of the stream arrives.
-            prefetch = self.ctx.store.prefetch()
-            objects = await _read_stream(request, prefetch)
-        else:
+        if not streamed:
             body = await _json(request)
             if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
                 raise ApiError(400, "BadRequest", 'expected {"objects": [...]}')
             objects = await anyio.to_thread.run_sync(_parse_objects, body["objects"])  # CPU: off the loop
+            return await self._apply(request, who, body, objects, None, streamed=False)
+        options = _apply_options(request)  # a bad option is refused before the body is read
+        # Kinds with many objects are read from etcd while the rest of the stream arrives.
+        prefetch = self.ctx.store.prefetch()
         try:
-            return await self._apply(request, who, body, objects, prefetch, streamed=streamed)
+            objects = await _read_stream(request, prefetch)
+            return await self._apply(request, who, options, objects, prefetch, streamed=True)
         finally:
-            if prefetch is not None:
-                prefetch.cancel()  # done by now, or not needed any more
+            prefetch.cancel()  # done by now, or not needed any more (a refused or abandoned stream)
 
     async def _apply(
         self, request: Request, who: Identity, body: dict[str, Any], objects: list[Resource],

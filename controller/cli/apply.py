@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import sys
@@ -56,25 +57,21 @@ def _apply_once(
     with reporting(objects):
         started = time.perf_counter()
         cid = correlation_id or uuid.uuid4().hex[:16]
-        with client() as vp:
+        with client() as vp, contextlib.ExitStack() as stack:
+            shown: Callable[[int], None] | None = None
             if sys.stderr.isatty():
-                with Progress(
+                progress = stack.enter_context(Progress(
                     SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
-                ) as progress:
-                    task = progress.add_task("applying", total=None, visible=False)
+                ))
+                task = progress.add_task("applying", total=None, visible=False)
 
-                    def shown(count: int) -> None:
-                        progress.update(task, description=f"applying: {count} objects sent", visible=True)
+                def shown(count: int) -> None:
+                    progress.update(task, description=f"applying: {count} objects sent", visible=True)
 
-                    result = vp.apply_stream(
-                        _stream(paths, objects, shown), dry_run=dry_run, prune=prune, source=source,
-                        correlation_id=cid, plan=False,
-                    )
-            else:
-                result = vp.apply_stream(
-                    _stream(paths, objects), dry_run=dry_run, prune=prune, source=source, correlation_id=cid,
-                    plan=False,
-                )
+            result = vp.apply_stream(
+                _stream(paths, objects, shown), dry_run=dry_run, prune=prune, source=source, correlation_id=cid,
+                plan=False,
+            )
         _print_apply(result, time.perf_counter() - started)
         return result
 

@@ -343,8 +343,7 @@ class Client:
             with self._http.stream("GET", path, params=params, timeout=httpx.Timeout(10.0, read=timeout)) as response:
                 if response.status_code >= 400:
                     response.read()
-                    err = response.json()["error"]
-                    raise _BY_CODE.get(err["code"], ApiError)(err["code"], err["reason"], err["message"])
+                    _raise_for(response)
                 for line in response.iter_lines():
                     if line:
                         yield json.loads(line)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from specs.errors import error_message, error_path, format_path
+from specs.errors import error_path, format_path, problem_message
 from specs.meta import Resource, StatusBase
 
 CORRELATION_HEADER = "X-Correlation-Id"
@@ -50,13 +50,8 @@ def validation_problems(
     leaves validation to the server and shows these at the field's line in the user's file."""
     problems = []
     for item in error.errors(include_url=False):
-        loc = error_path(item)
-        field = format_path(loc)
-        if item["type"] == "extra_forbidden" and loc == ("status",):
-            message = "is written by controllers, never by users; remove it from the manifest"
-        else:
-            message = error_message(item, model)
-        problems.append({"field": f"{prefix}{field}", "message": message, "type": item["type"]})
+        field = format_path(error_path(item))
+        problems.append({"field": f"{prefix}{field}", "message": problem_message(item, model), "type": item["type"]})
     return problems
 
 

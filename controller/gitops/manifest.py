@@ -30,7 +30,7 @@ import yaml
 from pydantic import ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from specs.errors import error_message, error_path, format_path, short_repr
+from specs.errors import STATUS_IN_MANIFEST, error_path, format_path, problem_message, short_repr
 from specs.kinds import KINDS, UnknownKind, resolve_kind
 from specs.meta import ObjectMeta, Resource
 from specs.versions import CONVERSIONS
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 STDIN = "-"
-STATUS_MESSAGE = "is written by controllers, never by users; remove it from the manifest"
 STDIN_NAME = "<stdin>"
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -534,7 +533,7 @@ class _Collector:
                 self.add(where, f"metadata.{name}", "is set by the server; remove it from the manifest")
         if not validate:
             if "status" in data:
-                self.add(self._locate(path, document, ("status",), key=True), "status", STATUS_MESSAGE)
+                self.add(self._locate(path, document, ("status",), key=True), "status", STATUS_IN_MANIFEST)
                 return None
             given = metadata.get("name") if isinstance(metadata, dict) else None
             locate = functools.partial(self._locate, path, document)
@@ -561,9 +560,8 @@ class _Collector:
         except ValidationError as exc:
             for error in exc.errors(include_url=False):
                 loc = error_path(error)
-                extra = error["type"] == "extra_forbidden"
-                message = STATUS_MESSAGE if extra and loc == ("status",) else error_message(error, model)
-                self.add(self._locate(path, document, loc, key=extra), format_path(loc), message)
+                where = self._locate(path, document, loc, key=error["type"] == "extra_forbidden")
+                self.add(where, format_path(loc), problem_message(error, model))
             return None
 
     def validate_sent(self) -> None:

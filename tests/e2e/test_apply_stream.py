@@ -90,8 +90,8 @@ def test_a_stream_that_does_not_end_properly_writes_nothing(
 def test_problems_name_the_position_in_the_stream(server: ServerProcess, vp: Vp, etcd: EmbeddedEtcd) -> None:
     bad = vm_doc("bad", "prod")
     bad["spec"]["memory"] = {"size": "lots"}
+    # 702 objects: the bad one is in the second batch the server validates
     body = lines(cluster_doc("prod"), *(vm_doc(f"ok-{i}", "prod") for i in range(700)), bad, end=702)
-    body += b""  # 702 objects: the bad one is in the second batch the server validates
     response = post(server, body)
     assert response.status_code == 422, response.text
     problems = response.json()["error"]["details"]["problems"]
