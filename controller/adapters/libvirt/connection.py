@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -107,7 +108,33 @@ def _transient_names(conn: Conn) -> frozenset[str]:
     return frozenset(d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT))
 
 
+class _Lane:
+    """One libvirt connection of a host and the epoch (``HostConnection.generation``) it was opened in."""
+
+    __slots__ = ("conn", "epoch", "event_ids")
+
+    def __init__(self, conn: Conn, epoch: int) -> None:
+        self.conn = conn
+        self.epoch = epoch
+        self.event_ids: list[int] = []
+
+
 class HostConnection:
+    """A host's libvirt connections, each used by one call at a time.
+
+    libvirt's RPC client lets several threads call through one connection ("passing the buck"), but libvirt
+    9.0's client does not survive a keepalive timeout while several threads wait on a hung daemon: the
+    client is freed under the waiting threads, and when the daemon finally dies (fencing kills it) the process
+    crashes in whatever call was waiting. ``tests/controller/adapters/test_libvirt_hung_host.py`` reproduced
+    it (SIGSTOP the lab's libvirtd under six callers, kill it after the keepalive timeout) in every trial
+    with a shared connection, and in none with a connection per caller. So a remote host gets a small pool:
+    every call checks out a connection of its own (opened lazily, at most ``capacity`` in use, as many as the
+    limiter lets in), and domain events have a connection of their own that makes no calls. A connection
+    is closed only by the thread that holds it, or while nobody does — never under a call.
+
+    The test driver keeps its state in its one connection and has no RPC client: it is shared, as before.
+    """
+
     def __init__(
         self,
         name: HostName | str,
@@ -124,20 +151,19 @@ class HostConnection:
         self._keepalive = keepalive
         self._reconnect_base = reconnect_base
         self._reconnect_cap = reconnect_cap
-        self._conn: Conn | None = None
         self._broken = False
+        self._opened = False
         self._failures = 0
         self._next_attempt = 0.0
-        self._open_lock = threading.Lock()
-        # Calls inside libvirt per connection object (id): a connection is closed only when none is, since
-        # a call abandoned at its timeout (a hung libvirtd) may still be inside it.
-        self._inside: dict[int, int] = {}
-        self._inside_lock = threading.Lock()
+        self._open_lock = threading.Lock()  # one (re)open at a time
+        self._pool_lock = threading.Lock()  # guards _idle
+        self._idle: list[_Lane] = []  # remote: connections open and not in use
+        self._shared: _Lane | None = None  # test driver: its one connection
+        self._events: _Lane | None = None  # remote: the connection domain events arrive on
         self._count_lock = threading.Lock()  # guards the call counters and the subscriber list
         self._calls: Counter[str] = Counter()
         self._limiter: anyio.CapacityLimiter | None = None
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, EventCallback]] = []
-        self._event_ids: list[int] = []
         self._jobs_supported = True
         self._on_lost: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
         self.generation = 0  # bumped on every (re)open: events may have been missed in between
@@ -169,18 +195,19 @@ class HostConnection:
     # ================================================================ connection management
 
     async def open(self) -> None:
-        await self._connection()
+        """Connect now (the first call would otherwise); raises ConnectionLost when the host does not answer."""
+        await self._run("open", lambda conn: None)
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        with self._inside_lock:
-            busy = self._inside.get(id(conn), 0)
-        if busy:  # see _open_blocking: the call still inside drops the last reference, which closes it
-            log.info("host %s: not closing a connection %d call(s) are still inside", self.name, busy)
-            return
-        await anyio.to_thread.run_sync(self._close_blocking, conn, limiter=self._get_limiter())
+        """Close what is not in use; a connection in use is closed by its call when it returns. The next
+        call opens afresh (for the test driver: a new, empty host unless it has a node file)."""
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+            lanes = [*idle, *(lane for lane in (self._events, self._shared) if lane is not None)]
+            self._events = self._shared = None
+            self._broken = self._opened
+        if lanes:
+            await anyio.to_thread.run_sync(self._close_all, lanes, limiter=self._get_limiter())
 
     async def __aenter__(self) -> HostConnection:
         await self.open()
@@ -194,65 +221,99 @@ class HostConnection:
             self._limiter = anyio.CapacityLimiter(self.capacity)
         return self._limiter
 
-    async def _connection(self, abandon: bool = False) -> Conn:
-        """The open connection, (re)opened if needed. ``abandon``: a caller's timeout may leave the opening
-        thread behind (opening to a hung libvirtd blocks in its handshake; an open changes nothing)."""
-        conn = self._conn
-        if conn is not None and not self._broken:
-            return conn
-        now = anyio.current_time()
-        return await anyio.to_thread.run_sync(self._open_blocking, now, limiter=self._get_limiter(),
-                                              abandon_on_cancel=abandon)
-
-    def _open_blocking(self, now: float) -> Conn:
+    def _checkout(self) -> _Lane:
+        """A connection for this thread's call alone (the test driver's shared one); runs in a worker thread."""
+        if self.is_test:
+            return self._shared or self._open_shared()
+        with self._pool_lock:
+            if self._idle and not self._broken:
+                return self._idle.pop()
         with self._open_lock:
-            if self._conn is not None and (not self._broken or self.is_test):
-                return self._conn
-            if now < self._next_attempt:
-                raise ConnectionLost(
-                    f"reconnect after {self._failures} failure(s) in {self._next_attempt - now:.1f}s",
-                    retry_after=self._next_attempt - now, host=self.name, op="open",
-                )  # fmt: skip
-            if self._conn is not None:
-                old, self._conn = self._conn, None
-                with self._inside_lock:
-                    busy = self._inside.get(id(old), 0)
-                if busy:
-                    # Closing it under a call still inside (abandoned at its timeout) is what libvirt does
-                    # not survive reliably; the last reference, dropped when that call returns, closes it.
-                    log.info("host %s: leaving the old connection to the %d call(s) still inside it",
-                             self.name, busy)
-                    self._event_ids = []
-                else:
-                    self._close_blocking(old)
-            ensure_event_loop()
-            self._count("open")
-            try:
-                conn = libvirt.open(self.uri)
-                if not self.is_test:
-                    conn.setKeepAlive(*self._keepalive)
-                conn.registerCloseCallback(self._on_close, None)
-            except libvirt.libvirtError as exc:
-                self._failures += 1
-                delay = min(self._reconnect_cap, self._reconnect_base * 2 ** (self._failures - 1))
-                self._next_attempt = now + delay
-                log.warning("host %s: cannot open %s: %s", self.name, self.uri, exc)
-                raise ConnectionLost(redacted(exc), retry_after=delay, host=self.name, op="open") from exc
-            self._conn, self._broken, self._failures, self._next_attempt = conn, False, 0, 0.0
-            self.generation += 1
-            if self._subscribers:
-                self._register_events(conn)
-            return conn
+            if self._broken or not self._opened:
+                return self._renew()
+            with self._pool_lock:
+                if self._idle:  # one came back while this thread waited for the lock
+                    return self._idle.pop()
+            return self._open_lane(self.generation)
 
-    def _close_blocking(self, conn: Conn) -> None:
-        for callback_id in self._event_ids:
+    def _checkin(self, lane: _Lane) -> None:
+        if self.is_test:
+            return
+        with self._pool_lock:
+            if not self._broken and lane.epoch == self.generation:
+                self._idle.append(lane)
+                return
+        self._close_lane(lane)  # of a lost or closed epoch: this thread holds it, nobody else can be in it
+
+    def _open_shared(self) -> _Lane:
+        with self._open_lock:
+            if self._shared is None:
+                lane = self._open_lane(self.generation + 1)
+                if self._subscribers:
+                    self._register_events(lane)
+                self._shared, self._opened = lane, True
+                self.generation += 1
+            return self._shared
+
+    def _renew(self) -> _Lane:
+        """After a loss (or at first): open the event connection (when anyone listens) and a connection for
+        the caller, then retire every idle connection of the previous epoch. Holds ``_open_lock``."""
+        epoch = self.generation + 1
+        events = self._open_lane(epoch) if self._subscribers else None
+        try:
+            if events is not None:
+                self._register_events(events)
+            lane = self._open_lane(epoch)
+        except BaseException:
+            if events is not None:
+                self._close_lane(events)
+            raise
+        with self._pool_lock:
+            stale, self._idle = self._idle, []
+            old_events, self._events = self._events, events
+            self.generation, self._broken, self._opened = epoch, False, True
+        self._close_all([*stale, *([old_events] if old_events is not None else [])])
+        return lane
+
+    def _open_lane(self, epoch: int) -> _Lane:
+        now = time.monotonic()
+        if now < self._next_attempt:
+            raise ConnectionLost(
+                f"reconnect after {self._failures} failure(s) in {self._next_attempt - now:.1f}s",
+                retry_after=self._next_attempt - now, host=self.name, op="open",
+            )  # fmt: skip
+        ensure_event_loop()
+        self._count("open")
+        try:
+            conn = libvirt.open(self.uri)
+            if not self.is_test:
+                conn.setKeepAlive(*self._keepalive)
+                conn.registerCloseCallback(self._on_close, None)
+        except libvirt.libvirtError as exc:
+            self._failures += 1
+            delay = min(self._reconnect_cap, self._reconnect_base * 2 ** (self._failures - 1))
+            self._next_attempt = now + delay
+            log.warning("host %s: cannot open %s: %s", self.name, self.uri, exc)
+            raise ConnectionLost(redacted(exc), retry_after=delay, host=self.name, op="open") from exc
+        self._failures, self._next_attempt = 0, 0.0
+        return _Lane(conn, epoch)
+
+    def _close_all(self, lanes: list[_Lane]) -> None:
+        for lane in lanes:
+            self._close_lane(lane)
+
+    def _close_lane(self, lane: _Lane) -> None:
+        conn = lane.conn
+        for callback_id in lane.event_ids:
             try:
                 conn.domainEventDeregisterAny(callback_id)
             except libvirt.libvirtError:
                 break  # the connection is gone; its callbacks with it
-        self._event_ids = []
+        lane.event_ids = []
+        if not self.is_test:
+            with contextlib.suppress(libvirt.libvirtError):  # already called back (lost): nothing to remove
+                conn.unregisterCloseCallback()
         try:
-            conn.unregisterCloseCallback()
             conn.close()
         except libvirt.libvirtError as exc:
             # Closing a connection whose host is gone (powered off, lab down) fails in several ways
@@ -268,21 +329,21 @@ class HostConnection:
                     loop.call_soon_threadsafe(callback)
 
     def notify_on_loss(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the current event loop) when libvirt reports the connection lost: EOF, a
+        """Call ``callback`` (on the current event loop) when libvirt reports a connection lost: EOF, a
         keepalive timeout, an error. A dead host is noticed at once instead of at the next observation."""
         self._on_lost = (asyncio.get_running_loop(), callback)
 
     async def run(self, op: str, fn: Callable[[Conn], T]) -> T:
         """Run ``fn(conn)`` in a worker thread under this host's limiter, counting ``op`` and classifying
-        libvirt errors: the seam for operations kept in their own modules (migration, snapshots)."""
+        libvirt errors: the seam for operations kept in their own modules (migration, snapshots). ``conn``
+        is this call's alone: do not keep it past ``fn``."""
         self._count(op)
         return await self._run(op, fn)
 
     async def open_private(self, op: str) -> Conn:
-        """A connection of the caller's own, for one long call (a peer-to-peer migration): libvirt holds
-        every other call on the connection that made it, so on the shared one the migration's progress
-        could not be read, nor an abort sent, until it ended. The caller closes it. The test driver keeps
-        its state in its one connection: it gets that one."""
+        """A connection of the caller's own, for one long call (a peer-to-peer migration) made outside the
+        limiter: on a pooled one it would hold a place for minutes. The caller closes it
+        (:meth:`close_private`). The test driver keeps its state in its one connection: it gets that one."""
         if self.is_test:
             return await self.run(op, lambda conn: conn)
         self._count(op)
@@ -300,7 +361,7 @@ class HostConnection:
 
     def close_private(self, conn: Conn) -> None:
         """Close a connection from :meth:`open_private` (blocking; any thread)."""
-        if conn is self._conn:
+        if self.is_test:
             return
         try:
             conn.close()
@@ -308,30 +369,24 @@ class HostConnection:
             log.info("host %s: closing a private connection: %s", self.name, exc)
 
     async def _run(self, op: str, fn: Callable[[Conn], T], *, abandon: bool = False) -> T:
-        """``abandon`` (read-only calls only): a caller's timeout returns at once and leaves the stuck thread."""
-        conn = await self._connection(abandon)
+        """``abandon`` (read-only calls only): a caller's timeout returns at once and leaves the stuck thread,
+        which keeps its connection until the call returns."""
         try:
-            return await anyio.to_thread.run_sync(self._inside_call, fn, conn, limiter=self._get_limiter(),
+            return await anyio.to_thread.run_sync(self._call_blocking, fn, limiter=self._get_limiter(),
                                                   abandon_on_cancel=abandon)
         except libvirt.libvirtError as exc:
-            err = classify(exc, host=self.name, op=op)
-            if isinstance(err, ConnectionLost) and not self.is_test:
-                self._broken = True
-            raise err from exc
+            raise classify(exc, host=self.name, op=op) from exc
 
-    def _inside_call(self, fn: Callable[[Conn], T], conn: Conn) -> T:
-        key = id(conn)
-        with self._inside_lock:
-            self._inside[key] = self._inside.get(key, 0) + 1
+    def _call_blocking(self, fn: Callable[[Conn], T]) -> T:
+        lane = self._checkout()
         try:
-            return fn(conn)
+            return fn(lane.conn)
+        except libvirt.libvirtError as exc:
+            if not self.is_test and isinstance(classify(exc), ConnectionLost):
+                self._broken = True  # this one is closed on its way back; the next call opens anew
+            raise
         finally:
-            with self._inside_lock:
-                left = self._inside[key] - 1
-                if left:
-                    self._inside[key] = left
-                else:
-                    del self._inside[key]
+            self._checkin(lane)
 
     def _domain(self, conn: Conn, name: str) -> libvirt.virDomain:
         self._count("lookupByName")
@@ -683,15 +738,36 @@ class HostConnection:
         current (asyncio) event loop. Subscriptions survive reconnects."""
         with self._count_lock:
             self._subscribers.append((asyncio.get_running_loop(), callback))
-        if not self._event_ids:
-            await self._run("domainEventRegisterAny", self._register_events)
+        try:
+            await anyio.to_thread.run_sync(self._ensure_events, limiter=self._get_limiter())
+        except libvirt.libvirtError as exc:
+            raise classify(exc, host=self.name, op="domainEventRegisterAny") from exc
 
-    def _register_events(self, conn: Conn) -> None:
+    def _ensure_events(self) -> None:
+        if self.is_test:
+            lane = self._shared or self._open_shared()  # a fresh one registers as it opens
+            with self._open_lock:
+                if not lane.event_ids:
+                    self._register_events(lane)
+            return
+        with self._open_lock:
+            if self._broken or not self._opened:
+                self._checkin(self._renew())  # opens the event connection too
+            elif self._events is None:
+                events = self._open_lane(self.generation)
+                try:
+                    self._register_events(events)
+                except BaseException:
+                    self._close_lane(events)
+                    raise
+                self._events = events
+
+    def _register_events(self, lane: _Lane) -> None:
         self._count("domainEventRegisterAny", 2)
         lifecycle, removed = libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED
-        self._event_ids = [
-            conn.domainEventRegisterAny(None, lifecycle, self._on_lifecycle, None),
-            conn.domainEventRegisterAny(None, removed, self._on_removed, None),
+        lane.event_ids = [
+            lane.conn.domainEventRegisterAny(None, lifecycle, self._on_lifecycle, None),
+            lane.conn.domainEventRegisterAny(None, removed, self._on_removed, None),
         ]
 
     def _on_lifecycle(self, _c: Conn, dom: libvirt.virDomain, event: int, detail: int, _o: object) -> None:

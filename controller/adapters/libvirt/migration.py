@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+import anyio
+import anyio.to_thread
 import libvirt
 
 from controller.adapters.libvirt.connection import HostConnection
@@ -189,22 +191,26 @@ class Migrations:
         job = MigrationJob(str(action.domain), action.host, action.target_host, action.settings,
                            action.migration, action.reason, self.clock())
         self.jobs[job.vm] = job  # counted from now: no await between the planner's check and this
+        # The migration holds its connections until it ends, outside the hosts' limiters: it gets its own
+        # (a connection is used by one thread at a time), so progress and an abort are not held behind it.
+        opened: list[tuple[HostConnection, Conn]] = []
         try:
-            source_host = _host(hosts, action.host)
-            target = await _conn(hosts, action.target_host)
-            # The migration call holds its connection until it ends: it gets one of its own, so progress
-            # and an abort (on the shared one) are not held behind it.
-            source = await source_host.open_private("migrate_connect")
+            for host in (_host(hosts, action.target_host), _host(hosts, action.host)):
+                opened.append((host, await host.open_private("migrate_connect")))
         except ReconcileError:
             del self.jobs[job.vm]
+            for host, conn in opened:
+                await anyio.to_thread.run_sync(host.close_private, conn)
             raise
+        (_, target), (_, source) = opened
         loop = asyncio.get_running_loop()
 
         def run() -> None:
             try:
                 self._run(job, source, target, loop)
             finally:
-                source_host.close_private(source)
+                for host, conn in opened:
+                    host.close_private(conn)
 
         thread = threading.Thread(target=run, name=f"migrate-{job.vm}", daemon=True)
         thread.start()
@@ -277,11 +283,5 @@ def _host(hosts: Mapping[HostName, HostConnection], name: HostName) -> HostConne
     conn = hosts.get(name)
     if conn is None:
         raise TransientError(f"no connection to host {name}", retry_after=1.0, host=name, op="migrate")
-    return conn
-
-
-async def _conn(hosts: Mapping[HostName, HostConnection], name: HostName) -> Conn:
-    """The host's open libvirt connection (thread-safe), for a call that must not hold its limiter."""
-    conn: Conn = await _host(hosts, name).run("migrate_connect", lambda c: c)
     return conn
 
