@@ -125,7 +125,7 @@ class HostConnection:
     libvirt's RPC client lets several threads call through one connection ("passing the buck"), but libvirt
     9.0's client does not survive a keepalive timeout while several threads wait on a hung daemon: the
     client is freed under the waiting threads, and when the daemon finally dies (fencing kills it) the process
-    crashes in whatever call was waiting. ``tests/controller/adapters/test_libvirt_hung_host.py`` reproduced
+    crashes in whatever call was waiting. ``tests/lab/test_hung_host_connection.py`` reproduced
     it (SIGSTOP the lab's libvirtd under six callers, kill it after the keepalive timeout) in every trial
     with a shared connection, and in none with a connection per caller. So a remote host gets a small pool:
     every call checks out a connection of its own (opened lazily, at most ``capacity`` in use, as many as the
@@ -259,10 +259,8 @@ class HostConnection:
         """After a loss (or at first): open the event connection (when anyone listens) and a connection for
         the caller, then retire every idle connection of the previous epoch. Holds ``_open_lock``."""
         epoch = self.generation + 1
-        events = self._open_lane(epoch) if self._subscribers else None
+        events = self._open_events(epoch) if self._subscribers else None
         try:
-            if events is not None:
-                self._register_events(events)
             lane = self._open_lane(epoch)
         except BaseException:
             if events is not None:
@@ -273,6 +271,16 @@ class HostConnection:
             old_events, self._events = self._events, events
             self.generation, self._broken, self._opened = epoch, False, True
         self._close_all([*stale, *([old_events] if old_events is not None else [])])
+        return lane
+
+    def _open_events(self, epoch: int) -> _Lane:
+        """A connection that domain events arrive on (it makes no calls)."""
+        lane = self._open_lane(epoch)
+        try:
+            self._register_events(lane)
+        except BaseException:
+            self._close_lane(lane)
+            raise
         return lane
 
     def _open_lane(self, epoch: int) -> _Lane:
@@ -754,13 +762,7 @@ class HostConnection:
             if self._broken or not self._opened:
                 self._checkin(self._renew())  # opens the event connection too
             elif self._events is None:
-                events = self._open_lane(self.generation)
-                try:
-                    self._register_events(events)
-                except BaseException:
-                    self._close_lane(events)
-                    raise
-                self._events = events
+                self._events = self._open_events(self.generation)
 
     def _register_events(self, lane: _Lane) -> None:
         self._count("domainEventRegisterAny", 2)
